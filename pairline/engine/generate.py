@@ -1,0 +1,350 @@
+"""pairline's generation loop, written once over any Runtime: prefix reuse, chunked prefill,
+cancel, streaming, sampling, stop conditions, lossless speculation and timings."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+
+from pairline.engine.runtime import Runtime
+from pairline.engine.sampling import Sampler, SamplingParams
+from pairline.engine.speculative import DraftLength, PredictionDraft, PromptLookup
+from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, render_chat
+from pairline.errors import PairlineError
+
+Speculation = Literal["auto", "off", "prompt_lookup"]
+
+
+class CancelToken:
+    """Set from any thread; the loop checks it between prefill chunks and between decode steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.requested_at: float | None = None
+
+    def cancel(self) -> None:
+        if not self._event.is_set():
+            self.requested_at = time.perf_counter()
+            self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    token_id: int
+    text: str  # the newly released text; "" while a character or a possible stop string is incomplete
+    index: int  # position in the completion
+    time: float  # seconds since the request started
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous request
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0  # drafted from the prediction, computed, and thrown away
+    draft_tokens: int = 0  # all drafted tokens, either source
+    accepted_draft_tokens: int = 0
+
+    def to_openai(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": self.accepted_prediction_tokens,
+                "rejected_prediction_tokens": self.rejected_prediction_tokens,
+            },
+        }
+
+
+@dataclass(slots=True)
+class Timings:
+    prefill_s: float = 0.0  # prompt evaluation, up to the first logits
+    ttft_s: float = 0.0  # request start to the first sampled token
+    decode_s: float = 0.0  # first token to the end
+    total_s: float = 0.0
+    decode_tokens_per_s: float = 0.0  # tokens after the first / time after the first
+    forward_calls: int = 0  # decode and verify steps
+    cancel_latency_s: float | None = None  # cancel() to the loop stopping
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    """One request. Iterate it for TokenEvents; afterwards text, finish_reason, usage, timings are set."""
+
+    engine: Engine
+    prompt: list[int]
+    params: SamplingParams
+    prediction: list[int] | None = None
+    speculation: Speculation = "auto"
+    cancel: CancelToken = field(default_factory=CancelToken)
+    draft_max: int = 16
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # stop | length | cancelled
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    _started: bool = False
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        if self._started:
+            raise RuntimeError("a Generation can be iterated once")
+        self._started = True
+        with self.engine.lock:
+            yield from self.engine._run(self)
+
+    def run(self) -> Generation:
+        for _ in self:
+            pass
+        return self
+
+
+class _TextStream:
+    """Turns tokens into released text: UTF-8-safe, holding back what could start a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...]):
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.text = ""  # everything decoded so far
+        self.released = 0  # chars already given to the caller
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.text += self.decoder.push(token_id)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        if not self.stopped:
+            self.text += self.decoder.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        if self.stops and not self.stopped:
+            start = max(0, self.released - self.hold)
+            cuts = [i for s in self.stops if (i := self.text.find(s, start)) >= 0]
+            if cuts:
+                self.text = self.text[: min(cuts)]
+                self.stopped = True
+        end = len(self.text) if (final or self.stopped) else max(self.released, len(self.text) - self.hold)
+        delta = self.text[self.released : end]
+        self.released = end
+        return delta
+
+
+class Engine:
+    """A model ready to generate: a Runtime plus its tokenizer. One request runs at a time; the KV of
+    the previous request is kept, so a request that extends it prefills only the new tokens."""
+
+    def __init__(
+        self, runtime: Runtime, tokenizer: Tokenizer, model_name: str = "model", prefill_chunk: int = 256
+    ):
+        self.runtime = runtime
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.prefill_chunk = prefill_chunk
+        self.lock = threading.Lock()
+        self.cached: list[int] = []  # exactly the tokens whose KV the runtime holds
+        self.load_s = 0.0
+
+    # ---------------------------------------------------------------- public API
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer.encode(render_chat(messages, self.tokenizer.family), add_bos=None)
+
+    def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        *,
+        prediction: str | list[int] | None = None,
+        speculation: Speculation = "auto",
+        cancel: CancelToken | None = None,
+        draft_max: int = 16,
+    ) -> Generation:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise PairlineError("the prompt is empty")
+        if isinstance(prediction, str):
+            prediction = self.tokenizer.encode(prediction, add_bos=False) if prediction else None
+        if len(ids) >= self.runtime.n_ctx:
+            raise PairlineError(
+                f"the prompt has {len(ids)} tokens; the context holds {self.runtime.n_ctx} (raise --ctx)"
+            )
+        return Generation(
+            self,
+            ids,
+            params or SamplingParams(),
+            prediction or None,
+            speculation,
+            cancel or CancelToken(),
+            draft_max,
+        )
+
+    def chat(self, messages: list[dict], params: SamplingParams | None = None, **kw) -> Generation:
+        return self.generate(self.chat_prompt(messages), params, **kw)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.runtime.truncate(0)
+            self.cached = []
+
+    # ---------------------------------------------------------------- the loop
+
+    def _truncate(self, n: int) -> None:
+        self.runtime.truncate(n)
+        del self.cached[n:]
+
+    def _forward(self, tokens: list[int], rows) -> torch.Tensor | None:
+        try:
+            out = self.runtime.forward(tokens, rows)
+        except BaseException:
+            # a failed or interrupted forward leaves the cache in an unknown state: forget it
+            self.runtime.truncate(0)
+            self.cached = []
+            raise
+        self.cached.extend(tokens)
+        return out
+
+    def _prefill(self, g: Generation) -> torch.Tensor | None:
+        """Evaluate the prompt's uncached suffix in chunks; returns the last position's logits."""
+        prompt = g.prompt
+        common = 0
+        for a, b in zip(self.cached, prompt):
+            if a != b:
+                break
+            common += 1
+        keep = min(common, len(prompt) - 1)  # at least one token must run to produce logits
+        self._truncate(keep)
+        g.usage.cached_tokens = keep
+        logits = None
+        for start in range(keep, len(prompt), self.prefill_chunk):
+            if g.cancel.cancelled:
+                return None
+            chunk = prompt[start : start + self.prefill_chunk]
+            last = start + len(chunk) == len(prompt)
+            logits = self._forward(chunk, "last" if last else "none")
+        return logits[-1]
+
+    def _drafter(self, g: Generation):
+        if g.prediction:
+            return PredictionDraft(g.prediction), DraftLength(start=8, max_len=g.draft_max)
+        if g.speculation == "prompt_lookup" or (g.speculation == "auto" and g.params.greedy):
+            return PromptLookup(list(g.prompt)), DraftLength(start=4, max_len=min(8, g.draft_max))
+        return None, None
+
+    def _verify(self, sampler: Sampler, drafts: list[int], logits: torch.Tensor) -> tuple[int, int]:
+        """logits[i] predicts the token after drafts[:i]. Returns (accepted drafts, next token).
+        Greedy: accept while the draft is the argmax. Sampling: a draft is one certain proposal,
+        so accept it with probability p(draft), else draw from p without it (lossless)."""
+        if sampler.params.greedy:
+            best = torch.argmax(logits, dim=-1).tolist()
+            n = 0
+            while n < len(drafts) and drafts[n] == best[n]:
+                n += 1
+            return n, best[n]
+        for i, d in enumerate(drafts):
+            p = sampler.probs(logits[i])
+            if sampler.uniform() < float(p[d]):
+                continue
+            p[d] = 0.0
+            if float(p.sum()) <= 0.0:  # the draft held all the mass; can only happen with rounding
+                return i, d
+            return i, sampler.draw(p / p.sum())
+        return len(drafts), sampler.sample(logits[len(drafts)])
+
+    def _run(self, g: Generation) -> Iterator[TokenEvent]:
+        t0 = time.perf_counter()
+        p = g.params
+        tok = self.tokenizer
+        stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else set(tok.stop_ids))
+        stream = _TextStream(tok, p.stop)
+        sampler = Sampler(p)
+        g.usage.prompt_tokens = len(g.prompt)
+
+        def finish(reason: str) -> Iterator[TokenEvent]:
+            g.finish_reason = reason
+            tail = stream.finish()
+            g.text = stream.text
+            if tail:
+                yield TokenEvent(-1, tail, len(g.token_ids), time.perf_counter() - t0)
+
+        logits = self._prefill(g)
+        t_prefill = time.perf_counter()
+        g.timings.prefill_s = t_prefill - t0
+        if logits is None:
+            yield from self._cancelled(g, finish)
+            return
+        drafter, draft_len = self._drafter(g)
+        next_tok = sampler.sample(logits)
+        t_first = time.perf_counter()
+        g.timings.ttft_s = t_first - t0
+        pending = [next_tok]  # sampled, not yet in the KV
+        try:
+            while True:
+                # emit what was just decided, stopping at a stop token, stop string or the budget
+                for t in pending:
+                    if t in stop_ids:
+                        g.usage.completion_tokens += 1
+                        yield from finish("stop")
+                        return
+                    g.token_ids.append(t)
+                    g.usage.completion_tokens += 1
+                    delta = stream.push(t)
+                    yield TokenEvent(t, delta, len(g.token_ids) - 1, time.perf_counter() - t0)
+                    if stream.stopped:
+                        yield from finish("stop")
+                        return
+                    if len(g.token_ids) >= p.max_tokens:
+                        yield from finish("length")
+                        return
+                if drafter is not None:
+                    drafter.accept(pending)
+                if g.cancel.cancelled:
+                    yield from self._cancelled(g, finish)
+                    return
+                last = pending[-1]
+                room = min(p.max_tokens - len(g.token_ids) - 1, self.runtime.n_ctx - self.runtime.n_past - 1)
+                if room < 0:
+                    yield from finish("length")
+                    return
+                drafts = drafter.draft(min(draft_len.k, room)) if drafter is not None else []
+                n_before = self.runtime.n_past
+                logits = self._forward([last, *drafts], "all" if drafts else "last")
+                g.timings.forward_calls += 1
+                accepted, next_tok = self._verify(sampler, drafts, logits)
+                if drafts:
+                    self._truncate(n_before + 1 + accepted)
+                    draft_len.update(len(drafts), accepted)
+                    g.usage.draft_tokens += len(drafts)
+                    g.usage.accepted_draft_tokens += accepted
+                    if drafter.source == "prediction":
+                        g.usage.accepted_prediction_tokens += accepted
+                        g.usage.rejected_prediction_tokens += len(drafts) - accepted
+                pending = [*drafts[:accepted], next_tok]
+        finally:
+            t_end = time.perf_counter()
+            g.timings.total_s = t_end - t0
+            g.timings.decode_s = t_end - t_first
+            if len(g.token_ids) > 1 and g.timings.decode_s > 0:
+                g.timings.decode_tokens_per_s = (len(g.token_ids) - 1) / g.timings.decode_s
+
+    def _cancelled(self, g: Generation, finish) -> Iterator[TokenEvent]:
+        if g.cancel.requested_at is not None:
+            g.timings.cancel_latency_s = time.perf_counter() - g.cancel.requested_at
+        yield from finish("cancelled")

@@ -1,0 +1,98 @@
+"""From a model name or path to a ready Engine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pairline.engine.config import ModelConfig
+from pairline.engine.generate import Engine
+from pairline.engine.tokenizer import Tokenizer
+from pairline.engine.weights import load_weights
+from pairline.errors import PairlineError
+
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name in (None, "auto"):
+        return None
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise PairlineError(f"unknown dtype {name!r}; use one of auto, {', '.join(DTYPES)}") from None
+
+
+def _converted_path(source: Path, dtype: torch.dtype) -> Path:
+    """Dequantizing a GGUF takes seconds; the result is kept once per file and dtype, keyed by the
+    file's identity, so later starts map it from disk."""
+    from pairline.models.fetch import cache_dir
+
+    st = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "converted" / f"{source.stem}-{key}-{str(dtype).split('.')[-1]}.safetensors"
+
+
+def load_state(path: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    if path.is_dir():
+        return load_weights(path, dtype)
+    from safetensors.torch import load_file, save_file
+
+    from pairline.engine.weights import gguf_config
+
+    cached = _converted_path(path, dtype)
+    if cached.is_file():
+        import gguf
+
+        cfg = gguf_config(gguf.GGUFReader(str(path)))
+        return cfg, load_file(str(cached))
+    cfg, state = load_weights(path, dtype)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        # tied weights share storage; safetensors wants each tensor once
+        save_file(
+            {k: v.contiguous() for k, v in state.items() if k != "output.weight" or not cfg.tie_embeddings},
+            str(tmp),
+        )
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only cache only costs start-up time
+    return cfg, state
+
+
+def load_engine(
+    model: str,
+    *,
+    runtime: str = "torch",
+    n_ctx: int | None = None,
+    dtype: str | None = None,
+    device: str = "cpu",
+) -> Engine:
+    """`model` is a registry name (pulled on first use), a .gguf file or an HF directory."""
+    from pairline.models.fetch import resolve
+
+    t0 = time.perf_counter()
+    path = resolve(model)
+    if runtime != "torch":
+        raise PairlineError(f"unknown runtime {runtime!r}; available: torch")
+    from pairline.engine.runtimes.torch_runtime import TorchRuntime, default_dtype
+
+    torch_dtype = parse_dtype(dtype) or default_dtype(device)
+    tokenizer = Tokenizer.load(path)
+    cfg, state = load_state(path, torch_dtype)
+    rt = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device)
+    engine = Engine(rt, tokenizer, model_name=model)
+    engine.load_s = time.perf_counter() - t0
+    return engine

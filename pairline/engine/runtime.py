@@ -1,0 +1,37 @@
+"""The contract between pairline's generation loop and a runtime that evaluates a model.
+
+A runtime owns one model and one static KV cache of `n_ctx` positions. The loop only ever
+appends tokens at the end of what is cached (`n_past`) and rolls back with `truncate`."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+Rows = Literal["none", "last", "all"]
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    name: str
+    n_ctx: int  # positions the KV cache holds
+    vocab_size: int
+
+    @property
+    def n_past(self) -> int:
+        """Tokens currently in the KV cache."""
+        ...
+
+    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+        """Evaluate `tokens` at positions n_past.. and append them to the cache.
+        Returns float32 logits on the CPU: [1, V] for "last", [len(tokens), V] for "all", None for "none"."""
+        ...
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n cached positions; later ones are forgotten."""
+        ...
+
+
+class ContextFull(Exception):
+    """The request does not fit in the runtime's KV cache."""

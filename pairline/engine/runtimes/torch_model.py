@@ -1,0 +1,192 @@
+"""pairline's own transformer for the Llama and Qwen2 families: GQA, RoPE, RMSNorm, SwiGLU,
+optional qkv bias, tied embeddings. One static KV cache, written in place.
+
+Shapes: n = tokens in this call, H = query heads, K = kv heads, G = H // K, D = head dim,
+S = allocated context, L = positions attended this call (start + n)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pairline.engine.config import ModelConfig, RopeScaling
+
+
+def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, float]:
+    """Inverse frequencies [D/2] after the file's scaling, and the attention scale YaRN asks for."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    rope: RopeScaling = cfg.rope
+    mscale = 1.0
+    if rope.kind == "linear":
+        inv = inv / rope.factor
+    elif rope.kind == "llama3" and rope.freq_factors:
+        inv = inv / torch.tensor(rope.freq_factors, dtype=torch.float64)
+    elif rope.kind == "yarn":
+        inv, mscale = _yarn(inv, cfg, rope)
+    return inv.float(), mscale
+
+
+def _yarn(inv: Tensor, cfg: ModelConfig, rope: RopeScaling) -> tuple[Tensor, float]:
+    # YaRN (Peng et al. 2023): keep high frequencies, interpolate low ones, ramp in between.
+    d, base = cfg.head_dim, cfg.rope_theta
+    ctx = rope.original_context or cfg.max_context
+
+    def dim_for(rotations: float) -> float:
+        return d * math.log(ctx / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    lo = max(math.floor(dim_for(rope.beta_fast)), 0)
+    hi = min(math.ceil(dim_for(rope.beta_slow)), d - 1)
+    ramp = ((torch.arange(d // 2, dtype=torch.float64) - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (original frequency), 0: interpolate
+    inv = inv / rope.factor * (1 - keep) + inv * keep
+    mscale = 0.1 * math.log(rope.factor) + 1.0 if rope.factor > 1 else 1.0
+    return inv, mscale
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class KVCache(nn.Module):
+    """Static cache for one layer, [K, S, D]; positions past the session length are stale, never read."""
+
+    def __init__(self, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("k", torch.zeros(n_kv_heads, max_len, head_dim, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(n_kv_heads, max_len, head_dim, dtype=dtype), persistent=False)
+
+    def write(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # k, v: [K, n, D] -> cache views [K, L, D]
+        end = start + k.shape[1]
+        self.k[:, start:end] = k
+        self.v[:, start:end] = v
+        return self.k[:, :end], self.v[:, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, q + 2 * kv, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(q, cfg.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None) -> Tensor:
+        n = x.shape[0]
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = self.wqkv(x)  # [n, (H + 2K) * D]
+        qk = apply_rope(qkv[:, : (H + K) * D].view(n, H + K, D), cos, sin)  # [n, H+K, D]
+        q = qk[:, :H].reshape(n, K, H // K, D).permute(1, 2, 0, 3).reshape(K, -1, D)  # [K, G*n, D]
+        k = qk[:, H:].transpose(0, 1)  # [K, n, D]
+        v = qkv[:, (H + K) * D :].view(n, K, D).transpose(0, 1)  # [K, n, D]
+        keys, values = self.kv_cache.write(start, k, v)  # [K, L, D]
+        scores = torch.bmm(q, keys.transpose(1, 2)).float() * self.scale  # [K, G*n, L]
+        if mask is not None:
+            scores = (scores.view(K, H // K, n, -1) + mask).view(K, -1, scores.shape[-1])
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.bmm(probs, values)  # [K, G*n, D]
+        out = out.view(K, H // K, n, D).permute(2, 0, 1, 3).reshape(n, H * D)
+        return self.wo(out)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: [n, heads, D]; cos, sin: [n, 1, D]; rotate the two halves of each head
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)  # gate and up, fused
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.max_len = 0
+
+    def setup_cache(self, max_len: int, dtype: torch.dtype) -> None:
+        """Allocate the static KV cache and the RoPE tables once, for up to max_len positions."""
+        self.max_len = max_len
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(self.cfg.n_kv_heads, max_len, self.cfg.head_dim, dtype)
+        inv, mscale = rope_frequencies(self.cfg)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # [S, D/2]
+        angles = torch.cat((angles, angles), dim=-1)
+        self.rope_cos = (angles.cos() * mscale).to(dtype).unsqueeze(1)  # [S, 1, D]
+        self.rope_sin = (angles.sin() * mscale).to(dtype).unsqueeze(1)
+
+    def forward(self, tokens: Tensor, start: int, logits_rows: slice | None) -> Tensor | None:
+        """tokens: [n] at positions start..start+n-1. Returns logits [rows, V] in float32 for the
+        rows asked (None: no logits, as in the middle of a chunked prefill)."""
+        n = tokens.shape[0]
+        end = start + n
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        mask = None
+        if n > 1:
+            # row i sees keys 0..start+i; [n, L], broadcast over heads
+            keys = torch.arange(end)
+            allowed = keys[None, :] <= (start + torch.arange(n))[:, None]
+            mask = torch.zeros(n, end).masked_fill_(~allowed, float("-inf"))
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, cos, sin, start, mask)
+        if logits_rows is None:
+            return None
+        return self.output(self.norm(x[logits_rows])).float()
+
+
+def fuse_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Loader names (wq/wk/wv, w1/w3) -> this module's fused wqkv and w13."""
+    out = dict(state)
+    i = 0
+    while f"layers.{i}.attention.wq.weight" in out:
+        p = f"layers.{i}."
+        for kind in ("weight", "bias"):
+            names = [f"{p}attention.w{x}.{kind}" for x in "qkv"]
+            if names[0] in out:
+                out[f"{p}attention.wqkv.{kind}"] = torch.cat([out.pop(n) for n in names])
+        out[f"{p}feed_forward.w13.weight"] = torch.cat(
+            [out.pop(f"{p}feed_forward.w1.weight"), out.pop(f"{p}feed_forward.w3.weight")]
+        )
+        i += 1
+    return out

@@ -1,0 +1,76 @@
+"""The torch runtime: pairline's own model code (runtimes/torch_model.py) under the Runtime contract."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pairline.engine.config import ModelConfig
+from pairline.engine.runtime import ContextFull, Rows
+from pairline.engine.runtimes.torch_model import Transformer, fuse_state_dict
+from pairline.errors import PairlineError
+
+_ROWS = {"none": None, "last": slice(-1, None), "all": slice(None)}
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 everywhere: half the bytes per token of float32, and on CPU its matmuls give each row
+    the same bits whatever the batch size (float32's do not), which is what makes greedy
+    speculation token-identical to plain decoding. Measured: docs/benchmarks.md."""
+    return torch.bfloat16
+
+
+class TorchRuntime:
+    name = "torch"
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state: dict[str, torch.Tensor],
+        n_ctx: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: str = "cpu",
+    ):
+        self.cfg = cfg
+        self.device = device
+        self.dtype = dtype or default_dtype(device)
+        self.n_ctx = min(n_ctx or cfg.max_context, cfg.max_context)
+        self.vocab_size = cfg.vocab_size
+        if device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        state = fuse_state_dict(state)
+        if cfg.tie_embeddings:
+            state.pop("output.weight", None)
+        model.load_state_dict({k: v.to(self.dtype) for k, v in state.items()}, strict=False, assign=True)
+        if cfg.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        if any(p.is_meta for p in model.parameters()):
+            missing = [n for n, p in model.named_parameters() if p.is_meta]
+            raise PairlineError(f"model weights incomplete: {missing[0]} is missing")
+        self.model = model.to(device).eval()
+        self.model.setup_cache(self.n_ctx, self.dtype)
+        self._n_past = 0
+
+    @property
+    def n_past(self) -> int:
+        return self._n_past
+
+    @torch.inference_mode()
+    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        if self._n_past + n > self.n_ctx:
+            raise ContextFull(f"{self._n_past + n} positions needed, the KV cache holds {self.n_ctx}")
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        logits = self.model(ids, self._n_past, _ROWS[rows])
+        self._n_past += n
+        return None if logits is None else logits.cpu()
+
+    def truncate(self, n: int) -> None:
+        if not 0 <= n <= self._n_past:
+            raise ValueError(f"cannot truncate {self._n_past} cached positions to {n}")
+        self._n_past = n

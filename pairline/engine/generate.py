@@ -225,7 +225,7 @@ class Engine:
         """Evaluate the prompt's uncached suffix in chunks; returns the last position's logits."""
         prompt = g.prompt
         common = 0
-        for a, b in zip(self.cached, prompt):
+        for a, b in zip(self.cached, prompt, strict=False):
             if a != b:
                 break
             common += 1

@@ -245,6 +245,7 @@ def test_unified_diff_marks_missing_newline():
     assert "-b" in lines and "+c" in lines
     assert lines.count("\\ No newline at end of file") == 2
     assert edit_cmd.diff_counts(lines) == (1, 1)
+    assert edit_cmd.unified_diff("a\n", "b\n", "/tmp/f.txt")[:2] == ["--- a/tmp/f.txt", "+++ b/tmp/f.txt"]
 
 
 def test_stats_line_format():

@@ -37,8 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "edit",
         help="rewrite a file as an instruction says, streaming the diff",
-        description="Rewrite FILE as the instruction says. The diff is shown as the model writes it; the "
-        "file is replaced atomically at the end, and only if nobody changed it in the meantime.",
+        description="Rewrite FILE as the instruction says. The diff is shown as the model writes it;\n"
+        "the file is replaced atomically at the end, and only if nobody changed it meanwhile.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -138,7 +138,8 @@ def unified_diff(old: str, new: str, path: str) -> list[str]:
     """A unified diff (lines without their newline); lines keep any CR so the diff is exact."""
     out: list[str] = []
     a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    for line in difflib.unified_diff(a, b, fromfile=f"a/{path}", tofile=f"b/{path}", n=3):
+    name = path.lstrip("/")  # git's a/ b/ prefixes; an absolute path must not give "a//tmp/..."
+    for line in difflib.unified_diff(a, b, fromfile=f"a/{name}", tofile=f"b/{name}", n=3):
         if line.endswith("\n"):
             out.append(line[:-1])
         else:  # the last line of a file without a final newline

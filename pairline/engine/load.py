@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from pairline.engine.config import ModelConfig
+from pairline.engine.config import ModelConfig, RopeScaling
 from pairline.engine.generate import Engine
 from pairline.engine.tokenizer import Tokenizer
 from pairline.engine.weights import load_weights
@@ -45,31 +47,39 @@ def _converted_path(source: Path, dtype: torch.dtype) -> Path:
 
 
 def load_state(path: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and weights; a GGUF is dequantized once, then read back from the cache."""
     if path.is_dir():
         return load_weights(path, dtype)
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-
-    from pairline.engine.weights import gguf_config
 
     cached = _converted_path(path, dtype)
     if cached.is_file():
-        import gguf
-
-        cfg = gguf_config(gguf.GGUFReader(str(path)))
-        return cfg, load_file(str(cached))
+        with safe_open(str(cached), "pt") as f:
+            meta = f.metadata() or {}
+        if "pairline_config" in meta:
+            return config_from_json(meta["pairline_config"]), load_file(str(cached))
     cfg, state = load_weights(path, dtype)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".tmp{os.getpid()}")
         # tied weights share storage; safetensors wants each tensor once
-        save_file(
-            {k: v.contiguous() for k, v in state.items() if k != "output.weight" or not cfg.tie_embeddings},
-            str(tmp),
-        )
+        unique = {k: v.contiguous() for k, v in state.items() if k != "output.weight" or not cfg.tie_embeddings}
+        save_file(unique, str(tmp), metadata={"pairline_config": config_to_json(cfg)})
         os.replace(tmp, cached)
     except OSError:
         pass  # a read-only cache only costs start-up time
     return cfg, state
+
+
+def config_to_json(cfg: ModelConfig) -> str:
+    return json.dumps(asdict(cfg))
+
+
+def config_from_json(text: str) -> ModelConfig:
+    data = json.loads(text)
+    data["rope"] = RopeScaling(**data["rope"])
+    return ModelConfig(**data)
 
 
 def load_engine(

@@ -165,6 +165,8 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[ModelConf
             w = _unpermute_rotary(w, cfg.n_heads)
         elif cfg.arch == "llama" and name.endswith(("wk.weight", "wk.bias")):
             w = _unpermute_rotary(w, cfg.n_kv_heads)
+        if not w.flags.writeable:  # float tensors come back as read-only views of the mapped file
+            w = w.copy()
         state[name] = torch.from_numpy(np.ascontiguousarray(w)).to(dtype)
     _check_complete(cfg, state, str(path))
     return cfg, state

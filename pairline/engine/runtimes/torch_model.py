@@ -57,6 +57,33 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+# Calls with at most this many tokens (decode steps, speculative verify steps) take the
+# row-by-row attention path; larger ones (prefill chunks) the masked batched path.
+EXACT_ROWS = 32
+
+
+class Linear(nn.Linear):
+    """nn.Linear that can run wide inputs (prefill chunks) in float32: on CPUs without native bf16
+    arithmetic a float32 GEMM is several times faster than bf16, while decode and verify steps
+    (narrow inputs) stay in bf16, where each row's result does not depend on the batch size."""
+
+    upcast_rows = 0  # inputs with more rows than this run in float32; 0: never
+
+    def reset_parameters(self) -> None:
+        pass  # weights always come from a file; random init would only cost start-up time
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.upcast_rows and x.shape[0] > self.upcast_rows and x.dtype != torch.float32:
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass  # as Linear
+
+
 class KVCache(nn.Module):
     """Static cache for one layer, [K, S, D]; positions past the session length are stale, never read."""
 
@@ -78,8 +105,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, q + 2 * kv, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(q, cfg.dim, bias=False)
+        self.wqkv = Linear(cfg.dim, q + 2 * kv, bias=cfg.qkv_bias)
+        self.wo = Linear(q, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
@@ -88,17 +115,34 @@ class Attention(nn.Module):
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         qkv = self.wqkv(x)  # [n, (H + 2K) * D]
         qk = apply_rope(qkv[:, : (H + K) * D].view(n, H + K, D), cos, sin)  # [n, H+K, D]
-        q = qk[:, :H].reshape(n, K, H // K, D).permute(1, 2, 0, 3).reshape(K, -1, D)  # [K, G*n, D]
+        q = qk[:, :H].reshape(n, K, H // K, D).permute(1, 2, 0, 3)  # [K, G, n, D]
         k = qk[:, H:].transpose(0, 1)  # [K, n, D]
         v = qkv[:, (H + K) * D :].view(n, K, D).transpose(0, 1)  # [K, n, D]
         keys, values = self.kv_cache.write(start, k, v)  # [K, L, D]
-        scores = torch.bmm(q, keys.transpose(1, 2)).float() * self.scale  # [K, G*n, L]
-        if mask is not None:
-            scores = (scores.view(K, H // K, n, -1) + mask).view(K, -1, scores.shape[-1])
+        if mask is None:
+            out = torch.stack([self._one_row(q[:, :, i], keys, values, start + i + 1) for i in range(n)], dim=2)
+        else:
+            out = self._masked(q, keys, values, mask)
+        out = out.permute(2, 0, 1, 3).reshape(n, H * D)  # [K, G, n, D] -> [n, H*D]
+        return self.wo(out.to(x.dtype))
+
+    def _one_row(self, q: Tensor, keys: Tensor, values: Tensor, L: int) -> Tensor:
+        """One position's attention over its L keys: q [K, G, D] -> [K, G, D]. Decode steps and the
+        rows of a verify step both come here, so they compute the same function on the same shapes:
+        batched kernels may group rows differently and flip a near-tie token, which would make
+        speculation lossy."""
+        scores = torch.bmm(q, keys[:, :L].transpose(1, 2)).float() * self.scale  # [K, G, L]
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        out = torch.bmm(probs, values)  # [K, G*n, D]
-        out = out.view(K, H // K, n, D).permute(2, 0, 1, 3).reshape(n, H * D)
-        return self.wo(out)
+        return torch.bmm(probs, values[:, :L])
+
+    def _masked(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+        """Prefill chunks: all rows at once under a causal mask [n, L]."""
+        K, G, n, D = q.shape
+        if n > self.wqkv.upcast_rows > 0:  # float32 is the fast path there (see Linear)
+            q, keys, values = q.float(), keys.float(), values.float()
+        scores = torch.matmul(q, keys.unsqueeze(1).transpose(2, 3)).float() * self.scale  # [K, G, n, L]
+        probs = torch.softmax(scores + mask, dim=-1).to(values.dtype)
+        return torch.matmul(probs, values.unsqueeze(1))  # [K, G, n, D]
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -111,8 +155,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)  # gate and up, fused
-        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.w13 = Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)  # gate and up, fused
+        self.w2 = Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
@@ -136,10 +180,10 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_embeddings = Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.max_len = 0
@@ -155,6 +199,11 @@ class Transformer(nn.Module):
         self.rope_cos = (angles.cos() * mscale).to(dtype).unsqueeze(1)  # [S, 1, D]
         self.rope_sin = (angles.sin() * mscale).to(dtype).unsqueeze(1)
 
+    def set_upcast_rows(self, rows: int) -> None:
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.upcast_rows = rows
+
     def forward(self, tokens: Tensor, start: int, logits_rows: slice | None) -> Tensor | None:
         """tokens: [n] at positions start..start+n-1. Returns logits [rows, V] in float32 for the
         rows asked (None: no logits, as in the middle of a chunked prefill)."""
@@ -162,7 +211,7 @@ class Transformer(nn.Module):
         end = start + n
         cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         mask = None
-        if n > 1:
+        if n > EXACT_ROWS:
             # row i sees keys 0..start+i; [n, L], broadcast over heads
             keys = torch.arange(end)
             allowed = keys[None, :] <= (start + torch.arange(n))[:, None]

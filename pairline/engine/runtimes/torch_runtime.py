@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -19,6 +20,20 @@ def default_dtype(device: str) -> torch.dtype:
     the same bits whatever the batch size (float32's do not), which is what makes greedy
     speculation token-identical to plain decoding. Measured: docs/benchmarks.md."""
     return torch.bfloat16
+
+
+def native_bf16_cpu() -> bool:
+    """True where the CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# Inputs wider than this many rows (prefill chunks) run in float32 where bf16 is emulated;
+# decode and verify steps (at most draft length + 1 rows) stay in bf16.
+UPCAST_ROWS = 32
 
 
 class TorchRuntime:
@@ -52,6 +67,8 @@ class TorchRuntime:
             raise PairlineError(f"model weights incomplete: {missing[0]} is missing")
         self.model = model.to(device).eval()
         self.model.setup_cache(self.n_ctx, self.dtype)
+        if device == "cpu" and self.dtype == torch.bfloat16 and not native_bf16_cpu():
+            self.model.set_upcast_rows(UPCAST_ROWS)
         self._n_past = 0
 
     @property

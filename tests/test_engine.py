@@ -1,0 +1,181 @@
+"""The generation loop: speculation is lossless, sampling, stops, limits, prefix reuse, cancel."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pairline.engine.generate import CancelToken
+from pairline.engine.sampling import SamplingParams
+from pairline.engine.tokenizer import Tokenizer
+from pairline.errors import PairlineError
+
+from .engine_helpers import tiny_engine
+
+CODE = '''def greet(name):
+    """Say hello."""
+    message = "Hello, " + name
+    print(message)
+    return message
+
+
+def farewell(name):
+    message = "Goodbye, " + name
+    print(message)
+    return message
+'''
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_gguf) -> Tokenizer:
+    return Tokenizer.from_gguf(smollm2_gguf)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def engine(tokenizer, request):
+    return tiny_engine(tokenizer, arch=request.param, n_ctx=1024)
+
+
+def _greedy(engine, prompt, n=64, **kw):
+    engine.reset()
+    return engine.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True), **kw).run()
+
+
+def test_prompt_lookup_is_lossless(engine):
+    plain = _greedy(engine, CODE, speculation="off")
+    # a prompt that holds the continuation, so lookup finds long drafts
+    prompt = CODE + plain.text + "\n\n" + CODE
+    plain = _greedy(engine, prompt, speculation="off")
+    spec = _greedy(engine, prompt, speculation="prompt_lookup")
+    assert spec.token_ids == plain.token_ids
+
+
+def test_prediction_is_lossless_and_counted(engine):
+    plain = _greedy(engine, CODE, speculation="off")
+    exact = _greedy(engine, CODE, prediction=plain.token_ids)  # ids: random models tokenize oddly
+    assert exact.token_ids == plain.token_ids
+    # the model's own output as prediction: every drafted token is accepted; each forward adds
+    # one token of the model's own on top of the accepted drafts, and the first comes from prefill
+    assert exact.usage.rejected_prediction_tokens == 0
+    assert exact.usage.accepted_prediction_tokens + exact.timings.forward_calls + 1 == len(plain.token_ids)
+    assert exact.timings.forward_calls < len(plain.token_ids) // 3
+    # a partly wrong prediction: a changed word in the middle, then realignment
+    words = plain.text.split(" ")
+    words[len(words) // 2] = "zebra"
+    wrong = _greedy(engine, CODE, prediction=" ".join(words))
+    assert wrong.token_ids == plain.token_ids
+    assert wrong.usage.rejected_prediction_tokens > 0
+    assert wrong.usage.accepted_prediction_tokens > len(plain.token_ids) // 3
+
+
+def test_useless_prediction_is_still_lossless(engine):
+    plain = _greedy(engine, CODE, speculation="off")
+    junk = _greedy(engine, CODE, prediction="lorem ipsum dolor sit amet " * 20)
+    assert junk.token_ids == plain.token_ids
+
+
+def test_sampling_with_speculation_is_seeded_and_valid(engine):
+    params = SamplingParams(max_tokens=40, temperature=0.8, top_p=0.9, top_k=50, seed=7, ignore_eos=True)
+    engine.reset()
+    a = engine.generate(CODE, params, prediction=CODE).run()
+    engine.reset()
+    b = engine.generate(CODE, params, prediction=CODE).run()
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 40
+    engine.reset()
+    c = engine.generate(CODE, SamplingParams(max_tokens=40, temperature=0.8, seed=8, ignore_eos=True)).run()
+    assert c.token_ids != a.token_ids
+
+
+def test_max_tokens_and_events(engine):
+    engine.reset()
+    g = engine.generate(CODE, SamplingParams(max_tokens=10, ignore_eos=True))
+    events = list(g)
+    assert g.finish_reason == "length" and len(g.token_ids) == 10
+    assert "".join(e.text for e in events) == g.text == engine.tokenizer.decode(g.token_ids)
+    assert [e.index for e in events if e.token_id >= 0] == list(range(10))
+    assert g.usage.completion_tokens == 10 and g.usage.prompt_tokens == len(engine.tokenizer.encode(CODE))
+    assert g.timings.ttft_s > 0 and g.timings.total_s >= g.timings.ttft_s
+
+
+def test_stop_string_is_cut_and_never_streamed(engine):
+    plain = _greedy(engine, CODE, n=40, speculation="off")
+    stop = plain.text[10:14]
+    engine.reset()
+    g = engine.generate(CODE, SamplingParams(max_tokens=40, stop=(stop,), ignore_eos=True))
+    streamed = "".join(e.text for e in g)
+    assert g.finish_reason == "stop"
+    assert streamed == g.text == plain.text[: plain.text.find(stop)]
+
+
+def test_stop_token(engine):
+    plain = _greedy(engine, CODE, n=20, speculation="off")
+    engine.reset()
+    g = engine.generate(CODE, SamplingParams(max_tokens=20, stop_token_ids=(plain.token_ids[5],),
+                                             ignore_eos=True)).run()
+    assert g.finish_reason == "stop"
+    assert g.token_ids == plain.token_ids[: plain.token_ids.index(plain.token_ids[5])]
+
+
+def test_prefix_reuse(engine):
+    engine.reset()
+    first = engine.generate(CODE, SamplingParams(max_tokens=8, ignore_eos=True)).run()
+    second = engine.generate(CODE + first.text + "\n# more", SamplingParams(max_tokens=8, ignore_eos=True)).run()
+    assert second.usage.cached_tokens >= first.usage.prompt_tokens
+    fresh = _greedy(engine, CODE + first.text + "\n# more", n=8, speculation="off")
+    assert fresh.token_ids == second.token_ids
+
+
+def test_cancel_mid_prefill_lands_within_a_chunk(tokenizer):
+    eng = tiny_engine(tokenizer, n_ctx=4096, prefill_chunk=64)
+    prompt = (CODE * 40)[:12000]
+    cancel = CancelToken()
+    g = eng.generate(prompt, SamplingParams(max_tokens=50), cancel=cancel)
+    chunks = []
+    real_forward = eng.runtime.forward
+
+    def forward(tokens, rows="last"):
+        chunks.append(len(tokens))
+        if len(chunks) == 3:
+            threading.Timer(0.0, cancel.cancel).start()
+            threading.Event().wait(0.05)
+        return real_forward(tokens, rows)
+
+    eng.runtime.forward = forward
+    g.run()
+    assert g.finish_reason == "cancelled" and g.token_ids == []
+    assert len(chunks) <= 4  # the chunk in flight finishes, no more start
+    assert g.timings.cancel_latency_s is not None and g.timings.cancel_latency_s < 5.0
+    eng.runtime.forward = real_forward
+    # the engine stays usable and its cache consistent
+    after = eng.generate(CODE, SamplingParams(max_tokens=5, ignore_eos=True)).run()
+    assert len(after.token_ids) == 5
+
+
+def test_cancel_mid_decode(engine):
+    cancel = CancelToken()
+    engine.reset()
+    g = engine.generate(CODE, SamplingParams(max_tokens=200, ignore_eos=True), cancel=cancel, speculation="off")
+    for ev in g:
+        if ev.index == 4:
+            cancel.cancel()
+    assert g.finish_reason == "cancelled" and len(g.token_ids) == 5
+
+
+def test_bad_requests(engine):
+    with pytest.raises(PairlineError):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(PairlineError):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(PairlineError):
+        SamplingParams(temperature=-1)
+    with pytest.raises(PairlineError):
+        engine.generate("", SamplingParams())
+    with pytest.raises(PairlineError, match="context holds"):
+        engine.generate(list(range(1, 2000)), SamplingParams())
+
+
+def test_context_fills_up_with_length(tokenizer):
+    eng = tiny_engine(tokenizer, n_ctx=128)
+    g = eng.generate(list(range(100, 220)), SamplingParams(max_tokens=100, ignore_eos=True)).run()
+    assert g.finish_reason == "length" and 1 <= len(g.token_ids) <= 9

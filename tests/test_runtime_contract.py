@@ -1,0 +1,91 @@
+"""The Runtime contract. Every runtime must pass these; add a runtime to RUNTIMES to enroll it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pairline.engine.runtime import ContextFull, Runtime
+from pairline.engine.runtimes.torch_runtime import TorchRuntime
+
+from .engine_helpers import random_state, tiny_config
+
+
+def _torch_tiny(n_ctx: int = 64):
+    cfg = tiny_config("qwen2", vocab=512)
+    return TorchRuntime(cfg, random_state(cfg), n_ctx=n_ctx, dtype=torch.bfloat16)
+
+
+def _torch_smollm2(n_ctx: int = 64):
+    from pairline.engine.load import load_state
+    from pairline.models.fetch import pull
+
+    cfg, state = load_state(pull("smollm2-135m", progress=False), torch.bfloat16)
+    return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch.bfloat16)
+
+
+RUNTIMES = [
+    pytest.param(_torch_tiny, id="torch-tiny"),
+    pytest.param(_torch_smollm2, id="torch-smollm2", marks=pytest.mark.slow),
+]
+
+TOKENS = [5, 17, 300, 42, 7, 99, 256, 3, 11, 64, 128, 200]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request) -> Runtime:
+    return request.param()
+
+
+def test_is_a_runtime(runtime):
+    assert isinstance(runtime, Runtime)
+    assert runtime.n_past == 0 and runtime.n_ctx == 64 and runtime.vocab_size > 0
+
+
+def test_rows_and_shapes(runtime):
+    assert runtime.forward(TOKENS[:4], "none") is None
+    assert runtime.n_past == 4
+    last = runtime.forward(TOKENS[4:6], "last")
+    assert last.shape == (1, runtime.vocab_size) and last.dtype == torch.float32
+    every = runtime.forward(TOKENS[6:9], "all")
+    assert every.shape == (3, runtime.vocab_size)
+    assert runtime.n_past == 9
+
+
+def test_truncate_rolls_back_exactly(runtime):
+    runtime.forward(TOKENS[:6], "none")
+    first = runtime.forward(TOKENS[6:9], "all")
+    runtime.truncate(6)
+    runtime.forward([1, 2, 3, 4], "all")  # overwrite the rolled-back positions with other tokens
+    runtime.truncate(6)
+    again = runtime.forward(TOKENS[6:9], "all")
+    assert torch.equal(first, again)
+    with pytest.raises(ValueError):
+        runtime.truncate(runtime.n_past + 1)
+
+
+def test_chunked_equals_whole(runtime):
+    whole = runtime.forward(TOKENS, "last")
+    runtime.truncate(0)
+    for i in range(0, len(TOKENS), 5):
+        out = runtime.forward(TOKENS[i : i + 5], "last")
+    torch.testing.assert_close(out, whole, atol=2e-2, rtol=0)
+
+
+def test_verify_rows_equal_decode_steps(runtime):
+    """What makes greedy speculation lossless: a k-token forward gives each row the same logits,
+    bit for bit, as k one-token steps."""
+    runtime.forward(TOKENS[:5], "none")
+    batched = runtime.forward(TOKENS[5:10], "all")
+    runtime.truncate(5)
+    stepped = torch.cat([runtime.forward([t], "last") for t in TOKENS[5:10]])
+    assert torch.equal(batched, stepped)
+
+
+def test_context_full(runtime):
+    runtime.forward(list(range(1, 61)), "none")
+    with pytest.raises(ContextFull):
+        runtime.forward([1] * 5, "last")
+    assert runtime.n_past == 60  # a refused call leaves the cache as it was
+    runtime.forward([1] * 4, "last")
+    assert runtime.n_past == 64

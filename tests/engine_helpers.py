@@ -6,8 +6,8 @@ import torch
 
 from pairline.engine.config import ModelConfig
 from pairline.engine.generate import Engine
-from pairline.engine.runtimes.torch_runtime import TorchRuntime
 from pairline.engine.runtimes.torch_model import Transformer
+from pairline.engine.runtimes.torch_runtime import TorchRuntime
 
 
 def tiny_config(arch: str = "llama", vocab: int = 49152, **kw) -> ModelConfig:

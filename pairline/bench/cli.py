@@ -1,0 +1,108 @@
+"""`pairline bench ...`: measurements, printed as tables and saved as JSON.
+
+Subcommands: `engine` (pairline's runtime against HF transformers on the same weights). Room is
+left for `overhead` (transport and session cost) and `edit` (edit throughput end to end)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="measure latency and throughput; print tables, save JSON")
+    sub = parser.add_subparsers(dest="bench_command", metavar="BENCH")
+    sub.required = True
+
+    eng = sub.add_parser(
+        "engine",
+        help="load, TTFT, decode tok/s, edit throughput: pairline vs HF transformers, same GGUF, same dtype",
+        description="Runs pairline (torch runtime) and, in the same command, its peers on the same weights, "
+        "each in its own worker process, side by side; prints tables and writes JSON.",
+    )
+    eng.add_argument("--model", "-m", required=True, help="registry name, .gguf path or HF model directory")
+    eng.add_argument("--runtime", default="torch", choices=["torch"], help="pairline runtime (default: torch)")
+    eng.add_argument(
+        "--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: the runtime's default (bf16 on CPU)"
+    )
+    eng.add_argument("--peers", default="hf", help="comma-separated peers to run alongside: hf, or none")
+    eng.add_argument(
+        "--repeats", type=int, default=None, help="repeats per measurement, medians reported (default 3; quick 1)"
+    )
+    eng.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
+    eng.add_argument("--quick", action="store_true", help="small sizes and one repeat (a smoke test)")
+    eng.add_argument("--n-ctx", type=int, default=None, help="context for pairline (default 4096; quick 1024)")
+    eng.add_argument("--edit-tasks", default=None, help="comma-separated edit task names (default: all)")
+    eng.add_argument("--edit-modes", default=None, help="plain,prediction,prompt_lookup,ceiling (default: all)")
+    eng.add_argument("--edit-repeats", type=int, default=None, help="repeats for the edit tasks (default: --repeats)")
+    eng.add_argument("--threads", type=int, default=None, help="torch threads in every engine (default: its own)")
+    eng.add_argument(
+        "--omp-wait-policy",
+        choices=["passive", "active"],
+        default=None,
+        help="OMP_WAIT_POLICY for the engine processes; passive keeps idle OpenMP threads from spinning, "
+        "which matters on a CPU shared with other work",
+    )
+    eng.add_argument("--no-edit", action="store_true", help="skip the edit tasks")
+    eng.set_defaults(func=cmd_engine)
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pairline.bench.engine import (
+        EDIT_MODES,
+        BenchConfig,
+        command_line,
+        default_out_path,
+        print_tables,
+        run_engine_bench,
+        write_json,
+    )
+
+    err = Console(stderr=True)
+    peers = tuple(p for p in (_csv(args.peers) or ()) if p != "none")
+    kw = {
+        "runtime": args.runtime,
+        "dtype": args.dtype,
+        "peers": peers,
+        "command": command_line(args),
+        "log": lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
+    }
+    if args.threads:
+        kw["threads"] = args.threads
+    if args.omp_wait_policy:
+        kw["omp_wait_policy"] = args.omp_wait_policy
+    if args.n_ctx:
+        kw["n_ctx"] = args.n_ctx
+    if args.edit_tasks:
+        kw["edit_tasks"] = _csv(args.edit_tasks)
+    if args.edit_modes:
+        kw["edit_modes"] = _csv(args.edit_modes)
+    if args.edit_repeats:
+        kw["edit_repeats"] = args.edit_repeats
+    if args.no_edit:
+        kw["edit_tasks"] = ()
+    if args.repeats is not None:
+        kw["repeats"] = args.repeats
+    cfg = BenchConfig.quick_config(args.model, **kw) if args.quick else BenchConfig(model=args.model, **kw)
+    if not cfg.edit_modes:
+        cfg.edit_modes = EDIT_MODES
+    paths: list = []
+
+    def save(result: dict) -> None:  # after each phase too: a run killed halfway keeps what it measured
+        if not paths:
+            paths.append(default_out_path(args.out, args.model, result.get("dtype")))
+        write_json(result, paths[0])
+
+    cfg.checkpoint = save
+    result = run_engine_bench(cfg)
+    save(result)
+    print_tables(result)
+    err.print(f"wrote {paths[0]}")
+    return 0

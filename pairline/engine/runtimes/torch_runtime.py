@@ -36,6 +36,17 @@ def native_bf16_cpu() -> bool:
 UPCAST_ROWS = 32
 
 
+def cpu_threads() -> int:
+    """All cores unless PAIRLINE_THREADS says otherwise (on a busy 2-core machine, 1 is steadier)."""
+    want = os.environ.get("PAIRLINE_THREADS", "")
+    if want:
+        try:
+            return max(1, int(want))
+        except ValueError:
+            raise PairlineError(f"PAIRLINE_THREADS must be a number, got {want!r}") from None
+    return os.cpu_count() or 1
+
+
 class TorchRuntime:
     name = "torch"
 
@@ -53,7 +64,7 @@ class TorchRuntime:
         self.n_ctx = min(n_ctx or cfg.max_context, cfg.max_context)
         self.vocab_size = cfg.vocab_size
         if device == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(cpu_threads())
         with torch.device("meta"):
             model = Transformer(cfg)
         state = fuse_state_dict(state)

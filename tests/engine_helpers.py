@@ -46,7 +46,7 @@ def random_state(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def tiny_engine(tokenizer, arch: str = "llama", n_ctx: int = 1024, dtype=torch.bfloat16, seed: int = 0,
-                prefill_chunk: int = 256) -> Engine:
+                prefill_chunk: int = 256, quant: str = "none") -> Engine:
     cfg = tiny_config(arch, vocab=tokenizer.vocab_size)
-    rt = TorchRuntime(cfg, random_state(cfg, seed), n_ctx=n_ctx, dtype=dtype)
+    rt = TorchRuntime(cfg, random_state(cfg, seed), n_ctx=n_ctx, dtype=dtype, quant=quant)
     return Engine(rt, tokenizer, model_name=f"tiny-{arch}", prefill_chunk=prefill_chunk)

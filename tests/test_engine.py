@@ -32,9 +32,11 @@ def tokenizer(smollm2_gguf) -> Tokenizer:
     return Tokenizer.from_gguf(smollm2_gguf)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=[("llama", "none"), ("qwen2", "none"), ("qwen2", "int8")],
+                ids=["llama-bf16", "qwen2-bf16", "qwen2-int8"])
 def engine(tokenizer, request):
-    return tiny_engine(tokenizer, arch=request.param, n_ctx=1024)
+    arch, quant = request.param
+    return tiny_engine(tokenizer, arch=arch, n_ctx=1024, quant=quant)
 
 
 def _greedy(engine, prompt, n=64, **kw):

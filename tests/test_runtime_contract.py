@@ -11,22 +11,24 @@ from pairline.engine.runtimes.torch_runtime import TorchRuntime
 from .engine_helpers import random_state, tiny_config
 
 
-def _torch_tiny(n_ctx: int = 64):
+def _torch_tiny(quant: str, n_ctx: int = 64):
     cfg = tiny_config("qwen2", vocab=512)
-    return TorchRuntime(cfg, random_state(cfg), n_ctx=n_ctx, dtype=torch.bfloat16)
+    return TorchRuntime(cfg, random_state(cfg), n_ctx=n_ctx, dtype=torch.bfloat16, quant=quant)
 
 
-def _torch_smollm2(n_ctx: int = 64):
+def _torch_smollm2(quant: str, n_ctx: int = 64):
     from pairline.engine.load import load_state
     from pairline.models.fetch import pull
 
     cfg, state = load_state(pull("smollm2-135m", progress=False), torch.bfloat16)
-    return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch.bfloat16)
+    return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch.bfloat16, quant=quant)
 
 
 RUNTIMES = [
-    pytest.param(_torch_tiny, id="torch-tiny"),
-    pytest.param(_torch_smollm2, id="torch-smollm2", marks=pytest.mark.slow),
+    pytest.param(lambda: _torch_tiny("none"), id="torch-tiny-bf16"),
+    pytest.param(lambda: _torch_tiny("int8"), id="torch-tiny-int8"),
+    pytest.param(lambda: _torch_smollm2("none"), id="torch-smollm2-bf16", marks=pytest.mark.slow),
+    pytest.param(lambda: _torch_smollm2("int8"), id="torch-smollm2-int8", marks=pytest.mark.slow),
 ]
 
 TOKENS = [5, 17, 300, 42, 7, 99, 256, 3, 11, 64, 128, 200]

@@ -151,9 +151,7 @@ class Engine:
     """A model ready to generate: a Runtime plus its tokenizer. One request runs at a time; the KV of
     the previous request is kept, so a request that extends it prefills only the new tokens."""
 
-    def __init__(
-        self, runtime: Runtime, tokenizer: Tokenizer, model_name: str = "model", prefill_chunk: int = 256
-    ):
+    def __init__(self, runtime: Runtime, tokenizer: Tokenizer, model_name: str = "model", prefill_chunk: int = 256):
         self.runtime = runtime
         self.tokenizer = tokenizer
         self.model_name = model_name

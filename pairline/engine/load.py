@@ -89,6 +89,7 @@ def load_engine(
     n_ctx: int | None = None,
     dtype: str | None = None,
     device: str = "cpu",
+    quant: str | None = None,
 ) -> Engine:
     """`model` is a registry name (pulled on first use), a .gguf file or an HF directory."""
     from pairline.models.fetch import resolve
@@ -97,12 +98,13 @@ def load_engine(
     path = resolve(model)
     if runtime != "torch":
         raise PairlineError(f"unknown runtime {runtime!r}; available: torch")
-    from pairline.engine.runtimes.torch_runtime import TorchRuntime, default_dtype
+    from pairline.engine.runtimes.torch_runtime import TorchRuntime, default_dtype, default_quant
 
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     tokenizer = Tokenizer.load(path)
     cfg, state = load_state(path, torch_dtype)
-    rt = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device)
+    quant = quant or os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
+    rt = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)
     engine = Engine(rt, tokenizer, model_name=model)
     engine.load_s = time.perf_counter() - t0
     return engine

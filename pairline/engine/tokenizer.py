@@ -183,9 +183,7 @@ def _vocab_key(text: str, token_type: int) -> str:
     return _spell(text.encode("utf-8"))
 
 
-def _build_bpe(
-    tokens: list[str], types: list[int], merges: list[str], splits: tuple[str, ...]
-) -> tokenizers.Tokenizer:
+def _build_bpe(tokens: list[str], types: list[int], merges: list[str], splits: tuple[str, ...]) -> tokenizers.Tokenizer:
     vocab: dict[str, int] = {}
     for i, (text, kind) in enumerate(zip(tokens, types, strict=True)):
         vocab.setdefault(_vocab_key(text, kind), i)
@@ -264,9 +262,7 @@ class Tokenizer:
             )
         pre = meta.get("tokenizer.ggml.pre")
         if pre not in _PRE_SPLITS:
-            raise PairlineError(
-                f"{name}: unknown pre-tokenizer {pre!r} (known: {', '.join(sorted(_PRE_SPLITS))})"
-            )
+            raise PairlineError(f"{name}: unknown pre-tokenizer {pre!r} (known: {', '.join(sorted(_PRE_SPLITS))})")
         for key in ("tokens", "token_type", "merges"):
             if f"tokenizer.ggml.{key}" not in meta:
                 raise PairlineError(f"{name}: GGUF has no tokenizer.ggml.{key}")

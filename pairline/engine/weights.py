@@ -234,9 +234,7 @@ def _llama3_factors(config: dict, scaling: dict) -> list[float]:
     return out
 
 
-def load_hf_dir(
-    path: Path, dtype: torch.dtype = torch.float32
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     cfg_file = path / "config.json"
@@ -274,14 +272,10 @@ def _check_complete(cfg: ModelConfig, state: dict[str, torch.Tensor], source: st
             needed.append(f"layers.{i}.{part}.weight")
     missing = [n for n in needed if n not in state]
     if missing:
-        raise PairlineError(
-            f"{source} lacks {len(missing)} weights (first: {missing[0]}); the file is incomplete"
-        )
+        raise PairlineError(f"{source} lacks {len(missing)} weights (first: {missing[0]}); the file is incomplete")
 
 
-def load_weights(
-    path: Path, dtype: torch.dtype = torch.float32
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def load_weights(path: Path, dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """A GGUF file or an HF safetensors directory."""
     path = Path(path)
     if path.is_dir():

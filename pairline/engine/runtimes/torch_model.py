@@ -79,6 +79,39 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+class Int8Linear(nn.Module):
+    """Weight-only int8 with one bf16 scale per output row (as in gpt-fast's quantize.py). Narrow
+    inputs run torch's int8 x bf16 kernel, which reads a quarter of float32's bytes and computes
+    each row on its own (the same bits whatever the batch); wide inputs (prefill chunks)
+    dequantize once and run a float32 GEMM."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, upcast_rows: int):
+        super().__init__()
+        w = weight.float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # [out]
+        self.register_buffer("weight", (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
+        self.upcast_rows = upcast_rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] > self.upcast_rows:
+            w = self.weight.float() * self.scales.float()[:, None]
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), w, bias).to(x.dtype)
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales)
+        return (y if self.bias is None else y + self.bias).to(x.dtype)
+
+
+def quantize_int8(model: nn.Module, upcast_rows: int) -> None:
+    """Swap every Linear for an Int8Linear, in place (the embedding table stays as it is)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, Linear):
+            setattr(model, name, Int8Linear(child.weight.data, child.bias, upcast_rows))
+        else:
+            quantize_int8(child, upcast_rows)
+
+
 class Embedding(nn.Embedding):
     def reset_parameters(self) -> None:
         pass  # as Linear
@@ -138,7 +171,7 @@ class Attention(nn.Module):
     def _masked(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
         """Prefill chunks: all rows at once under a causal mask [n, L]."""
         K, G, n, D = q.shape
-        if n > self.wqkv.upcast_rows > 0:  # float32 is the fast path there (see Linear)
+        if n > EXACT_ROWS:  # float32 is the fast path there (see Linear)
             q, keys, values = q.float(), keys.float(), values.float()
         scores = torch.matmul(q, keys.unsqueeze(1).transpose(2, 3)).float() * self.scale  # [K, G, n, L]
         probs = torch.softmax(scores + mask, dim=-1).to(values.dtype)

@@ -116,6 +116,9 @@ def test_bench_engine_quick_writes_json(tmp_path, smollm2_gguf):
         ttft = p["ttft_s"][str(size)]
         assert len(ttft["runs"]) == d["repeats"] and ttft["median"] > 0
     assert p["decode_tok_s"]["median"] > 0
+    vc = p["verify_cost"]
+    assert vc["context_tokens"] > 0 and set(vc["k"]) == {"1", "4"}
+    assert all(v["s"] > 0 and len(v["runs"]) == d["repeats"] for v in vc["k"].values())
 
     tasks = d["edit"]["tasks"]
     assert len(tasks) == 1

@@ -42,7 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="OMP_WAIT_POLICY for the engine processes; passive keeps idle OpenMP threads from spinning, "
         "which matters on a CPU shared with other work",
     )
-    eng.add_argument("--no-edit", action="store_true", help="skip the edit tasks")
+    eng.add_argument(
+        "--phases",
+        default=None,
+        help="comma-separated: engine (load, TTFT, decode, with peers), verify (k-token forward cost), "
+        "edit (edit tasks); default: all",
+    )
     eng.set_defaults(func=cmd_engine)
 
 
@@ -86,8 +91,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         kw["edit_modes"] = _csv(args.edit_modes)
     if args.edit_repeats:
         kw["edit_repeats"] = args.edit_repeats
-    if args.no_edit:
-        kw["edit_tasks"] = ()
+    if args.phases:
+        kw["phases"] = _csv(args.phases)
     if args.repeats is not None:
         kw["repeats"] = args.repeats
     cfg = BenchConfig.quick_config(args.model, **kw) if args.quick else BenchConfig(model=args.model, **kw)

@@ -38,6 +38,7 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 SCHEMA = 1
 EDIT_MODES = ("plain", "prediction", "prompt_lookup", "ceiling")
 PEERS = ("hf",)
+PHASES = ("engine", "verify", "edit")
 DECODE_TARGET = 1.2  # goal (a): torch runtime decode >= 1.2x HF transformers, same dtype
 EDIT_TARGET = 2.0  # goal (b): edit with a prediction >= 2x the runtime's own plain decode
 
@@ -53,6 +54,9 @@ class BenchConfig:
     n_ctx: int = 4096
     ttft_sizes: tuple[int, ...] = (200, 2000)
     decode_tokens: int = 128
+    phases: tuple[str, ...] = ("engine", "verify", "edit")  # engine: load/TTFT/decode against the peers
+    verify_context: int = 1000
+    verify_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 17, 32, 33)
     edit_tasks: tuple[str, ...] | None = None  # None: all of tasks.json
     edit_modes: tuple[str, ...] = EDIT_MODES
     edit_repeats: int | None = None  # None: repeats
@@ -75,6 +79,8 @@ class BenchConfig:
             "edit_tasks": ("bisect-rename",),
             "edit_lines": 30,
             "edit_max_tokens": 40,
+            "verify_context": 64,
+            "verify_ks": (1, 4),
         }
         base.update(kw)
         return cls(model=model, **base)
@@ -156,6 +162,25 @@ class PairlineBackend:
         g = self.engine.generate(ids, self.SamplingParams(max_tokens=n, ignore_eos=True), speculation="off")
         stamps = self._stream(g)
         return _decode_result(t0, stamps, g.token_ids, extra={"engine_decode_tok_s": g.timings.decode_tokens_per_s})
+
+    def verify_cost(self, ids: list[int], ks: list[int], repeats: int) -> dict:
+        """Seconds for one forward of k tokens (all rows' logits, as a verify step does) after a
+        context of len(ids), for each k; the cache is rolled back after each. Interleaved repeats."""
+        rt = self.engine.runtime
+        self.engine.reset()
+        for start in range(0, len(ids), 256):
+            chunk = ids[start : start + 256]
+            rt.forward(chunk, "last" if start + len(chunk) == len(ids) else "none")
+        n0 = rt.n_past
+        times: dict[int, list[float]] = {k: [] for k in ks}
+        for _ in range(repeats + 1):  # the first round warms up each shape
+            for k in ks:
+                t0 = time.perf_counter()
+                rt.forward(ids[n0 - k : n0] if k <= n0 else ids[:k], "all")
+                times[k].append(time.perf_counter() - t0)
+                rt.truncate(n0)
+        self.engine.reset()
+        return {str(k): v[1:] for k, v in times.items()}
 
     def edit(self, ids: list[int], max_tokens: int, mode: str, prediction: list[int] | None) -> dict:
         self.engine.reset()
@@ -553,6 +578,9 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
     for m in cfg.edit_modes:
         if m not in EDIT_MODES:
             raise PairlineError(f"unknown edit mode {m!r}; available: {', '.join(EDIT_MODES)}")
+    for ph in cfg.phases:
+        if ph not in PHASES:
+            raise PairlineError(f"unknown phase {ph!r}; available: {', '.join(PHASES)}")
     if cfg.repeats < 1:
         raise PairlineError("--repeats must be at least 1")
 
@@ -567,6 +595,7 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
         "runtime": cfg.runtime,
         "dtype_requested": cfg.dtype,
         "peers": list(cfg.peers),
+        "phases": list(cfg.phases),
         "repeats": cfg.repeats,
         "quick": cfg.quick,
         "command": cfg.command,
@@ -612,7 +641,7 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
         dtype = workers["pairline"].info["dtype"]
         dtype_short = {"bfloat16": "bf16", "float32": "fp32"}.get(dtype, dtype)
         result["dtype"] = dtype_short
-        if "hf" in cfg.peers:
+        if "hf" in cfg.peers and "engine" in cfg.phases:
             if dtype_short not in ("bf16", "fp32"):
                 raise PairlineError(f"the HF peer runs in bf16 or fp32, not {dtype}")
             _log(cfg, f"loading HF transformers ({dtype_short}) on the same GGUF ...")
@@ -621,78 +650,107 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
             result["engines"][name] = {"info": w.info, "load_s": w.info["load_s"]}
             w.call("warmup", ids=decode_prompt)
 
-        names = list(workers)
-        ttft: dict[str, dict[int, list]] = {n: {s: [] for s in sizes} for n in names}
-        engine_ttft: dict[str, dict[int, list]] = {n: {s: [] for s in sizes} for n in names}
-        decode: dict[str, list] = {n: [] for n in names}
-        decode_tokens: dict[str, list[int]] = {}
-        for rep in range(cfg.repeats):
-            order = names if rep % 2 == 0 else names[::-1]
-            for s in sizes:
+        if "engine" in cfg.phases:
+            names = list(workers)
+            ttft: dict[str, dict[int, list]] = {n: {s: [] for s in sizes} for n in names}
+            engine_ttft: dict[str, dict[int, list]] = {n: {s: [] for s in sizes} for n in names}
+            decode: dict[str, list] = {n: [] for n in names}
+            decode_tokens: dict[str, list[int]] = {}
+            for rep in range(cfg.repeats):
+                order = names if rep % 2 == 0 else names[::-1]
+                for s in sizes:
+                    for n in order:
+                        _log(cfg, f"[{rep + 1}/{cfg.repeats}] {n}: TTFT, {s}-token prompt")
+                        r = workers[n].call("ttft", ids=prompts[s])
+                        _log(cfg, f"    {r['ttft_s']:.3f} s")
+                        ttft[n][s].append(r["ttft_s"])
+                        engine_ttft[n][s].append(r.get("engine_ttft_s"))
                 for n in order:
-                    _log(cfg, f"[{rep + 1}/{cfg.repeats}] {n}: TTFT, {s}-token prompt")
-                    r = workers[n].call("ttft", ids=prompts[s])
-                    _log(cfg, f"    {r['ttft_s']:.3f} s")
-                    ttft[n][s].append(r["ttft_s"])
-                    engine_ttft[n][s].append(r.get("engine_ttft_s"))
-            for n in order:
-                _log(cfg, f"[{rep + 1}/{cfg.repeats}] {n}: decode {cfg.decode_tokens} tokens")
-                r = workers[n].call("decode", ids=decode_prompt, n=cfg.decode_tokens)
-                _log(cfg, f"    {_f(r['decode_tok_s'], '{:.1f}')} tok/s")
-                decode[n].append(r["decode_tok_s"])
-                decode_tokens.setdefault(n, r["token_ids"])
-        for n in names:
-            e = result["engines"][n]
-            e["ttft_s"] = {str(s): _summary(ttft[n][s]) for s in sizes}
-            if n == "pairline":
-                e["engine_ttft_s"] = {str(s): _summary(engine_ttft[n][s]) for s in sizes}
-            e["decode_tok_s"] = _summary(decode[n])
-            e["decode_text_head"] = tok.decode(decode_tokens[n])[:160]
-        if "hf" in workers:
-            p, h = result["engines"]["pairline"], result["engines"]["hf"]
-            result["ratios"] = {
-                "definition": "decode: pairline tok/s / HF tok/s; ttft and load: HF seconds / pairline seconds "
-                "(above 1: pairline is faster)",
-                "decode_tok_s": _ratio(p["decode_tok_s"]["median"], h["decode_tok_s"]["median"]),
-                "load_s": _ratio(h["load_s"], p["load_s"]),
-                **{f"ttft_{s}": _ratio(h["ttft_s"][str(s)]["median"], p["ttft_s"][str(s)]["median"]) for s in sizes},
-                "greedy_decode_agree_prefix_tokens": _agree_prefix(decode_tokens["pairline"], decode_tokens["hf"]),
-            }
-            r = result["ratios"]["decode_tok_s"]
-            result["goals"]["decode_vs_hf"] = {
-                "target": DECODE_TARGET,
-                "ratio": r,
-                "met": bool(r is not None and r >= DECODE_TARGET),
-            }
+                    _log(cfg, f"[{rep + 1}/{cfg.repeats}] {n}: decode {cfg.decode_tokens} tokens")
+                    r = workers[n].call("decode", ids=decode_prompt, n=cfg.decode_tokens)
+                    _log(cfg, f"    {_f(r['decode_tok_s'], '{:.1f}')} tok/s")
+                    decode[n].append(r["decode_tok_s"])
+                    decode_tokens.setdefault(n, r["token_ids"])
+            for n in names:
+                e = result["engines"][n]
+                e["ttft_s"] = {str(s): _summary(ttft[n][s]) for s in sizes}
+                if n == "pairline":
+                    e["engine_ttft_s"] = {str(s): _summary(engine_ttft[n][s]) for s in sizes}
+                e["decode_tok_s"] = _summary(decode[n])
+                e["decode_text_head"] = tok.decode(decode_tokens[n])[:160]
+            if "hf" in workers:
+                p, h = result["engines"]["pairline"], result["engines"]["hf"]
+                result["ratios"] = {
+                    "definition": "decode: pairline tok/s / HF tok/s; ttft and load: HF seconds / pairline seconds "
+                    "(above 1: pairline is faster)",
+                    "decode_tok_s": _ratio(p["decode_tok_s"]["median"], h["decode_tok_s"]["median"]),
+                    "load_s": _ratio(h["load_s"], p["load_s"]),
+                    **{
+                        f"ttft_{s}": _ratio(h["ttft_s"][str(s)]["median"], p["ttft_s"][str(s)]["median"]) for s in sizes
+                    },
+                    "greedy_decode_agree_prefix_tokens": _agree_prefix(decode_tokens["pairline"], decode_tokens["hf"]),
+                }
+                r = result["ratios"]["decode_tok_s"]
+                result["goals"]["decode_vs_hf"] = {
+                    "target": DECODE_TARGET,
+                    "ratio": r,
+                    "met": bool(r is not None and r >= DECODE_TARGET),
+                }
 
+        # ---- verify cost: a k-token forward (a speculative verify step) against a 1-token step
+        if cfg.verify_ks and "verify" in cfg.phases:
+            ctx_ids = src_ids[: cfg.verify_context]
+            _log(cfg, f"pairline: verify cost, k = {list(cfg.verify_ks)} at {len(ctx_ids)} context")
+            vc = workers["pairline"].call("verify_cost", ids=ctx_ids, ks=list(cfg.verify_ks), repeats=cfg.repeats)
+            base = statistics.median(vc["1"]) if "1" in vc else None
+            result["engines"]["pairline"]["verify_cost"] = {
+                "context_tokens": len(ctx_ids),
+                "definition": "median seconds of one forward of k tokens returning all k rows' logits; "
+                "x_step = that / the median 1-token step",
+                "k": {
+                    k: {"s": statistics.median(v), "x_step": _ratio(statistics.median(v), base), "runs": v}
+                    for k, v in vc.items()
+                },
+            }
+            _log(
+                cfg,
+                "    "
+                + ", ".join(
+                    f"k={k}: {v['x_step']:.2f}x"
+                    for k, v in result["engines"]["pairline"]["verify_cost"]["k"].items()
+                    if v["x_step"]
+                ),
+            )
         _checkpoint(cfg, result)
 
         # ---- edit tasks (pairline: plain vs prediction vs prompt lookup vs copy ceiling)
-        _run_edits(cfg, workers["pairline"], tok, render_chat, result)
-        speedups = [
-            t["modes"]["prediction"]["speedup_vs_plain"]
-            for t in result["edit"]["tasks"]
-            if "prediction" in t["modes"] and t["modes"]["prediction"].get("speedup_vs_plain")
-        ]
-        ceilings = [
-            t["modes"]["ceiling"]["speedup_vs_plain"]
-            for t in result["edit"]["tasks"]
-            if "ceiling" in t["modes"] and t["modes"]["ceiling"].get("speedup_vs_plain")
-        ]
-        result["goals"]["edit_prediction_vs_plain"] = {
-            "target": EDIT_TARGET,
-            "per_task": {
-                t["name"]: {
-                    "prediction": t["modes"].get("prediction", {}).get("speedup_vs_plain"),
-                    "ceiling": t["modes"].get("ceiling", {}).get("speedup_vs_plain"),
-                    "copied_fraction": t["quality"]["copied_fraction"],
-                }
+        if "edit" in cfg.phases:
+            _run_edits(cfg, workers["pairline"], tok, render_chat, result)
+        if result["edit"]["tasks"]:
+            speedups = [
+                t["modes"]["prediction"]["speedup_vs_plain"]
                 for t in result["edit"]["tasks"]
-            },
-            "median_prediction": statistics.median(speedups) if speedups else None,
-            "median_ceiling": statistics.median(ceilings) if ceilings else None,
-            "met_ceiling": bool(ceilings and statistics.median(ceilings) >= EDIT_TARGET),
-        }
+                if "prediction" in t["modes"] and t["modes"]["prediction"].get("speedup_vs_plain")
+            ]
+            ceilings = [
+                t["modes"]["ceiling"]["speedup_vs_plain"]
+                for t in result["edit"]["tasks"]
+                if "ceiling" in t["modes"] and t["modes"]["ceiling"].get("speedup_vs_plain")
+            ]
+            result["goals"]["edit_prediction_vs_plain"] = {
+                "target": EDIT_TARGET,
+                "per_task": {
+                    t["name"]: {
+                        "prediction": t["modes"].get("prediction", {}).get("speedup_vs_plain"),
+                        "ceiling": t["modes"].get("ceiling", {}).get("speedup_vs_plain"),
+                        "copied_fraction": t["quality"]["copied_fraction"],
+                    }
+                    for t in result["edit"]["tasks"]
+                },
+                "median_prediction": statistics.median(speedups) if speedups else None,
+                "median_ceiling": statistics.median(ceilings) if ceilings else None,
+                "met_ceiling": bool(ceilings and statistics.median(ceilings) >= EDIT_TARGET),
+            }
     finally:
         for n, w in workers.items():
             end = w.close()
@@ -864,7 +922,7 @@ def print_tables(result: dict, console=None) -> None:
         t.add_row(*cells)
 
     row("load (s)", p["load_s"], h.get("load_s"), ratios.get("load_s"), "{:.2f}")
-    for s in result["settings"]["ttft_prompt_tokens"]:
+    for s in result["settings"]["ttft_prompt_tokens"] if "ttft_s" in p else ():
         row(
             f"TTFT, {s}-token prompt (s)",
             p["ttft_s"][str(s)]["median"],
@@ -874,13 +932,24 @@ def print_tables(result: dict, console=None) -> None:
         )
     row(
         f"decode tok/s ({result['settings']['decode_tokens']} tokens)",
-        p["decode_tok_s"]["median"],
+        p.get("decode_tok_s", {}).get("median"),
         h.get("decode_tok_s", {}).get("median"),
         ratios.get("decode_tok_s"),
         "{:.1f}",
     )
     row("peak RSS (MB, per process)", p.get("peak_rss_mb"), h.get("peak_rss_mb"), None, "{:.0f}")
     console.print(t)
+
+    vc = p.get("verify_cost")
+    if vc:
+        vt = Table(title=f"pairline: cost of a k-token forward (verify step) at {vc['context_tokens']} context")
+        vt.add_column("k", justify="right")
+        vt.add_column("ms", justify="right")
+        vt.add_column("× 1-token step", justify="right")
+        vt.add_column("ms per token", justify="right")
+        for k, v in vc["k"].items():
+            vt.add_row(k, _f(v["s"] * 1e3, "{:.1f}"), _f(v["x_step"], "{:.2f}×"), _f(v["s"] * 1e3 / int(k), "{:.1f}"))
+        console.print(vt)
 
     edit = result.get("edit", {})
     if edit.get("tasks"):
@@ -950,6 +1019,6 @@ def command_line(args: Any) -> str:
         parts += ["--threads", str(args.threads)]
     if getattr(args, "omp_wait_policy", None):
         parts += ["--omp-wait-policy", args.omp_wait_policy]
-    if getattr(args, "no_edit", False):
-        parts.append("--no-edit")
+    if getattr(args, "phases", None):
+        parts += ["--phases", args.phases]
     return shlex.join(parts)

@@ -24,6 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     eng.add_argument(
         "--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: the runtime's default (bf16 on CPU)"
     )
+    eng.add_argument(
+        "--quant",
+        default=None,
+        choices=["auto", "none", "int8"],
+        help="pairline's weights: auto = the runtime's default (int8 on CPU with bf16), none = the dtype itself",
+    )
     eng.add_argument("--peers", default="hf", help="comma-separated peers to run alongside: hf, or none")
     eng.add_argument(
         "--repeats", type=int, default=None, help="repeats per measurement, medians reported (default 3; quick 1)"
@@ -79,6 +85,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         "command": command_line(args),
         "log": lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
     }
+    if args.quant:
+        kw["quant"] = args.quant
     if args.threads:
         kw["threads"] = args.threads
     if args.omp_wait_policy:
@@ -102,7 +110,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     def save(result: dict) -> None:  # after each phase too: a run killed halfway keeps what it measured
         if not paths:
-            paths.append(default_out_path(args.out, args.model, result.get("dtype")))
+            label = "-".join(x for x in (result.get("dtype"), result.get("quant")) if x and x != "none")
+            paths.append(default_out_path(args.out, args.model, label or None))
         write_json(result, paths[0])
 
     cfg.checkpoint = save

@@ -64,6 +64,7 @@ class BenchConfig:
     edit_max_tokens: int | None = None  # cap on max_tokens (quick)
     threads: int | None = None  # None: each engine's own default (pairline: all cores)
     omp_wait_policy: str | None = None  # None: OpenMP's default (threads spin between ops)
+    quant: str | None = None  # pairline's weight quantization: None/auto = the runtime's default
     command: str = ""
     log: Any = field(default=None, repr=False)
     checkpoint: Any = field(default=None, repr=False)  # called with the partial result after each phase
@@ -108,7 +109,7 @@ class PairlineBackend:
 
     name = "pairline"
 
-    def __init__(self, model: str, runtime: str, dtype: str, n_ctx: int):
+    def __init__(self, model: str, runtime: str, dtype: str, n_ctx: int, quant: str | None = None):
         import warnings
 
         warnings.filterwarnings("ignore")
@@ -121,11 +122,13 @@ class PairlineBackend:
         self.import_s = time.perf_counter() - t0
         self.SamplingParams = SamplingParams
         cache = _conversion_cache_state(model, dtype)
-        self.engine = load_engine(model, runtime=runtime, n_ctx=n_ctx, dtype=None if dtype == "auto" else dtype)
+        kw = {"quant": quant} if quant and quant != "auto" else {}
+        self.engine = load_engine(model, runtime=runtime, n_ctx=n_ctx, dtype=None if dtype == "auto" else dtype, **kw)
         self.info = {
             "engine": "pairline",
             "runtime": runtime,
             "dtype": str(self.engine.runtime.dtype).removeprefix("torch."),
+            "quant": getattr(self.engine.runtime, "quant", None),
             "load_s": self.engine.load_s,
             "import_s": self.import_s,
             "load_cache": cache,
@@ -342,6 +345,9 @@ def _worker_main(conn, kind: str, kwargs: dict, threads: int | None = None, env:
             torch.set_num_threads(threads)  # after loading: pairline's runtime sets its own count
             backend.info["threads"] = torch.get_num_threads()
         backend.info["env"] = dict(env or {})
+        backend.info["thread_env"] = {
+            k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_", "PAIRLINE_"))
+        }
         backend.info["env_applied_before_torch"] = env_applied
         conn.send(("ok", backend.info))
         while True:
@@ -636,11 +642,19 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
         # ---- load, one engine at a time
         _log(cfg, f"loading pairline ({cfg.runtime}, dtype {cfg.dtype}) ...")
         workers["pairline"] = Worker(
-            "pairline", cfg.threads, env, model=cfg.model, runtime=cfg.runtime, dtype=cfg.dtype, n_ctx=cfg.n_ctx
+            "pairline",
+            cfg.threads,
+            env,
+            model=cfg.model,
+            runtime=cfg.runtime,
+            dtype=cfg.dtype,
+            n_ctx=cfg.n_ctx,
+            quant=cfg.quant,
         )
         dtype = workers["pairline"].info["dtype"]
         dtype_short = {"bfloat16": "bf16", "float32": "fp32"}.get(dtype, dtype)
         result["dtype"] = dtype_short
+        result["quant"] = workers["pairline"].info.get("quant")
         if "hf" in cfg.peers and "engine" in cfg.phases:
             if dtype_short not in ("bf16", "fp32"):
                 raise PairlineError(f"the HF peer runs in bf16 or fp32, not {dtype}")
@@ -900,7 +914,8 @@ def print_tables(result: dict, console=None) -> None:
     m = result["machine"]
     flags = ", ".join(k for k, v in m.get("flags", {}).items() if v) or "none"
     console.print(
-        f"[bold]{result['model']}[/] ({result['model_file']}), runtime {result['runtime']}, dtype {result['dtype']}; "
+        f"[bold]{result['model']}[/] ({result['model_file']}), runtime {result['runtime']}, dtype {result['dtype']}, "
+        f"weights {result.get('quant') or 'as dtype'}; "
         f"{m.get('cpu_model', '?')}, {m.get('cores')} cores, flags: {flags}; torch {m.get('torch')}; "
         f"threads {result['settings'].get('threads')}, worker env {result['settings'].get('worker_env') or '{}'}; "
         f"load average {result.get('loadavg_start')} → {result.get('loadavg_end')}"
@@ -1015,6 +1030,8 @@ def command_line(args: Any) -> str:
         parts += ["--edit-repeats", str(args.edit_repeats)]
     if getattr(args, "edit_modes", None):
         parts += ["--edit-modes", args.edit_modes]
+    if getattr(args, "quant", None):
+        parts += ["--quant", args.quant]
     if getattr(args, "threads", None):
         parts += ["--threads", str(args.threads)]
     if getattr(args, "omp_wait_policy", None):

@@ -91,3 +91,15 @@ def test_context_full(runtime):
     assert runtime.n_past == 60  # a refused call leaves the cache as it was
     runtime.forward([1] * 4, "last")
     assert runtime.n_past == 64
+
+
+def test_fork_has_its_own_kv(runtime):
+    """A fork shares the weights, not the cache: each session keeps its KV while others run."""
+    expect = runtime.forward(TOKENS[:8], "last")
+    other = runtime.fork()
+    assert other.n_past == 0 and other.n_ctx == runtime.n_ctx
+    other.forward([9, 8, 7, 6, 5, 4, 3, 2, 1], "none")
+    runtime.truncate(7)
+    assert torch.equal(runtime.forward(TOKENS[7:8], "last"), expect)  # untouched by the fork's work
+    other.truncate(0)
+    assert torch.equal(other.forward(TOKENS[:8], "last"), expect)

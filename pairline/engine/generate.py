@@ -197,6 +197,14 @@ class Engine:
     def chat(self, messages: list[dict], params: SamplingParams | None = None, **kw) -> Generation:
         return self.generate(self.chat_prompt(messages), params, **kw)
 
+    def fork(self) -> Engine:
+        """An engine on the same weights with its own KV cache (a server session's). Forks share
+        one lock: they compete for the same cores, so their requests run one at a time."""
+        other = Engine(self.runtime.fork(), self.tokenizer, self.model_name, self.prefill_chunk)
+        other.lock = self.lock
+        other.load_s = self.load_s
+        return other
+
     def reset(self) -> None:
         with self.lock:
             self.runtime.truncate(0)

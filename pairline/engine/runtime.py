@@ -32,6 +32,11 @@ class Runtime(Protocol):
         """Keep the first n cached positions; later ones are forgotten."""
         ...
 
+    def fork(self) -> Runtime:
+        """Another runtime on the same weights with its own empty KV cache of n_ctx positions:
+        one per server session, so sessions never overwrite each other's KV."""
+        ...
+
 
 class ContextFull(Exception):
     """The request does not fit in the runtime's KV cache."""

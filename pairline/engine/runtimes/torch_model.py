@@ -6,6 +6,7 @@ S = allocated context, L = positions attended this call (start + n)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -224,13 +225,23 @@ class Transformer(nn.Module):
     def setup_cache(self, max_len: int, dtype: torch.dtype) -> None:
         """Allocate the static KV cache and the RoPE tables once, for up to max_len positions."""
         self.max_len = max_len
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(self.cfg.n_kv_heads, max_len, self.cfg.head_dim, dtype)
+        self._new_kv(dtype)
         inv, mscale = rope_frequencies(self.cfg)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # [S, D/2]
         angles = torch.cat((angles, angles), dim=-1)
         self.rope_cos = (angles.cos() * mscale).to(dtype).unsqueeze(1)  # [S, 1, D]
         self.rope_sin = (angles.sin() * mscale).to(dtype).unsqueeze(1)
+
+    def _new_kv(self, dtype: torch.dtype) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(self.cfg.n_kv_heads, self.max_len, self.cfg.head_dim, dtype)
+
+    def fork(self) -> Transformer:
+        """A copy that shares every weight and RoPE table but has its own empty KV cache."""
+        shared = [*self.parameters(), *self.buffers(), self.rope_cos, self.rope_sin]
+        other = copy.deepcopy(self, memo={id(t): t for t in shared})
+        other._new_kv(self.rope_cos.dtype)
+        return other
 
     def set_upcast_rows(self, rows: int) -> None:
         for m in self.modules():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -114,6 +115,13 @@ class TorchRuntime:
         logits = self.model(ids, self._n_past, _ROWS[rows])
         self._n_past += n
         return None if logits is None else logits.cpu()
+
+    def fork(self) -> TorchRuntime:
+        """Another runtime on the same weights with its own empty KV cache (one per session)."""
+        other = copy.copy(self)
+        other.model = self.model.fork()
+        other._n_past = 0
+        return other
 
     def truncate(self, n: int) -> None:
         if not 0 <= n <= self._n_past:

@@ -18,10 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pairline.assistant import edit_cmd
     from pairline.bench import cli as bench_cli
     from pairline.models import cli as models_cli
+    from pairline.server import cli as server_cli
 
     models_cli.add_parser(sub)
     edit_cmd.add_parser(sub)
     bench_cli.add_parser(sub)
+    server_cli.add_parser(sub)
     return parser
 
 

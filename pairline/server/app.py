@@ -1,0 +1,221 @@
+"""The ASGI app and its process: routes, auth, one log line per request, and a clean SIGTERM
+(open sessions get a final event before the process exits)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from pairline.engine.generate import Engine
+from pairline.server.config import ServerConfig
+from pairline.server.metrics import Metrics
+from pairline.server.openai_http import HttpApi, error_response
+from pairline.server.protocol import ProtocolError
+from pairline.server.scheduler import Scheduler, _free_ram, kv_bytes
+from pairline.server.ws import CLOSE_GOING_AWAY, websocket_endpoint
+
+log = logging.getLogger("pairline.server")
+
+
+class PairlineServer:
+    """Everything a request handler needs: the engine, limits, scheduler, metrics, open sessions."""
+
+    def __init__(self, engine: Engine, cfg: ServerConfig):
+        self.engine = engine
+        self.cfg = cfg
+        self.model_name = engine.model_name
+        self.started = int(time.time())
+        self.metrics = Metrics(self.model_name)
+        per_fork = kv_bytes(engine)
+        budget = cfg.kv_budget_bytes if cfg.kv_budget_bytes is not None else _free_ram() // 4
+        self.max_slots = max(1, min(cfg.max_sessions, budget // per_fork if per_fork else cfg.max_sessions))
+        self.scheduler = Scheduler(engine, self.metrics, self.max_slots, cfg.max_queue)
+        self.connections: set = set()
+        self.shutting_down = False
+        log.info("server: %s, n_ctx %d, %d KV caches of %.0f MB resident at most", self.model_name,
+                 engine.runtime.n_ctx, self.max_slots, per_fork / 2**20)
+
+    def authorized(self, header: str | None) -> bool:
+        if not self.cfg.api_key:
+            return True
+        if not header or not header.lower().startswith("bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self.cfg.api_key.encode())
+
+    async def close_sessions(self) -> None:
+        """SIGTERM: every open session gets its final event (its response cancelled, then an error
+        naming the shutdown) and a 1001 close."""
+        self.shutting_down = True
+        err = ProtocolError("the server is shutting down", code="server_shutting_down", status=503,
+                            type_="server_error")
+        await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down", err) for c in list(self.connections)),
+                             return_exceptions=True)
+
+
+# ---------------------------------------------------------------- HTTP plumbing
+
+
+class AccessLog:
+    """One log line per HTTP request (WebSocket responses log their own, one per response)."""
+
+    def __init__(self, app, server: PairlineServer):
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = {"code": 0}
+
+        async def send_wrapped(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        if scope["path"].startswith("/v1/") and not self.server.authorized(_header(scope, b"authorization")):
+            self.server.metrics.error("invalid_api_key")
+            response = error_response(ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                                    code="invalid_api_key", status=401, type_="authentication_error"))
+            await response(scope, receive, send_wrapped)
+        else:
+            try:
+                await self.app(scope, receive, send_wrapped)
+            finally:
+                pass
+        extra = scope.get("state", {}).get("log", "")
+        log.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status["code"],
+                 1e3 * (time.perf_counter() - t0), extra)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def build_app(engine: Engine, cfg: ServerConfig | None = None) -> Starlette:
+    server = PairlineServer(engine, cfg or ServerConfig())
+    api = HttpApi(server)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": server.model_name, "sessions": len(server.connections)})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        server.scheduler.start()
+        try:
+            yield
+        finally:
+            await server.close_sessions()
+            await asyncio.to_thread(server.scheduler.stop)
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/v1/models", api.models),
+            Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+            Route("/v1/completions", api.completions, methods=["POST"]),
+            WebSocketRoute("/v1/responses", websocket_endpoint),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.pairline = server
+    app.add_middleware(AccessLog, server=server)
+    return app
+
+
+# ---------------------------------------------------------------- processes
+
+
+class UvicornServer(uvicorn.Server):
+    """uvicorn, with SIGTERM first giving open sessions their final event."""
+
+    def __init__(self, config: uvicorn.Config, server: PairlineServer):
+        super().__init__(config)
+        self.pairline = server
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.pairline.shutting_down or self.loop is None:
+            return super().handle_exit(sig, frame)
+        self.pairline.shutting_down = True
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self.pairline.close_sessions(), self.pairline.cfg.shutdown_grace_s)
+        except (asyncio.TimeoutError, Exception):
+            pass
+        finally:
+            self.should_exit = True
+
+
+def make_uvicorn(app: Starlette, host: str, port: int, log_level: str = "info") -> UvicornServer:
+    cfg = app.state.pairline.cfg
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                            ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20), ws_ping_interval=None,
+                            timeout_graceful_shutdown=cfg.shutdown_grace_s + 1, loop="asyncio")
+    return UvicornServer(config, app.state.pairline)
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port, in a thread (tests and benchmarks)."""
+
+    def __init__(self, engine: Engine, cfg: ServerConfig | None = None, log_level: str = "warning"):
+        self.app = build_app(engine, cfg)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.uv = make_uvicorn(self.app, "127.0.0.1", self.port, log_level)
+        self.thread = threading.Thread(target=lambda: self.uv.run(sockets=[self.sock]), daemon=True)
+
+    @property
+    def server(self) -> PairlineServer:
+        return self.app.state.pairline
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/responses"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uv.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """What SIGTERM does, then wait for the thread."""
+        self.uv.handle_exit(15, None)
+        self.thread.join(15)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

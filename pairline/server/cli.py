@@ -1,0 +1,53 @@
+"""`pairline serve`: WebSocket sessions and OpenAI-compatible HTTP on one port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pairline.models.registry import DEFAULT_REALTIME
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model: WebSocket sessions at /v1/responses, OpenAI-compatible HTTP at /v1/...",
+        description="Serve one model on HOST:PORT: the WebSocket session protocol at ws://HOST:PORT/v1/responses "
+        "(docs/protocol.md), OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models, and /health, "
+        "/metrics. Binds loopback by default; SIGTERM closes open sessions with a final event.",
+    )
+    p.add_argument("--model", "-m", default=DEFAULT_REALTIME, help=f"name or path (default {DEFAULT_REALTIME})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (HTTP and WebSocket)")
+    p.add_argument("--max-sessions", type=int, default=8, metavar="N",
+                   help="KV caches kept resident (least recently used evicted past N or past 1/4 of free RAM)")
+    p.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size per session in tokens")
+    p.add_argument("--max-queue", type=int, default=32, metavar="N", help="waiting requests before 429 (default 32)")
+    p.add_argument("--idle-timeout", type=float, default=600.0, metavar="S", help="close idle sessions after S s")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pairline.engine.load import load_engine
+    from pairline.errors import PairlineError
+    from pairline.server.app import build_app, make_uvicorn
+    from pairline.server.config import ServerConfig
+
+    if args.max_sessions < 1 or args.ctx < 64 or args.max_queue < 1:
+        raise PairlineError("--max-sessions and --max-queue must be at least 1, --ctx at least 64")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    engine = load_engine(args.model, n_ctx=args.ctx)
+    cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_sessions=args.max_sessions,
+                       max_queue=args.max_queue, idle_timeout_s=args.idle_timeout)
+    app = build_app(engine, cfg)
+    server = make_uvicorn(app, args.host, args.port)
+    logging.getLogger("pairline.server").info("serving %s on http://%s:%d (ws://%s:%d/v1/responses), loaded in %.1fs",
+                                              engine.model_name, args.host, args.port, args.host, args.port,
+                                              engine.load_s)
+    try:
+        server.run()
+    except OSError as err:
+        raise PairlineError(f"cannot serve on {args.host}:{args.port}: {err}") from None
+    return 0

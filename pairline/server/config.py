@@ -1,0 +1,22 @@
+"""Server settings: every limit in one place, so tests can shrink them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    api_key: str | None = None  # None: no auth (loopback default)
+    max_sessions: int = 8  # KV caches kept resident (one engine fork each); LRU beyond that
+    kv_budget_bytes: int | None = None  # also cap resident forks by memory (None: 1/4 of free RAM)
+    max_connections: int = 64  # open WebSocket sessions (their text is kept; their KV may be evicted)
+    max_queue: int = 32  # requests waiting for the engine; past it: 429 / an error event
+    max_message_bytes: int = 1 << 20  # one WebSocket message or HTTP body
+    max_output_tokens: int = 4096  # the most a request may ask for
+    default_max_output_tokens: int = 1024
+    idle_timeout_s: float = 600.0  # a WebSocket session with no client message for this long is closed
+    shutdown_grace_s: float = 2.0  # SIGTERM: time given to open sessions for their final event
+    retry_after_s: int = 1

@@ -1,0 +1,265 @@
+"""OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions (SSE or not), /v1/models.
+Wire formats match OpenAI's field for field; pairline adds `timings` (the server's own) to the
+final chunk or body. Requests share the engine through the scheduler; their KV goes to the
+prefix cache, so a request repeating an earlier prefix prefills only the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from pairline.engine.generate import Generation
+from pairline.engine.sampling import SamplingParams
+from pairline.server.protocol import (
+    ProtocolError,
+    check_fields,
+    new_id,
+    opt_int,
+    opt_number,
+    parse_prediction,
+    text_of,
+)
+from pairline.server.scheduler import Job, QueueFull
+from pairline.server.ws import _engine_error
+
+log = logging.getLogger("pairline.server")
+
+# Fields OpenAI defines that pairline accepts; the ignored ones only at their neutral values.
+_COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "user",
+           "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "metadata", "store",
+           "service_tier", "prediction", "top_k"}
+CHAT_FIELDS = frozenset(_COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls", "response_format",
+                                   "reasoning_effort", "tool_choice", "tools", "functions", "function_call"})
+COMPLETION_FIELDS = frozenset(_COMMON | {"prompt", "echo", "best_of", "suffix"})
+_NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
+            "best_of": (1,), "echo": (False,), "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
+            "response_format": ({"type": "text"},), "logit_bias": ({},), "suffix": ("",)}
+
+
+def error_response(err: ProtocolError, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": err.to_error()}, status_code=err.status, headers=headers)
+
+
+def fingerprint(model: str) -> str:
+    import hashlib
+
+    return "fp_" + hashlib.sha256(f"pairline|{model}".encode()).hexdigest()[:10]
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    body = await request.body()
+    if len(body) > limit:
+        raise ProtocolError(f"request body of {len(body)} bytes exceeds the limit of {limit}", code="request_too_large",
+                            status=413)
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        raise ProtocolError(f"request body is not valid JSON: {err}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def _sampling(body: dict, server, max_field: str, default_max: int) -> SamplingParams:
+    for name, ok in _NEUTRAL.items():
+        if name in body and body[name] not in ok:
+            raise ProtocolError(f"{name}={body[name]!r} is not supported by pairline", code="unsupported_parameter",
+                                param=name)
+    max_tokens = opt_int(body, max_field, 1, server.cfg.max_output_tokens) or opt_int(
+        body, "max_tokens", 1, server.cfg.max_output_tokens) or default_max
+    stop = body.get("stop") or ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
+        raise ProtocolError("'stop' must be a string or up to 4 non-empty strings", code="invalid_value", param="stop")
+    temperature = opt_number(body, "temperature", 0.0, 2.0)
+    top_p = opt_number(body, "top_p", 1e-6, 1.0)
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature or 0.0, top_p=top_p or 1.0,
+                          top_k=opt_int(body, "top_k", 0, 1 << 20) or 0, seed=opt_int(body, "seed", -(2**63), 2**63),
+                          stop=tuple(stop))
+
+
+def _chat_messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ProtocolError("'messages' must be a non-empty list", code="invalid_value", param="messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise ProtocolError(f"messages[{i}] must be an object", code="invalid_type", param=f"messages[{i}]")
+        role = {"developer": "system"}.get(m.get("role"), m.get("role"))
+        if role not in ("system", "user", "assistant"):
+            raise ProtocolError(f"messages[{i}].role {m.get('role')!r} is not supported", code="invalid_value",
+                                param=f"messages[{i}].role")
+        out.append({"role": role, "content": text_of(m.get("content") or "", f"messages[{i}].content")})
+    return out
+
+
+class HttpApi:
+    def __init__(self, server):
+        self.server = server
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._handle(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, chat=False)
+
+    async def models(self, request: Request) -> Response:
+        s = self.server
+        return JSONResponse({"object": "list", "data": [
+            {"id": s.model_name, "object": "model", "created": s.started, "owned_by": "pairline",
+             "max_model_len": s.engine.runtime.n_ctx}]})
+
+    async def _handle(self, request: Request, chat: bool) -> Response:
+        s = self.server
+        try:
+            body = await read_json(request, s.cfg.max_message_bytes)
+            check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS, "the request body")
+            if chat:
+                messages = _chat_messages(body)
+                params = _sampling(body, s, "max_completion_tokens", s.cfg.default_max_output_tokens)
+
+                def make_prompt() -> list[int]:
+                    return s.engine.chat_prompt(messages)
+            else:
+                prompt = body.get("prompt")
+                if isinstance(prompt, list) and len(prompt) == 1:
+                    prompt = prompt[0]
+                if not isinstance(prompt, str) or not prompt:
+                    raise ProtocolError("'prompt' must be a non-empty string", code="invalid_value", param="prompt")
+                params = _sampling(body, s, "max_tokens", 16)
+                tokenizer = s.engine.tokenizer
+
+                def make_prompt() -> list[int]:
+                    return tokenizer.encode(prompt)
+            prediction = parse_prediction(body.get("prediction"))
+            stream = bool(body.get("stream"))
+            opts = body.get("stream_options") or {}
+            if not isinstance(opts, dict):
+                raise ProtocolError("'stream_options' must be an object", code="invalid_type", param="stream_options")
+            check_fields(opts, frozenset({"include_usage", "include_obfuscation"}), "stream_options")
+        except ProtocolError as err:
+            s.metrics.error(err.code)
+            request.state.log = err.code
+            return error_response(err)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        job = Job("http", make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
+                  prediction=prediction)
+        try:
+            s.scheduler.submit(job)
+        except QueueFull as err:
+            s.metrics.error("rate_limit_exceeded")
+            request.state.log = "queue full"
+            busy = ProtocolError(f"the server is busy ({err}); retry shortly", code="rate_limit_exceeded",
+                                 status=429, type_="rate_limit_error")
+            return error_response(busy,
+                                  headers={"Retry-After": str(s.cfg.retry_after_s)})
+        ctx = _Reply(s, chat, job, body.get("model") or s.model_name, request)
+        if stream:
+            return StreamingResponse(ctx.sse(queue, bool(opts.get("include_usage"))), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            return await ctx.whole(queue)
+        except asyncio.CancelledError:
+            job.cancel.cancel()
+            raise
+
+
+class _Reply:
+    """Formats one request's events as OpenAI chunks or one body."""
+
+    def __init__(self, server, chat: bool, job: Job, model: str, request: Request):
+        self.server, self.chat, self.job, self.model, self.request = server, chat, job, model, request
+        self.id = new_id("chatcmpl" if chat else "cmpl").replace("_", "-", 1)
+        self.created = int(time.time())
+        self.object = ("chat.completion" if chat else "text_completion")
+        self.fp = fingerprint(server.model_name)
+
+    def _base(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": self.fp}
+
+    def _choice(self, text: str | None, finish: str | None, first: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    async def sse(self, queue: asyncio.Queue, include_usage: bool):
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        g = None
+        try:
+            first = True
+            while True:
+                kind, payload = await queue.get()
+                if kind == "token":
+                    if payload.text or (first and self.chat):
+                        chunk = self._base(obj) | {"choices": [self._choice(payload.text, None, first)]}
+                        if include_usage:
+                            chunk["usage"] = None
+                        yield _sse(chunk)
+                        first = False
+                    continue
+                if kind == "error":
+                    err = _engine_error(payload)
+                    self.server.metrics.error(err.code)
+                    self.request.state.log = err.code
+                    yield _sse({"error": err.to_error()})
+                    break
+                g = payload
+                chunk = self._base(obj) | {"choices": [self._choice(None, _finish(g), False)],
+                                           "timings": self.job.server_timings()}
+                if include_usage:
+                    chunk["usage"] = None
+                yield _sse(chunk)
+                if include_usage:
+                    yield _sse(self._base(obj) | {"choices": [], "usage": g.usage.to_openai()})
+                break
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.job.cancel.cancel()  # no-op when finished; stops the engine when the client went away
+            self._log(g)
+
+    async def whole(self, queue: asyncio.Queue) -> Response:
+        while True:
+            kind, payload = await queue.get()
+            if kind != "token":
+                break
+        if kind == "error":
+            err = _engine_error(payload)
+            self.server.metrics.error(err.code)
+            self.request.state.log = err.code
+            return error_response(err)
+        g: Generation = payload
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": g.text, "refusal": None},
+                      "logprobs": None, "finish_reason": _finish(g)}
+        else:
+            choice = {"index": 0, "text": g.text, "logprobs": None, "finish_reason": _finish(g)}
+        self._log(g)
+        return JSONResponse(self._base(self.object) | {"choices": [choice], "usage": g.usage.to_openai(),
+                                                       "timings": self.job.server_timings()})
+
+    def _log(self, g: Generation | None) -> None:
+        if g is not None:
+            t = self.job.server_timings()
+            self.request.state.log = (f"in={g.usage.prompt_tokens} cached={g.usage.cached_tokens} "
+                                      f"out={g.usage.completion_tokens} ttft={1e3 * (t['server_ttft_s'] or 0):.1f}ms "
+                                      f"{g.finish_reason}")
+
+
+def _finish(g: Generation) -> str:
+    # OpenAI knows stop and length; a cancelled request only ends that way when its client left
+    return "length" if g.finish_reason == "length" else "stop"
+
+
+def _sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"

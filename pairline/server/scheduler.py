@@ -1,0 +1,339 @@
+"""One engine, many users: a worker thread that owns all model compute, a pool of KV caches
+(engine forks) shared by WebSocket sessions and the HTTP prefix cache, and round-robin stepping.
+
+Why one thread: the engine's compute is single-threaded and every fork shares one lock, so
+requests cannot run in parallel anyway. Interleaving them token by token on one thread is what
+makes N users fair: a new request waits at most one step of each running one (or one prefill),
+not for whole answers. Events go to the asyncio side through each job's `sink`."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pairline.engine.generate import CancelToken, Engine, Generation, TokenEvent
+from pairline.engine.sampling import SamplingParams
+from pairline.errors import PairlineError
+from pairline.server.metrics import Metrics
+
+log = logging.getLogger("pairline.server")
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the server accepts."""
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """One KV cache: an engine fork and who it currently belongs to."""
+
+    engine: Engine
+    owner: str | None = None  # session id, "http", or None (free)
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation request. `make_prompt` runs on the worker (tokenizing a long history is part
+    of what a request costs, and keeps the event loop free)."""
+
+    owner: str  # session id, or "http" for the shared prefix cache
+    make_prompt: Callable[[], list[int]]
+    params: SamplingParams
+    sink: Callable[[str, object], None]  # ("token", TokenEvent) | ("done", Generation) | ("error", Exception)
+    prediction: str | None = None
+    cancel: CancelToken = field(default_factory=CancelToken)
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_start: float = 0.0
+    t_first: float = 0.0
+    t_last: float = 0.0
+    kv_rebuilt: bool = False  # its session's KV had been evicted; the whole history was prefilled again
+    prompt: list[int] | None = None
+    gen: Generation | None = None
+    slot: Slot | None = None
+    _events: Iterator[TokenEvent] | None = None
+
+    def server_timings(self) -> dict:
+        """The server's own timings (seconds): queue wait, then the engine's prefill / TTFT / decode."""
+        t = self.gen.timings if self.gen else None
+        prep = (self.t_first - self.t_start - t.ttft_s) if t and self.t_first else 0.0
+        return {
+            "queue_s": self.t_start - self.t_submit if self.t_start else time.perf_counter() - self.t_submit,
+            "prepare_s": max(0.0, prep),  # tokenizing and choosing a KV cache
+            "prefill_s": t.prefill_s if t else 0.0,
+            "ttft_s": t.ttft_s if t else 0.0,  # engine: start of the request to the first token
+            "server_ttft_s": self.t_first - self.t_submit if self.t_first else None,  # queue + prepare + engine TTFT
+            "decode_s": t.decode_s if t else 0.0,
+            "total_s": (self.t_last or time.perf_counter()) - self.t_submit,
+            "decode_tokens_per_s": t.decode_tokens_per_s if t else 0.0,
+            "forward_calls": t.forward_calls if t else 0,
+            "cancel_latency_s": t.cancel_latency_s if t else None,
+            "kv_rebuilt": self.kv_rebuilt,
+        }
+
+
+def kv_bytes(engine: Engine) -> int:
+    """Bytes of one fork's KV cache (K and V, every layer, n_ctx positions)."""
+    rt = engine.runtime
+    cfg = getattr(rt, "cfg", None)
+    if cfg is None:
+        return 0
+    itemsize = getattr(getattr(rt, "dtype", None), "itemsize", 2)
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * rt.n_ctx * itemsize
+
+
+def _free_ram() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+class KVPool:
+    """Resident KV caches, at most `max_slots`, least recently used evicted first. A session keeps
+    its slot between turns; HTTP requests pick the free slot sharing the longest prefix with their
+    prompt (the prefix cache). Only the worker thread calls this."""
+
+    def __init__(self, base: Engine, max_slots: int, metrics: Metrics):
+        self.base = base
+        self.max_slots = max(1, max_slots)
+        self.metrics = metrics
+        self.slots: list[Slot] = [Slot(base)]  # the loaded engine's own KV is the first slot
+
+    def drop_owner(self, owner: str) -> None:
+        for s in self.slots:
+            if s.owner == owner:
+                s.owner = None
+
+    def owned(self, owner: str) -> Slot | None:
+        return next((s for s in self.slots if s.owner == owner), None)
+
+    def acquire(self, owner: str, prompt: list[int]) -> tuple[Slot, bool] | None:
+        """A slot for `owner`; None if every slot is busy. Returns (slot, evicted_own_kv)."""
+        if owner != "http":
+            mine = self.owned(owner)
+            if mine is not None:
+                return (self._take(mine, owner), False) if not mine.busy else None
+        else:
+            best, best_len = None, 0
+            for s in self.slots:
+                if not s.busy and s.owner in ("http", None):
+                    n = _common_prefix(s.engine.cached, prompt)
+                    if n > best_len:
+                        best, best_len = s, n
+            if best is not None:
+                return self._take(best, owner), False
+        if len(self.slots) < self.max_slots:
+            slot = Slot(self.base.fork())
+            self.slots.append(slot)
+            self.metrics.set("pairline:kv_resident_caches", len(self.slots))
+            return self._take(slot, owner), False
+        idle = [s for s in self.slots if not s.busy]
+        if not idle:
+            return None
+        # free slots first, then the least recently used
+        victim = min(idle, key=lambda s: (s.owner is not None, s.last_used))
+        if victim.owner not in (None, "http"):
+            self.metrics.add("pairline:kv_evictions_total")
+            log.info("kv: evicting session %s (least recently used)", victim.owner)
+        return self._take(victim, owner), False
+
+    def _take(self, slot: Slot, owner: str) -> Slot:
+        slot.owner, slot.busy, slot.last_used = owner, True, time.monotonic()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        slot.busy = False
+        slot.last_used = time.monotonic()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _steps(g: Generation) -> Iterator[TokenEvent]:
+    """Step a Generation without holding its lock for the whole request: the worker takes the
+    shared engine lock around each step, which lets it interleave requests on different forks.
+    (Generation.__iter__ holds the lock throughout, which would serialize whole answers.)"""
+    g._started = True
+    return g.engine._run(g)
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, metrics: Metrics, max_slots: int, max_queue: int):
+        self.engine = engine
+        self.metrics = metrics
+        self.pool = KVPool(engine, max_slots, metrics)
+        self.max_queue = max_queue
+        self.pending: collections.deque[Job] = collections.deque()
+        self.active: list[Job] = []
+        self.cv = threading.Condition()
+        self._stop = False
+        self._owners_known: set[str] = set()  # sessions that have held KV (to tell a rebuild)
+        self._released: list[str] = []  # owners whose slots are to be freed (set from other threads)
+        self.thread = threading.Thread(target=self._loop, name="pairline-engine", daemon=True)
+
+    # ------------------------------------------------------------ any thread
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self.cv:
+            self._stop = True
+            for job in [*self.pending, *self.active]:
+                job.cancel.cancel()
+            self.cv.notify_all()
+        self.thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        with self.cv:
+            if self._stop:
+                raise QueueFull("the server is shutting down")
+            if len(self.pending) >= self.max_queue:
+                raise QueueFull(f"{len(self.pending)} requests are already waiting")
+            self.pending.append(job)
+            self.metrics.set("pairline:num_requests_waiting", len(self.pending))
+            self.cv.notify_all()
+
+    def release_owner(self, owner: str) -> None:
+        """A session ended: its KV slot becomes free (done on the worker, which owns the pool)."""
+        with self.cv:
+            self._released.append(owner)
+            self.cv.notify_all()
+
+    def wake(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    # ------------------------------------------------------------ worker thread
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self._stop and not self.active and not self._startable():
+                    self._free_released()
+                    self.cv.wait(0.5)
+                if self._stop and not self.active:
+                    for job in self.pending:
+                        job.sink("error", PairlineError("the server is shutting down"))
+                    self.pending.clear()
+                    return
+                self._free_released()
+                admit = self._take_pending()
+            for job in admit:
+                self._start(job)
+            for job in list(self.active):
+                self._step(job)
+            self.metrics.set("pairline:num_requests_running", len(self.active))
+
+    def _free_released(self) -> None:
+        while self._released:
+            owner = self._released.pop()
+            self.pool.drop_owner(owner)
+            self._owners_known.discard(owner)
+
+    def _startable(self) -> bool:
+        return bool(self.pending) and len(self.active) < self.pool.max_slots
+
+    def _take_pending(self) -> list[Job]:
+        """FIFO, but a job whose session is already running waits behind it (one KV, one writer)."""
+        out: list[Job] = []
+        running = {j.owner for j in self.active if j.owner != "http"}
+        keep: collections.deque[Job] = collections.deque()
+        while self.pending:
+            job = self.pending.popleft()
+            if len(self.active) + len(out) < self.pool.max_slots and (job.owner == "http" or job.owner not in running):
+                out.append(job)
+                running.add(job.owner)
+            else:
+                keep.append(job)
+        self.pending = keep
+        self.metrics.set("pairline:num_requests_waiting", len(self.pending))
+        return out
+
+    def _start(self, job: Job) -> None:
+        job.t_start = time.perf_counter()
+        self.metrics.observe("queue", job.t_start - job.t_submit)
+        if job.cancel.cancelled:
+            job.sink("error", _Cancelled())
+            return
+        try:
+            job.prompt = job.make_prompt()
+            had_kv = self.pool.owned(job.owner) is not None
+            got = self.pool.acquire(job.owner, job.prompt)
+            if got is None:  # cannot happen with active < max_slots; be safe: requeue
+                with self.cv:
+                    self.pending.appendleft(job)
+                return
+            job.slot = got[0]
+            if job.owner != "http":
+                job.kv_rebuilt = job.owner in self._owners_known and not had_kv
+                self._owners_known.add(job.owner)
+            job.gen = job.slot.engine.generate(job.prompt, job.params, prediction=job.prediction, cancel=job.cancel)
+            job._events = _steps(job.gen)
+        except Exception as err:  # bad input that only the engine can tell (prompt too long, ...)
+            self._fail(job, err)
+            return
+        self.active.append(job)
+
+    def _step(self, job: Job) -> None:
+        try:
+            with job.gen.engine.lock:
+                ev = next(job._events)
+        except StopIteration:
+            self._finish(job)
+            return
+        except Exception as err:
+            log.exception("generation failed") if not isinstance(err, PairlineError) else None
+            self._fail(job, err)
+            return
+        now = time.perf_counter()
+        if not job.t_first:
+            job.t_first = now
+            self.metrics.observe("ttft", now - job.t_submit)
+        elif ev.token_id >= 0:
+            self.metrics.observe("itl", now - job.t_last)
+        job.t_last = now
+        job.sink("token", ev)
+
+    def _finish(self, job: Job) -> None:
+        self._retire(job)
+        g = job.gen
+        if not job.t_first:  # cancelled before the first token
+            job.t_first = job.t_last = time.perf_counter()
+        m = self.metrics
+        m.add("pairline:prompt_tokens_total", g.usage.prompt_tokens)
+        m.add("pairline:generation_tokens_total", g.usage.completion_tokens)
+        m.add("pairline:prefix_cache_queries_total", g.usage.prompt_tokens)
+        m.add("pairline:prefix_cache_hits_total", g.usage.cached_tokens)
+        m.observe("e2e", job.t_last - job.t_submit)
+        m.observe("prefill", g.timings.prefill_s)
+        m.observe("decode", g.timings.decode_s)
+        m.finish(g.finish_reason or "unknown")
+        job.sink("done", g)
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        self._retire(job)
+        job.sink("error", err)
+
+    def _retire(self, job: Job) -> None:
+        if job in self.active:
+            self.active.remove(job)
+        if job.slot is not None:
+            self.pool.release(job.slot)
+
+
+class _Cancelled(Exception):
+    """A job cancelled while it was still waiting in the queue."""

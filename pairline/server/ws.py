@@ -1,0 +1,340 @@
+"""The WebSocket session protocol at /v1/responses (docs/protocol.md): one connection is one
+session; the conversation and its KV stay on the server; each turn sends only what is new."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pairline.engine.generate import Generation
+from pairline.engine.sampling import SamplingParams
+from pairline.errors import PairlineError
+from pairline.server.protocol import (
+    CANCEL_FIELDS,
+    CLIENT_EVENTS,
+    SESSION_FIELDS,
+    STEER_FIELDS,
+    CreateRequest,
+    ProtocolError,
+    ResponseState,
+    Sampling,
+    check_fields,
+    parse_create,
+    parse_input,
+    parse_sampling,
+    usage_responses,
+)
+from pairline.server.scheduler import Job, QueueFull
+from pairline.server.sessions import Session
+
+log = logging.getLogger("pairline.server")
+
+CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN = 1000, 1001, 1008, 1013
+
+
+@dataclass(slots=True)
+class Turn:
+    """The response being generated, and what the client asked of it meanwhile."""
+
+    job: Job
+    state: ResponseState
+    steer: list[dict] | None = None
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, server):
+        self.ws = ws
+        self.server = server
+        self.session = Session(server.engine.tokenizer, server.model_name)
+        self.seq = 0
+        self.send_lock = asyncio.Lock()
+        self.turn: Turn | None = None
+        self.turn_task: asyncio.Task | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------ sending
+
+    async def send(self, type_: str, **fields) -> None:
+        if self.closed:
+            return
+        async with self.send_lock:  # one writer at a time, so sequence numbers are in wire order
+            event = {"type": type_, "sequence_number": self.seq, **fields}
+            self.seq += 1
+            try:
+                await self.ws.send_text(json.dumps(event))
+            except Exception:  # the peer went away; the receive loop notices and cleans up
+                self.closed = True
+
+    async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
+        self.server.metrics.error(err.code)
+        body = err.to_error()
+        body["event_id"] = event_id
+        await self.send("error", status=err.status, error=body)
+
+    # ------------------------------------------------------------ receiving
+
+    async def run(self) -> None:
+        await self.send("session.created", session=self.session.describe())
+        watchdog = asyncio.create_task(self.watch_idle())
+        try:
+            await self.receive_loop()
+        finally:
+            watchdog.cancel()
+
+    async def watch_idle(self) -> None:
+        idle = self.server.cfg.idle_timeout_s
+        while not self.closed:
+            await asyncio.sleep(min(idle / 4, 1.0))
+            if self.turn is None and time.monotonic() - self.session.last_active > idle:
+                log.info("ws %s idle for %.0fs: closing", self.session.id, idle)
+                await self.close(CLOSE_NORMAL, "idle timeout", ProtocolError(
+                    f"session closed after {idle:g}s without a client event", code="session_expired", status=408))
+                return
+
+    async def receive_loop(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            self.session.last_active = time.monotonic()
+            raw = msg.get("text")
+            if raw is None and msg.get("bytes") is not None:
+                raw = msg["bytes"].decode("utf-8", errors="replace")
+            await self.handle(raw or "")
+
+    async def handle(self, raw: str) -> None:
+        event_id = None
+        try:
+            if len(raw.encode("utf-8", errors="replace")) > self.server.cfg.max_message_bytes:
+                raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of "
+                                    f"{self.server.cfg.max_message_bytes} bytes", code="message_too_large")
+            try:
+                ev = json.loads(raw)
+            except ValueError as err:
+                raise ProtocolError(f"message is not valid JSON: {err}", code="invalid_json") from None
+            if not isinstance(ev, dict):
+                raise ProtocolError("a client event must be a JSON object", code="invalid_event")
+            event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+            kind = ev.get("type")
+            if kind not in CLIENT_EVENTS:
+                raise ProtocolError(f"unknown event type {kind!r}; expected one of {', '.join(CLIENT_EVENTS)}",
+                                    code="unknown_event_type", param="type")
+            await getattr(self, "on_" + kind.replace(".", "_"))(ev)
+        except ProtocolError as err:
+            await self.send_error(err, event_id)
+
+    async def on_session_update(self, ev: dict) -> None:
+        check_fields(ev, frozenset({"type", "event_id", "session"}), "session.update")
+        body = ev.get("session")
+        if not isinstance(body, dict):
+            raise ProtocolError("session.update needs a 'session' object", code="invalid_type", param="session")
+        check_fields(body, SESSION_FIELDS, "session")
+        self.session.defaults = self.session.defaults.merged(parse_sampling(body, self.server.cfg.max_output_tokens))
+        await self.send("session.updated", session=self.session.describe())
+
+    async def on_response_create(self, ev: dict) -> None:
+        req = parse_create(ev, self.server.cfg.max_output_tokens)
+        if self.turn is not None:
+            raise ProtocolError("a response is already in progress on this session; cancel or steer it",
+                                code="conversation_already_has_active_response")
+        self.session.check_previous(req.previous_response_id)
+        self.start_turn(req)
+
+    async def on_response_cancel(self, ev: dict) -> None:
+        check_fields(ev, CANCEL_FIELDS, "response.cancel")
+        turn = self._active(ev.get("response_id"), "response_cancel_not_active")
+        turn.job.cancel.cancel()
+
+    async def on_response_steer(self, ev: dict) -> None:
+        check_fields(ev, STEER_FIELDS, "response.steer")
+        if "input" not in ev:
+            raise ProtocolError("response.steer needs 'input'", code="missing_required_parameter", param="input")
+        messages = parse_input(ev["input"])
+        turn = self._active(ev.get("response_id") or ev.get("previous_response_id"), "response_steer_not_active")
+        turn.steer = (turn.steer or []) + messages
+        turn.job.cancel.cancel()  # lands within one decode step; the turn task continues from there
+
+    def _active(self, response_id, code: str) -> Turn:
+        turn = self.turn
+        if turn is None or turn.job.cancel.cancelled and turn.steer is None:
+            raise ProtocolError("there is no response in progress", code=code)
+        if response_id is not None and response_id != turn.state.id:
+            raise ProtocolError(f"response {response_id!r} is not in progress", code=code, param="response_id")
+        return turn
+
+    # ------------------------------------------------------------ turns
+
+    def start_turn(self, req: CreateRequest) -> None:
+        sampling = self.session.defaults.merged(req.sampling)
+        self.turn_task = asyncio.create_task(self.run_turns(req, sampling))
+
+    async def run_turns(self, req: CreateRequest, sampling: Sampling) -> None:
+        """One response, then its successors while the client steers."""
+        messages, previous = req.messages, self.session.last_response_id
+        while messages is not None and not self.closed:
+            steer = await self.run_one(messages, sampling, req, previous)
+            messages, previous = steer, self.session.last_response_id
+            req = CreateRequest(messages=[], sampling=req.sampling)  # a successor carries no prediction
+
+    async def run_one(self, messages: list[dict], sampling: Sampling, req: CreateRequest,
+                      previous: str | None) -> list[dict] | None:
+        server, session = self.server, self.session
+        state = ResponseState(server.model_name, sampling, previous, req.metadata)
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        built: dict = {}
+
+        def make_prompt() -> list[int]:  # on the engine thread
+            built["prompt"], built["messages"] = session.turn_prompt(messages, sampling.instructions)
+            return built["prompt"]
+
+        params = _params(sampling, server.cfg.default_max_output_tokens)
+        job = Job(session.id, make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
+                  prediction=req.prediction)
+        t_recv = time.perf_counter()
+        self.turn = Turn(job, state)
+        try:
+            server.scheduler.submit(job)
+        except QueueFull as err:
+            self.turn = None
+            await self.send_error(ProtocolError(f"the server is busy ({err}); retry shortly",
+                                                code="rate_limit_exceeded", status=429, type_="rate_limit_error"),
+                                  req.event_id)
+            return None
+        await self.send("response.created", response=state.to_dict())
+        await self.send("response.output_item.added", output_index=0, item=state.message_item("in_progress"))
+        await self.send("response.content_part.added", item_id=state.item_id, output_index=0, content_index=0,
+                        part={"type": "output_text", "text": "", "annotations": []})
+        pos = {"item_id": state.item_id, "output_index": 0, "content_index": 0}
+        while True:
+            kind, payload = await queue.get()
+            if kind == "token":
+                if payload.text:
+                    state.text += payload.text
+                    await self.send("response.output_text.delta", **pos, delta=payload.text, logprobs=[])
+                continue
+            break
+        steer = self.turn.steer if self.turn else None
+        if steer is None or kind == "error":
+            self.turn = None  # before the final event: the client may send its next turn the moment it arrives
+        if kind == "error":
+            await self._failed(state, job, payload, req.event_id)
+            return None
+        g: Generation = payload
+        session.commit(built["prompt"], built["messages"], g, state.id)
+        state.text = g.text
+        state.usage = usage_responses(g.usage)
+        state.timings = job.server_timings()
+        await self.send("response.output_text.done", **pos, text=state.text, logprobs=[])
+        await self.send("response.content_part.done", **pos, part=state.text_part())
+        status = _status(g.finish_reason, steer is not None)
+        state.status, state.incomplete_reason = status
+        await self.send("response.output_item.done", output_index=0,
+                        item=state.message_item("completed" if state.status == "completed" else "incomplete"))
+        terminal = {"completed": "response.completed", "incomplete": "response.incomplete",
+                    "cancelled": "response.cancelled"}[state.status]
+        await self.send(terminal, response=state.to_dict())
+        _log_response(session.id, state, g, t_recv)
+        session.last_active = time.monotonic()
+        return steer
+
+    async def _failed(self, state: ResponseState, job: Job, err: Exception, event_id: str | None) -> None:
+        from pairline.server.scheduler import _Cancelled
+
+        if isinstance(err, _Cancelled):  # cancelled while queued: nothing ran
+            state.status, state.timings = "cancelled", job.server_timings()
+            await self.send("response.cancelled", response=state.to_dict())
+            return
+        perr = _engine_error(err)
+        state.status, state.error = "failed", {"code": perr.code, "message": perr.message}
+        await self.send_error(perr, event_id)
+        await self.send("response.failed", response=state.to_dict())
+        log.info("ws %s %s failed: %s", self.session.id, state.id, perr.message)
+
+    # ------------------------------------------------------------ end of the session
+
+    def cancel_active(self) -> None:
+        if self.turn is not None:
+            self.turn.steer = None
+            self.turn.job.cancel.cancel()
+
+    async def close(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
+        """A final event (error, or the cancelled response), then the close frame."""
+        if self.closed:
+            return
+        self.cancel_active()
+        if self.turn_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.turn_task), 2.0)
+        if error is not None:
+            await self.send_error(error)
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+
+def _params(s: Sampling, default_max: int) -> SamplingParams:
+    return SamplingParams(max_tokens=s.max_output_tokens or default_max, temperature=s.temperature or 0.0,
+                          top_p=s.top_p if s.top_p is not None else 1.0, seed=s.seed)
+
+
+def _status(finish_reason: str | None, steered: bool) -> tuple[str, str | None]:
+    if steered:
+        return "incomplete", "steered"
+    if finish_reason == "cancelled":
+        return "cancelled", None
+    if finish_reason == "length":
+        return "incomplete", "max_output_tokens"
+    return "completed", None
+
+
+def _engine_error(err: Exception) -> ProtocolError:
+    msg = str(err)
+    if "context holds" in msg or "KV cache holds" in msg:
+        return ProtocolError(msg, code="context_length_exceeded", param="input")
+    if isinstance(err, PairlineError):
+        return ProtocolError(msg, code="invalid_request_error")
+    return ProtocolError(f"internal error: {type(err).__name__}", code="server_error", status=500, type_="server_error")
+
+
+def _log_response(session_id: str, state: ResponseState, g: Generation, t_recv: float) -> None:
+    t = state.timings or {}
+    log.info("ws %s %s %s in=%d cached=%d out=%d queue=%.1fms ttft=%.1fms total=%.1fms", session_id, state.id,
+             state.status, g.usage.prompt_tokens, g.usage.cached_tokens, g.usage.completion_tokens,
+             1e3 * t.get("queue_s", 0), 1e3 * (t.get("server_ttft_s") or 0), 1e3 * (time.perf_counter() - t_recv))
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    server = ws.app.state.pairline
+    await ws.accept()
+    conn = Connection(ws, server)
+    if not server.authorized(ws.headers.get("authorization")):
+        await conn.close(CLOSE_POLICY, "invalid API key",
+                         ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                       code="invalid_api_key", status=401, type_="authentication_error"))
+        return
+    if len(server.connections) >= server.cfg.max_connections or server.shutting_down:
+        await conn.close(CLOSE_TRY_AGAIN, "too many sessions",
+                         ProtocolError(f"the server holds its maximum of {server.cfg.max_connections} sessions",
+                                       code="session_limit_reached", status=429, type_="rate_limit_error"))
+        return
+    server.connections.add(conn)
+    server.metrics.set("pairline:active_sessions", len(server.connections))
+    log.info("ws %s open", conn.session.id)
+    try:
+        await conn.run()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        conn.closed = True
+        conn.cancel_active()  # a client that goes away stops its work
+        server.connections.discard(conn)
+        server.scheduler.release_owner(conn.session.id)
+        server.metrics.set("pairline:active_sessions", len(server.connections))
+        log.info("ws %s closed", conn.session.id)

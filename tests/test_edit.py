@@ -23,7 +23,8 @@ from pairline.assistant.rewrite import (
 from pairline.errors import PairlineError
 
 STATS = re.compile(
-    r"TTFT (\d+\.\d\d s|–) · \d+ tok/s · \d+/\d+ prediction tokens accepted · \d+\.\d s total \(load \d+\.\d s\)"
+    r"TTFT (\d+\.\d\d s|–) · \d+ tok/s · (\d+/\d+ prediction|\d+ draft) tokens accepted · "
+    r"\d+\.\d s total \(load \d+\.\d s\)"
 )
 
 # --------------------------------------------------------------------------- prompt and prediction
@@ -321,12 +322,25 @@ class _Engine:
         self.gen, self.load_s, self.tokenizer = gen, 0.01, _Tok()
         self.calls = []
 
-    def chat(self, messages, params, prediction=None):
+    model_name = "fake"
+
+    def chat(self, messages, params, prediction=None, cancel=None):
         self.calls.append((messages, params, prediction))
+        if cancel is not None:
+            self.gen.cancel = cancel
         return self.gen
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Every command runs with the test's folder as the workspace (and outside any git repository)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _scripted(monkeypatch, answer: str, **kw) -> _Engine:
+    import tempfile
+
+    monkeypatch.setenv("PAIRLINE_CACHE", tempfile.mkdtemp(prefix="pairline-cache-"))  # backups go there
     chunks = [answer[i : i + 4] for i in range(0, len(answer), 4)]
     engine = _Engine(_Gen(chunks, **kw))
     monkeypatch.setattr("pairline.engine.load.load_engine", lambda *a, **k: engine)
@@ -362,7 +376,7 @@ def test_scripted_edit_applies_and_streams(tmp_path, monkeypatch, capsys):
     assert f.read_text() == "def welcome(name):\n    return 'hi ' + name\n"
     out, err = capsys.readouterr()
     assert "-def greet(name):" in out and "+def welcome(name):" in out
-    assert "loading fake…" in err and f"wrote {f}" in err
+    assert "loading fake…" in err and "wrote greet.py" in err
     assert STATS.search(err.strip().splitlines()[-1])
     _, params, prediction = engine.calls[0]
     assert bytes(prediction).decode() == "```python\n" + SRC + "```"

@@ -1,11 +1,12 @@
-"""`pairline edit FILE -m "instruction"`: rewrite one file with the model, show the diff as it forms,
-write it atomically."""
+"""`pairline edit FILE... -m "instruction"`: edit files with the model, show the diff as it forms,
+write atomically (and commit, in a git repository)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import difflib
+import json
 import sys
 import time
 from bisect import bisect_left
@@ -21,13 +22,21 @@ EXIT_FILE_CHANGED = 4
 EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
+modes:
+  search/replace blocks (the default): the model writes only the lines that change
+  whole-file rewrite with the old file as the prediction: for one file of up to 60 lines, or --rewrite
+
 exit codes:
   0  the edit was applied (with --dry-run: there is a change to apply)
-  1  nothing changed: the model returned the file as it was
-  2  usage or setup error (bad file, unknown model, ...)
-  3  the model's answer was malformed (no code block, or cut off by --max-tokens); nothing written
-  4  the file changed on disk while the model worked; nothing written
+  1  nothing changed: the model's edit leaves the files as they were
+  2  usage or setup error (bad file, outside the workspace, unknown model, ...)
+  3  the model's answer was malformed (bad blocks even after one retry, no code block, cut off by
+     --max-tokens); nothing written
+  4  the file changed on disk while the model worked (any of them); nothing written
 130  interrupted (Ctrl-C); nothing written
+
+In a git repository each applied edit is one commit (--no-commit: leave it uncommitted); outside
+git the old bytes are kept under ~/.cache/pairline/backups.
 """
 
 
@@ -36,25 +45,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     parser = subparsers.add_parser(
         "edit",
-        help="rewrite a file as an instruction says, streaming the diff",
-        description="Rewrite FILE as the instruction says. The diff is shown as the model writes it;\n"
-        "the file is replaced atomically at the end, and only if nobody changed it meanwhile.",
+        help="edit files as an instruction says, streaming the diff",
+        description="Edit FILE(s) as the instruction says. The diff is shown as the model writes it;\n"
+        "files are replaced atomically at the end, and only if nobody changed them meanwhile.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("file", metavar="FILE", help="the UTF-8 text file to edit (up to 256 KB)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files to edit (up to 256 KB each)")
     parser.add_argument("-m", "--message", required=True, metavar="INSTRUCTION", help="what to change")
     parser.add_argument("--model", default=DEFAULT_REALTIME, help=f"model name or path (default: {DEFAULT_REALTIME})")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--rewrite", action="store_true", help="rewrite the whole file (one file), old file as prediction")
+    how.add_argument("--blocks", action="store_true", help="search/replace blocks even for a small file")
     parser.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    parser.add_argument("--json", action="store_true", help="JSONL events on stdout, for scripts")
+    parser.add_argument("--no-commit", action="store_true", help="in a git repository, do not commit the edit")
+    parser.add_argument(
+        "--root", default=None, metavar="DIR", help="workspace root (default: the git repository or current folder)"
+    )
+    parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
     parser.add_argument(
         "--max-tokens",
         type=int,
         default=None,
         metavar="N",
-        help="cap on the answer's length in tokens (default: the file's length plus room to grow)",
+        help="cap on the answer's length in tokens (default: 1024 for blocks; the file's length plus room to grow)",
     )
     parser.add_argument(
-        "--ctx", type=int, default=None, metavar="N", help="context size in tokens (default: sized to the file)"
+        "--ctx", type=int, default=None, metavar="N", help="context size in tokens (default: sized to the files)"
     )
     parser.set_defaults(func=cmd_edit)
     return parser
@@ -182,11 +200,16 @@ class Stats:
     tokens_per_s: float = 0.0
     accepted: int = 0
     predicted: int = 0
+    mode: str = "rewrite"
 
     def line(self) -> str:
         ttft = f"{self.ttft_s:.2f} s" if self.ttft_s is not None else "–"
+        if self.mode == "rewrite":
+            drafts = f"{self.accepted}/{self.predicted} prediction tokens"
+        else:
+            drafts = f"{self.accepted} draft tokens"
         return (
-            f"TTFT {ttft} · {self.tokens_per_s:.0f} tok/s · {self.accepted}/{self.predicted} prediction tokens "
+            f"TTFT {ttft} · {self.tokens_per_s:.0f} tok/s · {drafts} "
             f"accepted · {self.total_s:.1f} s total (load {self.load_s:.1f} s)"
         )
 
@@ -206,107 +229,215 @@ def default_max_tokens(prediction_tokens: int) -> int:
 # --------------------------------------------------------------------------- the command
 
 
+class Output:
+    """Where the command's events go: a rich console (live view, colored diff) or JSONL."""
+
+    def __init__(self, as_json: bool):
+        from rich.console import Console
+
+        self.json = as_json
+        # soft_wrap: lines go out whole, never re-wrapped to the terminal's (or a pipe's 80) columns
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def event(self, kind: str, **fields) -> None:
+        if self.json:
+            sys.stdout.write(json.dumps({"type": kind, **fields}, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+
+    def note(self, message: str) -> None:
+        if not self.json:
+            self.err.print(message, markup=False)
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    # soft_wrap: lines go out whole, never re-wrapped to the terminal's (or a pipe's 80) columns
-    out = Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Output(args.json)
     try:
-        return _edit(args, out, err)
+        return _edit(args, out)
     except KeyboardInterrupt:
-        err.print("pairline: interrupted; nothing was written", markup=False)
+        out.event("done", status="interrupted", exit_code=EXIT_INTERRUPTED)
+        out.note("pairline: interrupted; nothing was written")
         return EXIT_INTERRUPTED
+    except PairlineError as err:
+        if args.json:
+            out.event("error", message=str(err))
+            out.event("done", status="error", exit_code=2)
+        raise
 
 
-def _edit(args: argparse.Namespace, out, err) -> int:
+class _LiveBlocks:
+    """The live view of a search/replace answer: finished blocks as diffs, the open one as it grows."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.partial_rows: list[tuple[str, str]] = []
+
+    def block(self, block) -> None:
+        from pairline.assistant.edits import block_diff_rows
+
+        self.rows.append((" ", f"··· {block.path}"))
+        self.rows += block_diff_rows(block)
+        self.partial_rows = []
+
+    def partial(self, parser_partial, state: str) -> None:
+        if parser_partial is None:
+            self.partial_rows = []
+            return
+        rows = [("-", x) for x in parser_partial.search]
+        if state == "replace":
+            rows += [("+", x) for x in parser_partial.replace]
+        self.partial_rows = [(" ", f"··· {parser_partial.path}"), *rows]
+
+
+def _edit(args: argparse.Namespace, out: Output) -> int:
     from rich.live import Live
 
-    from pairline.assistant.rewrite import (
-        BlockStream,
-        MalformedOutputError,
-        build_request,
-        extract_code,
-        restore_layout,
-    )
-    from pairline.assistant.workspace import FileChangedError, atomic_write, read_text_file
-    from pairline.engine.load import load_engine
-    from pairline.engine.sampling import SamplingParams
+    from pairline.assistant.client import open_client
+    from pairline.assistant.coder import Coder, Event, choose_mode, load_file, max_tokens_for
+    from pairline.assistant.edits import BlockParser
+    from pairline.assistant.workspace import FileChangedError, Workspace
 
     t0 = time.perf_counter()
     if args.max_tokens is not None and args.max_tokens < 1:
         raise PairlineError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.ctx is not None and args.ctx < 256:
         raise PairlineError(f"--ctx must be at least 256, got {args.ctx}")
-    path = args.file
-    text, fingerprint = read_text_file(path)
-    req = build_request(path, text, args.message)
+    if not args.message.strip():
+        raise PairlineError("the instruction is empty; say what to change with -m")
+    ws = Workspace.open(args.root, commit=not args.no_commit)
+    files = [load_file(ws, f) for f in dict.fromkeys(args.files)]
+    mode = choose_mode("rewrite" if args.rewrite else "blocks" if args.blocks else "auto", files)
+    if mode == "rewrite" and (len(files) != 1 or files[0].text is None):
+        raise PairlineError("--rewrite takes exactly one existing file")
+    missing = [f.shown for f in files if f.text is None]
+    chars = sum(len(f.model_text) for f in files)
+    answer = args.max_tokens or (None if mode == "rewrite" else 1024)
+    n_ctx = args.ctx or plan_ctx(chars + 2500, len(args.message), answer)  # 2500: the prompt's rules and example
+    out.note(f"loading {args.model}…")
+    client = open_client(args.model, n_ctx=n_ctx, server=args.server)
+    stats = Stats(load_s=client.load_s, mode=mode)
+    out.event("start", files=[f.shown for f in files], new_files=missing, mode=mode, model=args.model)
 
-    n_ctx = args.ctx or plan_ctx(len(req.model_text), len(args.message), args.max_tokens)
-    err.print(f"loading {args.model}…", markup=False)
-    engine = load_engine(args.model, runtime="torch", n_ctx=n_ctx)
-    stats = Stats(load_s=engine.load_s)
-
-    prediction = engine.tokenizer.encode(req.prediction, add_bos=False)
-    stats.predicted = len(prediction)
-    max_tokens = args.max_tokens or default_max_tokens(len(prediction))
-    gen = engine.chat(req.messages, SamplingParams(max_tokens=max_tokens, temperature=0.0), prediction=prediction)
-
-    original_lines = req.model_text.splitlines()
-    live_diff = LiveDiff(original_lines)
-    blocks = BlockStream()
-    height = max(4, min(40, out.size.height - 4))
-    waiting = _live_view(f"{path} · reading the prompt…", live_diff, height)
-    live = Live(waiting, console=out, transient=True, refresh_per_second=15) if out.is_terminal else None
-    n_tokens = 0
+    # the live view: rewrite mode diffs the file as it streams; block mode shows blocks as they form
+    shown = files[0].shown
+    live_diff = LiveDiff(files[0].model_text.splitlines())
+    live_blocks = _LiveBlocks()
+    watcher = BlockParser(default_path=shown if len(files) == 1 else None)
+    height = max(4, min(40, out.out.size.height - 4))
+    use_live = out.out.is_terminal and not out.json
+    first_view = _live_view(f"{shown} · reading the prompt…", live_diff, height)
+    live = Live(first_view, console=out.out, transient=True, refresh_per_second=15) if use_live else None
+    n_chunks = 0
     t_gen = last_view = time.perf_counter()
-    with live or contextlib.nullcontext():
-        for event in gen:
-            n_tokens += event.token_id >= 0
-            if not event.text:
-                continue
-            for line in blocks.feed(event.text):
-                live_diff.push(line)
-            if blocks.state == "done":
-                gen.cancel.cancel()  # the block is closed: whatever follows is chatter, not the file
-            now = time.perf_counter()
-            if live is not None and now - last_view >= 0.03:
-                last_view = now
-                title = (
-                    f"{path} · line {live_diff.new_lines} of ~{len(original_lines)} · "
-                    f"{n_tokens} tokens · {now - t_gen:.1f} s"
-                )
-                live.update(_live_view(title, live_diff, height))
-        for line in blocks.finish():
-            live_diff.push(line)
-    stats.ttft_s = gen.timings.ttft_s
-    stats.tokens_per_s = gen.timings.decode_tokens_per_s
-    stats.accepted = gen.usage.accepted_prediction_tokens
 
-    def done(code: int, message: str) -> int:
-        err.print(message, markup=False)
+    def on_event(e: Event) -> None:
+        nonlocal n_chunks, last_view
+        if e.kind == "text":
+            n_chunks += 1
+            if mode == "blocks":
+                watcher.feed(e.text)
+                live_blocks.partial(watcher.partial, watcher.state)
+        elif e.kind == "rewrite_line":
+            live_diff.push(e.text)
+        elif e.kind == "block":
+            live_blocks.block(e.block)
+            out.event("block", path=e.block.path, search=e.block.search_text, replace=e.block.replace_text)
+        elif e.kind == "error":
+            out.event("block_error", path=e.path, message=e.text)
+            out.note(f"edit failed: {e.text}")
+        elif e.kind == "retry":
+            out.event("retry", reason=e.text)
+            out.note("retrying once with the errors…")
+            watcher.__init__(default_path=watcher.default_path)
+        now = time.perf_counter()
+        if live is not None and now - last_view >= 0.03:
+            last_view = now
+            if mode == "rewrite":
+                title = f"{shown} · line {live_diff.new_lines} of ~{len(live_diff.orig)} · {now - t_gen:.1f} s"
+                live.update(_live_view(title, live_diff, height))
+            else:
+                title = f"{', '.join(f.shown for f in files)} · {now - t_gen:.1f} s"
+                live.update(_rows_view(title, live_blocks.rows + live_blocks.partial_rows, height))
+
+    coder = Coder(client, ws, on_event=on_event)
+    budget = args.max_tokens or max_tokens_for(client, files, mode)
+    with live or contextlib.nullcontext():
+        result = coder.run(files, args.message, mode=mode, max_tokens=budget)
+    s = result.stats
+    stats.ttft_s, stats.tokens_per_s = s.ttft_s, s.tokens_per_s
+    stats.accepted, stats.predicted = s.accepted, s.predicted
+
+    def done(code: int, status: str, message: str, **extra) -> int:
         stats.total_s = time.perf_counter() - t0
-        err.print(stats.line(), markup=False)
+        out.note(message)
+        out.note(stats.line())
+        out.event(
+            "done",
+            status=status,
+            exit_code=code,
+            message=message,
+            mode=mode,
+            well_formed=s.well_formed,
+            retried=s.retried,
+            blocks=s.blocks,
+            ttft_s=s.ttft_s,
+            tokens=s.tokens,
+            tokens_per_s=s.tokens_per_s,
+            accepted_draft_tokens=s.accepted,
+            total_s=stats.total_s,
+            load_s=stats.load_s,
+            **extra,
+        )
         return code
 
-    try:
-        new_model_text = extract_code(gen.text, original=req.model_text, truncated=gen.finish_reason == "length")
-    except MalformedOutputError as e:
-        return done(EXIT_MALFORMED, f"pairline: error: {e}")
-    new_text = restore_layout(text, new_model_text)
-    if new_text == text:
-        return done(EXIT_UNCHANGED, f"no changes: the model returned {path} as it was")
+    if result.status == "cancelled":
+        return done(EXIT_INTERRUPTED, "interrupted", "pairline: interrupted; nothing was written")
+    if result.status == "malformed":
+        detail = "\n".join(result.errors)
+        return done(EXIT_MALFORMED, "malformed", f"pairline: error: {detail}\nnothing was written")
+    if result.status == "unchanged":
+        names = ", ".join(f.shown for f in files)
+        return done(EXIT_UNCHANGED, "unchanged", f"no changes: the model's edit leaves {names} as it was")
 
-    diff = unified_diff(text, new_text, path)
-    print_diff(out, diff)
-    added, removed = diff_counts(diff)
+    added = removed = 0
+    for real, new in result.new_texts.items():
+        state = result.files[real]
+        diff = unified_diff(state.text or "", new, state.shown)
+        if state.text is None:
+            diff[0] = "--- /dev/null"
+        a, r = diff_counts(diff)
+        added, removed = added + a, removed + r
+        if out.json:
+            out.event("diff", path=state.shown, diff="\n".join(diff) + "\n", added=a, removed=r)
+        else:
+            print_diff(out.out, diff)
+    names = ", ".join(result.files[r].shown for r in result.new_texts)
     if args.dry_run:
-        return done(EXIT_APPLIED, f"dry run: {path} not written (+{added} -{removed})")
+        return done(EXIT_APPLIED, "dry_run", f"dry run: {names} not written (+{added} -{removed})")
+    writes = [(real, new, result.files[real].fingerprint) for real, new in result.new_texts.items()]
     try:
-        atomic_write(path, new_text, fingerprint)
+        entry = ws.apply(writes, args.message)
     except FileChangedError as e:
-        return done(EXIT_FILE_CHANGED, f"pairline: error: {e}")
-    return done(EXIT_APPLIED, f"wrote {path} (+{added} -{removed})")
+        return done(EXIT_FILE_CHANGED, "file_changed", f"pairline: error: {e}")
+    where = ""
+    if entry.commit:
+        where = f"; committed {entry.commit[:10]}"
+    elif entry.backup_dir:
+        where = f"; old version kept in {entry.backup_dir}"
+    return done(
+        EXIT_APPLIED, "applied", f"wrote {names} (+{added} -{removed}){where}", commit=entry.commit,
+        backup=str(entry.backup_dir) if entry.backup_dir else None,
+    )
+
+
+def _rows_view(title: str, rows: list[tuple[str, str]], height: int):
+    from rich.console import Group
+    from rich.text import Text
+
+    lines = [Text(title, style="bold cyan")]
+    shown = rows[-max(1, height) :]
+    lines += [Text(f"{mark} {line}", style=_ROW_STYLE[mark], no_wrap=True, overflow="ellipsis") for mark, line in shown]
+    return Group(*lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pairline.errors import PairlineError
@@ -138,3 +141,210 @@ def atomic_write(path: str | os.PathLike, text: str, expected: Fingerprint) -> N
             raise PairlineError(f"cannot write {shown}: {err.strerror or err}; nothing was written") from None
         raise
     _fsync_dir(target.parent)
+
+
+# --------------------------------------------------------------------------- the workspace: paths, git, undo
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise PairlineError(f"git {args[0]} failed: {err}") from None
+    if check and proc.returncode != 0:
+        raise PairlineError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return proc
+
+
+def git_toplevel(start: Path) -> Path | None:
+    if shutil.which("git") is None:
+        return None
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+@dataclass(slots=True)
+class FileChange:
+    path: str  # relative to the root, with forward slashes
+    before: bytes | None  # None: the edit created the file
+    after: bytes
+
+
+@dataclass(slots=True)
+class UndoEntry:
+    message: str
+    changes: list[FileChange]
+    commit: str | None = None  # the commit that holds the edit, in a git workspace
+    backup_dir: Path | None = None  # outside git: where the old bytes were saved
+
+
+@dataclass
+class Workspace:
+    """The folder pairline may write in. Every path is resolved (symlinks included) and must stay
+    inside `root`. In a git repository each applied edit is its own commit; elsewhere the old bytes
+    are kept (in memory and under `backups`) so `undo` can put them back."""
+
+    root: Path
+    git: bool = False
+    commit: bool = True  # --no-commit turns it off
+    backups: Path | None = None
+    history: list[UndoEntry] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, start: str | os.PathLike | None = None, *, commit: bool = True) -> Workspace:
+        """The git repository around `start` (default: the current folder), or `start` itself."""
+        base = Path(start or os.getcwd()).resolve()
+        top = git_toplevel(base)
+        if top is not None:
+            return cls(top, git=True, commit=commit)
+        from pairline.models.fetch import cache_dir
+
+        key = hashlib.sha256(str(base).encode()).hexdigest()[:12]
+        return cls(base, git=False, commit=commit, backups=cache_dir() / "backups" / key)
+
+    # ---------------------------------------------------------------- paths
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """The real path of `path` (relative to the current folder), refused outside the root."""
+        p = Path(path)
+        if not p.is_absolute():
+            p = Path(os.getcwd()) / p
+        real = Path(os.path.realpath(p))
+        if not real.is_relative_to(self.root):
+            how = " (through a symlink)" if Path(os.path.abspath(p)).is_relative_to(self.root) else ""
+            raise PairlineError(f"{path} is outside the workspace {self.root}{how}; pairline writes only inside it")
+        if real != self.root and any(part == ".git" for part in real.relative_to(self.root).parts):
+            raise PairlineError(f"{path} is inside .git; pairline does not edit git's own files")
+        return real
+
+    def rel(self, real: Path) -> str:
+        return real.relative_to(self.root).as_posix()
+
+    def display(self, real: Path) -> str:
+        """How a path is shown: relative to the current folder when inside it, else to the root."""
+        here = Path(os.getcwd()).resolve()
+        return os.path.relpath(real, here) if real.is_relative_to(here) else self.rel(real)
+
+    # ---------------------------------------------------------------- writing and undo
+
+    def apply(self, writes: list[tuple[Path, str, Fingerprint | None]], message: str) -> UndoEntry:
+        """Write every (path, text, fingerprint-when-read) atomically; None creates a new file
+        (refused if one appeared meanwhile). Every file is checked before any is written, so a file
+        changed under us means nothing is written. Then commit (git) or keep backups."""
+        for real, _text, fp in writes:
+            if fp is None:
+                if os.path.lexists(real):
+                    raise FileChangedError(f"{self.display(real)} appeared on disk meanwhile; nothing was written")
+            elif current_fingerprint(real) != fp:
+                raise FileChangedError(
+                    f"{self.display(real)} changed on disk since pairline read it; nothing was written"
+                )
+        changes: list[FileChange] = []
+        for real, text, fp in writes:
+            before = None if fp is None else real.read_bytes()
+            if fp is None:
+                create_file(real, text)
+            else:
+                atomic_write(real, text, fp)
+            changes.append(FileChange(self.rel(real), before, text.encode("utf-8")))
+        entry = UndoEntry(message, changes)
+        if self.git and self.commit:
+            entry.commit = self._commit(changes, message)
+        elif not self.git and self.backups is not None:
+            entry.backup_dir = self._backup(changes)
+        self.history.append(entry)
+        return entry
+
+    def _commit(self, changes: list[FileChange], message: str) -> str | None:
+        paths = [c.path for c in changes]
+        _git(self.root, "add", "--", *paths)
+        ident = []
+        if _git(self.root, "config", "user.email", check=False).returncode != 0:
+            ident = ["-c", "user.name=pairline", "-c", "user.email=pairline@localhost"]
+        subject = message.strip().splitlines()[0][:72] if message.strip() else "edit"
+        # --only: exactly these paths, whatever else the user has staged
+        _git(self.root, *ident, "commit", "--no-verify", "-q", "--only", "-m", f"pairline: {subject}", "--", *paths)
+        return _git(self.root, "rev-parse", "HEAD").stdout.strip()
+
+    def _backup(self, changes: list[FileChange]) -> Path | None:
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+        folder = self.backups / stamp
+        try:
+            for c in changes:
+                if c.before is not None:
+                    dest = folder / c.path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(c.before)
+        except OSError:
+            return None  # the in-memory copy still serves /undo
+        return folder
+
+    def undo(self) -> UndoEntry:
+        """Put back the exact bytes from before the last edit, if the files are still as it left
+        them; in git, drop its commit (or revert it if other commits came after)."""
+        if not self.history:
+            raise PairlineError("nothing to undo")
+        entry = self.history[-1]
+        for c in entry.changes:
+            now = self.root / c.path
+            data = now.read_bytes() if now.is_file() else None
+            if data != c.after:
+                raise FileChangedError(f"{c.path} changed since pairline edited it; not undoing (nothing was written)")
+        if entry.commit and self.git:
+            head = _git(self.root, "rev-parse", "HEAD").stdout.strip()
+            if head == entry.commit:
+                _git(self.root, "reset", "-q", "--soft", "HEAD~1")
+                _git(self.root, "reset", "-q", "HEAD", "--", *[c.path for c in entry.changes], check=False)
+            else:
+                proc = _git(self.root, "revert", "--no-edit", entry.commit, check=False)
+                if proc.returncode != 0:
+                    _git(self.root, "revert", "--abort", check=False)
+                    raise PairlineError(f"git revert {entry.commit[:10]} failed; nothing was undone")
+        for c in entry.changes:
+            real = self.root / c.path
+            if c.before is None:
+                with contextlib.suppress(FileNotFoundError):
+                    real.unlink()
+            else:
+                restore_bytes(real, c.before)
+        self.history.pop()
+        return entry
+
+
+def create_file(real: Path, text: str) -> None:
+    """A new file, written whole or not at all (temp file, then a link that fails if it exists)."""
+    real.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".pairline-tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, real)  # unlike rename, refuses to replace a file that appeared meanwhile
+    except FileExistsError:
+        raise FileChangedError(f"{real.name} appeared on disk meanwhile; nothing was written") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def restore_bytes(real: Path, data: bytes) -> None:
+    """Atomically put `data` back as the file's content (undo)."""
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".pairline-tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(real).st_mode))
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,296 @@
+"""One edit turn, shared by `pairline edit` and `pairline chat`: ask the model, follow its answer as
+it streams, apply the blocks in memory, hand failures back for one retry, and return the new
+texts. Writing them is the caller's job (through `Workspace.apply`), so nothing is half-applied:
+either every file of the turn is written or none is.
+
+Two ways to edit:
+- `blocks`: search/replace blocks (the default: the answer is as short as the change);
+- `rewrite`: the whole file, with the old file as the prediction (fast when the file is small,
+  because the unchanged lines are accepted as drafts a verify step at a time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pairline.assistant import prompts
+from pairline.assistant.client import Client, Reply
+from pairline.assistant.edits import BlockParser, EditBlock, EditError, apply_block
+from pairline.assistant.rewrite import (
+    BlockStream,
+    MalformedOutputError,
+    build_request,
+    extract_code,
+    for_model,
+    restore_layout,
+)
+from pairline.assistant.workspace import Fingerprint, Workspace, read_text_file
+from pairline.engine.generate import CancelToken
+from pairline.errors import PairlineError
+
+REWRITE_MAX_LINES = 60  # auto mode rewrites files up to this many lines (see docs/assistant.md)
+
+
+@dataclass(slots=True)
+class FileState:
+    real: Path
+    shown: str  # the name the model sees (relative to the workspace root)
+    text: str | None  # None: does not exist yet
+    fingerprint: Fingerprint | None
+
+    @property
+    def model_text(self) -> str:
+        return for_model(self.text or "")
+
+
+def load_file(ws: Workspace, path: str | Path) -> FileState:
+    real = ws.resolve(path)
+    if not real.exists():
+        return FileState(real, ws.rel(real), None, None)
+    text, fp = read_text_file(real)
+    return FileState(real, ws.rel(real), text, fp)
+
+
+@dataclass(slots=True)
+class Event:
+    """What the caller shows: kind is text | block | error | retry | rewrite_line | status."""
+
+    kind: str
+    text: str = ""
+    path: str = ""
+    block: EditBlock | None = None
+
+
+@dataclass(slots=True)
+class TurnStats:
+    mode: str = "blocks"
+    ttft_s: float | None = None
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    accepted: int = 0  # prediction (or prompt-lookup) draft tokens accepted
+    predicted: int = 0
+    wall_s: float = 0.0
+    requests: int = 0
+    blocks: int = 0
+    well_formed: bool = True
+    retried: bool = False
+
+    def add(self, reply: Reply, started: float) -> None:
+        self.requests += 1
+        if self.ttft_s is None and reply.timings.ttft_s:
+            self.ttft_s = reply.timings.ttft_s
+        self.tokens += reply.tokens
+        self.accepted += reply.usage.accepted_prediction_tokens or reply.usage.accepted_draft_tokens
+        if reply.timings.decode_tokens_per_s:
+            self.tokens_per_s = reply.timings.decode_tokens_per_s
+        self.wall_s += time.perf_counter() - started
+
+    def line(self) -> str:
+        ttft = f"{self.ttft_s:.2f} s" if self.ttft_s is not None else "–"
+        drafts = f"{self.accepted}/{self.predicted} prediction" if self.predicted else f"{self.accepted} draft"
+        return f"TTFT {ttft} · {self.tokens_per_s:.0f} tok/s · {drafts} tokens accepted · {self.tokens} tokens"
+
+
+@dataclass(slots=True)
+class TurnResult:
+    status: str  # applied-in-memory: changed | unchanged | malformed | cancelled
+    new_texts: dict[Path, str] = field(default_factory=dict)  # real path -> full new text (original layout)
+    files: dict[Path, FileState] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    answer: str = ""  # the model's text (primer included), for the chat history
+    stats: TurnStats = field(default_factory=TurnStats)
+
+
+def choose_mode(mode: str, files: list[FileState]) -> str:
+    if mode != "auto":
+        return mode
+    if len(files) == 1 and files[0].text is not None and files[0].text.count("\n") <= REWRITE_MAX_LINES:
+        return "rewrite"
+    return "blocks"
+
+
+def max_tokens_for(client: Client, files: list[FileState], mode: str) -> int:
+    if mode == "rewrite":
+        n = client.count_tokens(files[0].model_text)
+        return n + max(256, n // 2)
+    return 1024
+
+
+class Coder:
+    """Runs edit turns over a set of files with one client."""
+
+    def __init__(self, client: Client, ws: Workspace, *, on_event: Callable[[Event], None] | None = None):
+        self.client = client
+        self.ws = ws
+        self.on_event = on_event or (lambda e: None)
+        self.prompt = prompts.prompt_for(client.family)
+
+    def run(
+        self,
+        files: list[FileState],
+        instruction: str,
+        *,
+        mode: str = "auto",
+        cancel: CancelToken | None = None,
+        history: list[dict] | None = None,
+        max_tokens: int | None = None,
+    ) -> TurnResult:
+        if not instruction.strip():
+            raise PairlineError("the instruction is empty; say what to change")
+        if not files:
+            raise PairlineError("no files to edit; name at least one")
+        cancel = cancel or CancelToken()
+        mode = choose_mode(mode, files)
+        if mode == "rewrite":
+            if len(files) != 1 or files[0].text is None:
+                raise PairlineError("--rewrite takes exactly one existing file")
+            return self._rewrite(files[0], instruction, cancel, max_tokens)
+        return self._blocks(files, instruction, cancel, history or [], max_tokens)
+
+    # ---------------------------------------------------------------- search/replace
+
+    def _ask(self, messages: list[dict], prefix: str, cancel: CancelToken, max_tokens: int, result: TurnResult):
+        started = time.perf_counter()
+        reply = self.client.stream(messages, max_tokens=max_tokens, prefix=prefix, cancel=cancel)
+        parser = BlockParser(default_path=self._default_path(result))
+        self.on_event(Event("text", prefix))
+        parser.feed(prefix)
+        blocks: list[EditBlock] = []
+        for delta in reply:
+            self.on_event(Event("text", delta))
+            for block in parser.feed(delta):
+                blocks.append(block)
+                self.on_event(Event("block", path=block.path or "", block=block))
+        for block in parser.finish():
+            blocks.append(block)
+            self.on_event(Event("block", path=block.path or "", block=block))
+        result.stats.add(reply, started)
+        if reply.finish_reason == "length" and parser.state != "text":
+            pass  # reported by finish() as an unterminated block
+        return reply, parser, blocks
+
+    def _default_path(self, result: TurnResult) -> str | None:
+        return next(iter(result.files.values())).shown if len(result.files) == 1 else None
+
+    def _blocks(
+        self, files: list[FileState], instruction: str, cancel: CancelToken, history: list[dict], max_tokens: int | None
+    ) -> TurnResult:
+        result = TurnResult("unchanged", files={f.real: f for f in files})
+        result.stats.mode = "blocks"
+        messages = prompts.edit_messages(self.prompt, {f.shown: f.model_text for f in files}, instruction)
+        messages = messages[:-1] + history + messages[-1:] if history else messages
+        prefix = prompts.primer(self.prompt, files[0].shown)
+        current = {f.real: f.model_text for f in files}
+        budget = max_tokens or 1024
+        reply, parser, blocks = self._ask(messages, prefix, cancel, budget, result)
+        result.answer = prefix + reply.text
+        result.stats.blocks += len(blocks)
+        result.stats.well_formed = parser.well_formed
+        if reply.finish_reason == "cancelled":
+            result.status = "cancelled"
+            return result
+        failed = self._apply_all(blocks, current, result)
+        problems = failed + [f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed]
+        if problems and not cancel.cancelled:
+            # one retry: the errors go back to the model, which answers with the failed blocks only
+            result.stats.retried = True
+            self.on_event(Event("retry", "\n".join(problems)))
+            applied = len(blocks) - len(failed)
+            retry = [
+                *messages,
+                {"role": "assistant", "content": result.answer},
+                {"role": "user", "content": prompts.retry_message(problems, applied)},
+            ]
+            reply, parser2, blocks2 = self._ask(retry, prefix, cancel, budget, result)
+            result.answer += "\n" + prefix + reply.text
+            result.stats.blocks += len(blocks2)
+            if reply.finish_reason == "cancelled":
+                result.status = "cancelled"
+                return result
+            failed = self._apply_all(blocks2, current, result)
+            problems = failed + [f"The answer was malformed: {m.message} (line {m.line})." for m in parser2.malformed]
+        result.errors = problems
+        if problems:
+            result.status = "malformed"
+            return result
+        self._collect(current, result)
+        return result
+
+    def _apply_all(self, blocks: list[EditBlock], current: dict[Path, str], result: TurnResult) -> list[str]:
+        failed = []
+        for block in blocks:
+            try:
+                real = self._target(block, result)
+                current[real], _ = apply_block(current.get(real, ""), block, path=block.path)
+            except EditError as err:
+                failed.append(str(err))
+                self.on_event(Event("error", str(err), path=block.path or ""))
+            except PairlineError as err:
+                failed.append(f"{block.path}: {err}")
+                self.on_event(Event("error", str(err), path=block.path or ""))
+        return failed
+
+    def _target(self, block: EditBlock, result: TurnResult) -> Path:
+        """The chat file a block names (by its path, or uniquely by its file name); a new file only
+        when SEARCH is empty."""
+        name = (block.path or "").strip().removeprefix("./")
+        for f in result.files.values():
+            if f.shown == name:
+                return f.real
+        by_base = [f for f in result.files.values() if Path(f.shown).name == Path(name).name]
+        if len(by_base) == 1:
+            return by_base[0].real
+        if any(s.strip() for s in block.search):
+            raise EditError(f"{name}: not a file in this edit; the files are {', '.join(self._names(result))}")
+        state = load_file(self.ws, self.ws.root / name)
+        if state.text is not None:
+            raise EditError(f"{name}: exists but is not in this edit; add it first")
+        result.files[state.real] = state
+        return state.real
+
+    def _names(self, result: TurnResult) -> list[str]:
+        return [f.shown for f in result.files.values()]
+
+    def _collect(self, current: dict[Path, str], result: TurnResult) -> None:
+        for real, model_text in current.items():
+            state = result.files[real]
+            new = model_text if state.text is None else restore_layout(state.text, model_text)
+            if state.text is None or new != state.text:
+                result.new_texts[real] = new
+        result.status = "changed" if result.new_texts else "unchanged"
+
+    # ---------------------------------------------------------------- whole-file rewrite
+
+    def _rewrite(self, f: FileState, instruction: str, cancel: CancelToken, max_tokens: int | None) -> TurnResult:
+        result = TurnResult("unchanged", files={f.real: f})
+        result.stats.mode = "rewrite"
+        req = build_request(f.shown, f.text or "", instruction)
+        result.stats.predicted = self.client.count_tokens(req.prediction)
+        budget = max_tokens or max_tokens_for(self.client, [f], "rewrite")
+        started = time.perf_counter()
+        reply = self.client.stream(req.messages, max_tokens=budget, prediction=req.prediction, cancel=cancel)
+        lines = BlockStream()
+        for delta in reply:
+            self.on_event(Event("text", delta))
+            for line in lines.feed(delta):
+                self.on_event(Event("rewrite_line", line, path=f.shown))
+            if lines.state == "done":
+                reply.cancel.cancel()  # the block is closed: whatever follows is chatter, not the file
+        for line in lines.finish():
+            self.on_event(Event("rewrite_line", line, path=f.shown))
+        result.stats.add(reply, started)
+        result.answer = reply.text
+        if reply.finish_reason == "cancelled" and lines.state != "done":
+            result.status = "cancelled"
+            return result
+        try:
+            new_model = extract_code(reply.text, original=req.model_text, truncated=reply.finish_reason == "length")
+        except MalformedOutputError as err:
+            result.status, result.errors = "malformed", [str(err)]
+            result.stats.well_formed = False
+            return result
+        self._collect({f.real: new_model}, result)
+        return result

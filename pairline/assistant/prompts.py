@@ -1,0 +1,146 @@
+"""What the model is told: the search/replace format, per model family.
+
+Small models follow an example far better than a rule, so every family gets the rules plus one
+worked exchange (a user turn with a file and an instruction, and the assistant's blocks). The
+example sits right after the system prompt, so in a chat session its KV is computed once and
+reused by every later turn (prefix reuse).
+
+The answer is primed: the assistant turn starts with the file name and the opening of the first
+block, so even a 0.5B model is inside the format from its first token (see docs/assistant.md for
+what Qwen2.5-Coder-0.5B wrote without it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+from pairline.assistant.rewrite import fence_for, language_for, wrap
+
+_RULES = f"""\
+You edit code with search/replace blocks. Answer with blocks only, no explanations.
+One block looks like this:
+path/of/the/file.py
+```python
+{HEAD}
+one to three lines copied exactly from the file
+{DIVIDER}
+the new lines
+{TAIL}
+```
+Rules:
+- SEARCH is short: only the lines that change, copied exactly, indentation included.
+- Several changes: several blocks, one per place.
+- A new file: an empty SEARCH.
+- Change only what the instruction asks for."""
+
+_EXAMPLE_FILE = """\
+import math
+
+
+def area(r, precision=2):
+    return round(math.pi * r * r, precision)
+
+
+def describe(shape):
+    print("shape:", shape, "area:", area(shape.r))
+"""
+
+_EXAMPLE_INSTRUCTION = "Rename the function area to circle_area, and change the default of precision to 4."
+
+_EXAMPLE_ANSWER = f"""\
+geometry.py
+```python
+{HEAD}
+def area(r, precision=2):
+{DIVIDER}
+def circle_area(r, precision=4):
+{TAIL}
+```
+geometry.py
+```python
+{HEAD}
+    print("shape:", shape, "area:", area(shape.r))
+{DIVIDER}
+    print("shape:", shape, "area:", circle_area(shape.r))
+{TAIL}
+```
+"""
+
+
+def _user(files: str, instruction: str) -> str:
+    # the instruction before the files (so the model reads them knowing what to look for) and after
+    # (so it is the last thing before the answer)
+    return f"Instruction: {instruction}\n\n{files}\n\nInstruction: {instruction}"
+
+
+_EXAMPLE = (
+    {"role": "user", "content": _user(f"geometry.py\n{wrap(_EXAMPLE_FILE, 'python', '```')}", _EXAMPLE_INSTRUCTION)},
+    {"role": "assistant", "content": _EXAMPLE_ANSWER},
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EditPrompt:
+    family: str
+    system: str
+    example: tuple[dict, dict] | None  # a user turn and the assistant's answer
+    primed: bool  # start the assistant's answer with the path and the first block's opening
+
+
+PROMPTS: dict[str, EditPrompt] = {
+    # Qwen2.5-Coder knows the format from training data but its 0.5B model drifts into prose or
+    # whole files without an example and priming; both are on.
+    "qwen2": EditPrompt(
+        "qwen2",
+        _RULES,
+        _EXAMPLE,
+        primed=True,
+    ),
+    # SmolLM2 (llama family) is a test model here: same content, same priming.
+    "llama": EditPrompt(
+        "llama",
+        _RULES,
+        _EXAMPLE,
+        primed=True,
+    ),
+}
+
+
+def prompt_for(family: str) -> EditPrompt:
+    return PROMPTS.get(family, PROMPTS["qwen2"])
+
+
+def files_message(files: dict[str, str]) -> str:
+    """The files in the chat, each as its path and a fenced block (text as the model sees it)."""
+    parts = []
+    for path, text in files.items():
+        parts.append(f"{path}\n{wrap(text, language_for(path), fence_for(text))}")
+    return "\n\n".join(parts)
+
+
+def edit_messages(prompt: EditPrompt, files: dict[str, str], instruction: str) -> list[dict]:
+    """System prompt, the worked example, then the files and the instruction in one user turn."""
+    messages = [{"role": "system", "content": prompt.system}]
+    if prompt.example:
+        messages += list(prompt.example)
+    messages.append({"role": "user", "content": _user(files_message(files), instruction.strip())})
+    return messages
+
+
+def primer(prompt: EditPrompt, path: str) -> str:
+    """The start of the assistant's answer when it is primed: the file name and the block opening."""
+    if not prompt.primed:
+        return ""
+    return f"{path}\n```{language_for(path)}\n{HEAD}\n"
+
+
+def retry_message(errors: list[str], applied: int) -> str:
+    """The user turn that hands failed blocks back to the model for its one retry."""
+    done = f"The other {applied} block(s) applied fine; do not repeat them.\n" if applied else ""
+    listed = "\n\n".join(errors)
+    return (
+        f"Some edit blocks failed:\n\n{listed}\n\n{done}"
+        "Write corrected search/replace blocks for the failed changes only, with SEARCH lines copied "
+        "exactly from the file."
+    )

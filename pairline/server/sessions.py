@@ -34,7 +34,7 @@ class Session:
     def check_previous(self, previous_response_id: str | None) -> None:
         if previous_response_id is not None and previous_response_id != self.last_response_id:
             raise ProtocolError(
-                f"previous response {previous_response_id!r} is not the latest response of this session "
+                f"previous_response_id {previous_response_id!r} is not the latest response of this session "
                 "(a session continues from its latest response only)",
                 code="previous_response_not_found", param="previous_response_id")
 

@@ -8,6 +8,7 @@ from pairline.engine.config import ModelConfig
 from pairline.engine.generate import Engine
 from pairline.engine.runtimes.torch_model import Transformer
 from pairline.engine.runtimes.torch_runtime import TorchRuntime
+from pairline.engine.speculative import StepCosts
 
 
 def tiny_config(arch: str = "llama", vocab: int = 49152, **kw) -> ModelConfig:
@@ -49,4 +50,12 @@ def tiny_engine(tokenizer, arch: str = "llama", n_ctx: int = 1024, dtype=torch.b
                 prefill_chunk: int = 256, quant: str = "none") -> Engine:
     cfg = tiny_config(arch, vocab=tokenizer.vocab_size)
     rt = TorchRuntime(cfg, random_state(cfg, seed), n_ctx=n_ctx, dtype=dtype, quant=quant)
-    return Engine(rt, tokenizer, model_name=f"tiny-{arch}", prefill_chunk=prefill_chunk)
+    engine = Engine(rt, tokenizer, model_name=f"tiny-{arch}", prefill_chunk=prefill_chunk)
+    # Verifying on a tiny model costs about as much as stepping, so the adaptive policy would rightly
+    # stop drafting; these engines exist to test the loop, so costs are pinned where drafts pay.
+    engine.step_costs = pinned_costs()
+    return engine
+
+
+def pinned_costs() -> StepCosts:
+    return StepCosts(slope_hint=0.1, learn=False)

@@ -13,7 +13,7 @@ import torch
 
 from pairline.engine.runtime import Runtime
 from pairline.engine.sampling import Sampler, SamplingParams
-from pairline.engine.speculative import DraftLength, PredictionDraft, PromptLookup
+from pairline.engine.speculative import DraftPolicy, PredictionDraft, PromptLookup, StepCosts
 from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, render_chat
 from pairline.errors import PairlineError
 
@@ -92,13 +92,14 @@ class Generation:
     prediction: list[int] | None = None
     speculation: Speculation = "auto"
     cancel: CancelToken = field(default_factory=CancelToken)
-    draft_max: int = 16
+    draft_max: int = 32
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # stop | length | cancelled
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    steps: list[tuple[int, int]] = field(default_factory=list)  # (drafted, accepted) per decode/verify call
     _started: bool = False
 
     def __iter__(self) -> Iterator[TokenEvent]:
@@ -159,6 +160,8 @@ class Engine:
         self.lock = threading.Lock()
         self.cached: list[int] = []  # exactly the tokens whose KV the runtime holds
         self.load_s = 0.0
+        # what verify calls cost on this runtime, learned as it runs; shared by forks (same cores)
+        self.step_costs = StepCosts(getattr(runtime, "verify_slope_hint", 0.35))
 
     # ---------------------------------------------------------------- public API
 
@@ -173,7 +176,7 @@ class Engine:
         prediction: str | list[int] | None = None,
         speculation: Speculation = "auto",
         cancel: CancelToken | None = None,
-        draft_max: int = 16,
+        draft_max: int = 32,
     ) -> Generation:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
@@ -202,6 +205,7 @@ class Engine:
         one lock: they compete for the same cores, so their requests run one at a time."""
         other = Engine(self.runtime.fork(), self.tokenizer, self.model_name, self.prefill_chunk)
         other.lock = self.lock
+        other.step_costs = self.step_costs
         other.load_s = self.load_s
         return other
 
@@ -248,10 +252,14 @@ class Engine:
         return logits[-1]
 
     def _drafter(self, g: Generation):
+        """The draft source and the policy that sizes its drafts. The priors are per-token acceptance
+        guesses: a prediction is usually right; prompt lookup must prove itself."""
+        if g.speculation == "off" or g.draft_max <= 0:
+            return None, None
         if g.prediction:
-            return PredictionDraft(g.prediction), DraftLength(start=8, max_len=g.draft_max)
+            return PredictionDraft(g.prediction), DraftPolicy(self.step_costs, prior=0.9, max_len=g.draft_max)
         if g.speculation == "prompt_lookup" or (g.speculation == "auto" and g.params.greedy):
-            return PromptLookup(list(g.prompt)), DraftLength(start=4, max_len=min(8, g.draft_max))
+            return PromptLookup(list(g.prompt)), DraftPolicy(self.step_costs, prior=0.5, max_len=g.draft_max)
         return None, None
 
     def _verify(self, sampler: Sampler, drafts: list[int], logits: torch.Tensor) -> tuple[int, int]:
@@ -296,7 +304,7 @@ class Engine:
         if logits is None:
             yield from self._cancelled(g, finish)
             return
-        drafter, draft_len = self._drafter(g)
+        drafter, policy = self._drafter(g)
         next_tok = sampler.sample(logits)
         t_first = time.perf_counter()
         g.timings.ttft_s = t_first - t0
@@ -329,14 +337,20 @@ class Engine:
                 if room < 0:
                     yield from finish("length")
                     return
-                drafts = drafter.draft(min(draft_len.k, room)) if drafter is not None else []
+                drafts = []
+                if drafter is not None:
+                    offered = drafter.draft(min(policy.max_len, room))
+                    drafts = offered[: policy.choose(len(offered))]
                 n_before = self.runtime.n_past
+                t_step = time.perf_counter()
                 logits = self._forward([last, *drafts], "all" if drafts else "last")
+                self.step_costs.record(1 + len(drafts), time.perf_counter() - t_step)
                 g.timings.forward_calls += 1
                 accepted, next_tok = self._verify(sampler, drafts, logits)
+                g.steps.append((len(drafts), accepted))
                 if drafts:
                     self._truncate(n_before + 1 + accepted)
-                    draft_len.update(len(drafts), accepted)
+                    policy.update(len(drafts), accepted)
                     g.usage.draft_tokens += len(drafts)
                     g.usage.accepted_draft_tokens += accepted
                     if drafter.source == "prediction":

@@ -88,17 +88,84 @@ class PredictionDraft:
             self.aligned = True
 
 
-class DraftLength:
-    """How many tokens to draft next: grow while drafts are accepted, shrink after a rejection,
-    so a poor draft source costs little more than plain decoding."""
+class StepCosts:
+    """What a forward call of w tokens costs on this runtime, relative to a 1-token step, learned
+    from the calls the loop makes (running averages per width). Runtimes differ a lot here: a
+    verify of 17 tokens costs ~3x a step in one and ~11x in another (docs/benchmarks.md)."""
 
-    def __init__(self, start: int, max_len: int, min_len: int = 1):
-        self.k, self.max_len, self.min_len = start, max_len, min_len
+    def __init__(self, slope_hint: float = 0.35, smoothing: float = 0.25, learn: bool = True):
+        self.slope_hint = slope_hint  # extra cost per token, as a fraction of a step, until measured
+        self.smoothing = smoothing
+        self.learn = learn  # False: keep the hint (tests that must exercise verification use this)
+        self.seconds: dict[int, float] = {}  # width -> running average
+
+    def record(self, width: int, seconds: float) -> None:
+        if not self.learn:
+            return
+        old = self.seconds.get(width)
+        self.seconds[width] = seconds if old is None else old + self.smoothing * (seconds - old)
+
+    def relative(self, width: int) -> float:
+        """cost(width) / cost(1); interpolated between measured widths, extrapolated past them."""
+        if width <= 1:
+            return 1.0
+        known = sorted(self.seconds)
+        one = self.seconds.get(1)
+        if one is None or len(known) < 2:
+            return 1.0 + self.slope_hint * (width - 1)
+        if width in self.seconds:
+            return self.seconds[width] / one
+        lo = max((w for w in known if w < width), default=1)
+        hi = min((w for w in known if w > width), default=None)
+        if hi is None:  # past the widest measured: continue the slope of the widest two
+            hi, lo = lo, max((w for w in known if w < lo), default=1)
+        slope = (self.seconds[hi] - self.seconds[lo]) / (hi - lo)
+        return max(1.0, (self.seconds[lo] + slope * (width - lo)) / one)
+
+
+# Draft lengths the policy picks from: few enough that each width gets measured.
+DRAFT_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+class DraftPolicy:
+    """How many drafted tokens to verify next. Per-token acceptance a (a running estimate) makes
+    a k-token draft yield (1 - a^(k+1)) / (1 - a) tokens for the cost of a (k+1)-token call; the
+    policy takes the k with the most tokens per unit of cost, and none when plain decoding wins.
+    So a useless draft source switches itself off after a few misses, and a good one gets long
+    drafts where the runtime verifies cheaply. While off, it probes now and then with a short draft
+    so that it notices when the source starts paying again."""
+
+    def __init__(self, costs: StepCosts, prior: float, max_len: int, memory: float = 0.85, probe_every: int = 16):
+        self.costs, self.max_len, self.memory, self.probe_every = costs, max_len, memory, probe_every
+        self.accepted, self.trials = 2.0 * prior, 2.0  # the prior counts as two observations
+        self.idle = 0  # steps since the last draft
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.trials
+
+    def choose(self, available: int) -> int:
+        """available: how many draft tokens the source offers now. Returns how many to verify."""
+        limit = min(available, self.max_len)
+        if limit <= 0:
+            return 0
+        a = min(self.acceptance, 0.999)
+        best_k, best = 0, 1.0  # plain decoding: one token per step
+        for k in (*[c for c in DRAFT_CHOICES if c < limit], limit):
+            value = (1 - a ** (k + 1)) / (1 - a) / self.costs.relative(k + 1)
+            if value > best * 1.02:  # ties go to the shorter draft
+                best_k, best = k, value
+        if best_k == 0:
+            self.idle += 1
+            if self.idle >= self.probe_every:
+                self.idle = 0
+                return min(2, limit)
+        return best_k
 
     def update(self, drafted: int, accepted: int) -> None:
+        """A geometric model: each draft token is a trial until the first rejection."""
         if drafted == 0:
             return
-        if accepted == drafted:
-            self.k = min(self.max_len, self.k * 2)
-        else:
-            self.k = max(self.min_len, accepted + 1)
+        self.idle = 0
+        self.accepted = self.memory * self.accepted + accepted
+        self.trials = self.memory * self.trials + accepted + (1 if accepted < drafted else 0)

@@ -1,0 +1,91 @@
+"""The draft policy: cost-aware draft lengths, switching off a source that does not pay."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pairline.engine.sampling import SamplingParams
+from pairline.engine.speculative import DraftPolicy, PredictionDraft, StepCosts
+
+
+def test_costs_before_and_after_measurement():
+    costs = StepCosts(slope_hint=0.5)
+    assert costs.relative(1) == 1.0
+    assert costs.relative(5) == pytest.approx(3.0)  # hint: 1 + 0.5 * 4
+    costs.record(1, 0.010)
+    costs.record(9, 0.030)
+    assert costs.relative(9) == pytest.approx(3.0)
+    assert costs.relative(5) == pytest.approx(2.0)  # interpolated
+    assert costs.relative(17) == pytest.approx(5.0)  # the slope of the widest two, continued
+    costs.record(9, 0.050)  # running average moves a quarter of the way
+    assert costs.relative(9) == pytest.approx(3.5)
+
+
+def test_pinned_costs_ignore_measurements():
+    costs = StepCosts(slope_hint=0.1, learn=False)
+    costs.record(1, 1.0)
+    costs.record(5, 100.0)
+    assert costs.relative(5) == pytest.approx(1.4)
+
+
+def test_cheap_verification_and_good_drafts_give_long_drafts():
+    policy = DraftPolicy(StepCosts(slope_hint=0.1, learn=False), prior=0.9, max_len=32)
+    for _ in range(5):
+        policy.update(16, 16)
+    assert policy.choose(100) == 32
+    assert policy.choose(7) == 7  # never more than the source offers
+
+
+def test_expensive_verification_means_no_drafts():
+    policy = DraftPolicy(StepCosts(slope_hint=1.0, learn=False), prior=0.5, max_len=32)
+    assert policy.choose(32) == 0
+
+
+def test_misses_switch_a_source_off_and_probes_bring_it_back():
+    policy = DraftPolicy(StepCosts(slope_hint=0.3, learn=False), prior=0.9, max_len=16, probe_every=4)
+    assert policy.choose(16) > 0
+    for _ in range(6):
+        policy.update(4, 0)
+    assert policy.acceptance < 0.2
+    chosen = [policy.choose(16) for _ in range(4)]
+    assert chosen == [0, 0, 0, 2]  # off, then one short probe
+    for _ in range(8):
+        policy.update(2, 2)  # the probes pay: drafting resumes and grows
+    assert policy.choose(16) >= 4
+
+
+def test_prediction_realigns_after_an_insertion():
+    pred = list(range(100, 160))
+    drafter = PredictionDraft(pred)
+    drafter.accept(pred[:20])
+    assert drafter.draft(4) == pred[20:24]
+    drafter.accept([7, 8, 9])  # the output inserts three tokens the prediction lacks
+    assert drafter.draft(4) == []  # not aligned until the output rejoins the prediction
+    drafter.accept(pred[20:23])  # three tokens of the prediction again: an n-gram match
+    assert drafter.draft(4) == pred[23:27]
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_gguf):
+    from pairline.engine.tokenizer import Tokenizer
+
+    from .engine_helpers import tiny_engine
+
+    engine = tiny_engine(Tokenizer.from_gguf(smollm2_gguf), n_ctx=512)
+    engine.step_costs = StepCosts(slope_hint=0.35)  # learning, as in real use
+    return engine
+
+
+def test_useless_prediction_costs_little(engine):
+    """Random text as the prediction: after the first misses the policy stops drafting, so the
+    rejected work stays a small fraction of the output, and the output is unchanged."""
+    params = SamplingParams(max_tokens=60, ignore_eos=True)
+    plain = engine.generate("def f(x):\n    return", params, speculation="off").run()
+    rng = random.Random(0)
+    junk = [rng.randrange(3, engine.tokenizer.vocab_size) for _ in range(400)]
+    g = engine.generate("def f(x):\n    return", params, prediction=junk).run()
+    assert g.token_ids == plain.token_ids
+    assert g.usage.rejected_prediction_tokens <= 16
+    assert sum(1 for drafted, _ in g.steps if drafted) <= 8

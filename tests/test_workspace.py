@@ -160,3 +160,181 @@ def test_missing_and_directory(tmp_path):
         read_text_file(tmp_path / "nope.py")
     with pytest.raises(PairlineError, match="directory"):
         read_text_file(tmp_path)
+
+
+# --------------------------------------------------------------------------- Workspace: root, git, undo
+
+import subprocess  # noqa: E402
+
+from pairline.assistant.workspace import Workspace  # noqa: E402
+
+
+def _git(root, *args) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def _repo(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    _git(root, "init", "-q")
+    _git(root, "config", "user.email", "t@example.com")
+    _git(root, "config", "user.name", "T")
+    (root / "a.py").write_bytes(b"x = 1\r\n")
+    _git(root, "add", "a.py")
+    _git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+@pytest.fixture
+def plain_ws(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ws"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    return Workspace.open(root)
+
+
+def test_refuses_paths_outside_the_root(plain_ws, tmp_path):
+    (tmp_path / "outside.py").write_text("x\n")
+    with pytest.raises(PairlineError, match="outside the workspace"):
+        plain_ws.resolve(tmp_path / "outside.py")
+    with pytest.raises(PairlineError, match="outside the workspace"):
+        plain_ws.resolve("../outside.py")
+
+
+def test_refuses_symlink_escape(plain_ws, tmp_path):
+    (tmp_path / "secret.py").write_text("x\n")
+    (plain_ws.root / "link.py").symlink_to(tmp_path / "secret.py")
+    (plain_ws.root / "dir").symlink_to(tmp_path)
+    with pytest.raises(PairlineError, match="through a symlink"):
+        plain_ws.resolve("link.py")
+    with pytest.raises(PairlineError, match="through a symlink"):
+        plain_ws.resolve("dir/secret.py")
+
+
+def test_refuses_git_internals(tmp_path, monkeypatch):
+    root = _repo(tmp_path)
+    monkeypatch.chdir(root)
+    with pytest.raises(PairlineError, match="inside .git"):
+        Workspace.open().resolve(".git/config")
+
+
+def test_plain_apply_and_undo_restore_exact_bytes(plain_ws):
+    f = plain_ws.root / "a.py"
+    f.write_bytes(b"\xef\xbb\xbfx = 1\r\nno newline")
+    before = f.read_bytes()
+    _, fp = read_text_file(f)
+    entry = plain_ws.apply([(f, "y = 2\n", fp)], "change x")
+    assert f.read_bytes() == b"y = 2\n"
+    assert entry.commit is None and (entry.backup_dir / "a.py").read_bytes() == before
+    plain_ws.undo()
+    assert f.read_bytes() == before
+    with pytest.raises(PairlineError, match="nothing to undo"):
+        plain_ws.undo()
+
+
+def test_new_file_and_undo_removes_it(plain_ws):
+    new = plain_ws.root / "pkg" / "new.py"
+    plain_ws.apply([(new, "print(1)\n", None)], "create")
+    assert new.read_text() == "print(1)\n"
+    plain_ws.undo()
+    assert not new.exists()
+
+
+def test_new_file_that_appeared_meanwhile_is_refused(plain_ws):
+    new = plain_ws.root / "new.py"
+    new.write_text("mine\n")
+    with pytest.raises(FileChangedError, match="appeared"):
+        plain_ws.apply([(new, "theirs\n", None)], "create")
+    assert new.read_text() == "mine\n"
+
+
+def test_multi_file_apply_is_all_or_nothing(plain_ws):
+    a, b = plain_ws.root / "a.py", plain_ws.root / "b.py"
+    a.write_text("a\n")
+    b.write_text("b\n")
+    _, fa = read_text_file(a)
+    _, fb = read_text_file(b)
+    b.write_text("b edited by the user\n")
+    with pytest.raises(FileChangedError):
+        plain_ws.apply([(a, "A\n", fa), (b, "B\n", fb)], "both")
+    assert a.read_text() == "a\n" and b.read_text() == "b edited by the user\n"
+    assert plain_ws.history == []
+
+
+def test_undo_refuses_when_file_changed_after_the_edit(plain_ws):
+    f = plain_ws.root / "a.py"
+    f.write_text("1\n")
+    _, fp = read_text_file(f)
+    plain_ws.apply([(f, "2\n", fp)], "x")
+    f.write_text("3 (the user kept typing)\n")
+    with pytest.raises(FileChangedError, match="not undoing"):
+        plain_ws.undo()
+    assert f.read_text() == "3 (the user kept typing)\n"
+
+
+def test_undo_crash_mid_write_keeps_edited_file_whole(plain_ws, monkeypatch):
+    f = plain_ws.root / "a.py"
+    f.write_text("old\n")
+    _, fp = read_text_file(f)
+    plain_ws.apply([(f, "new\n", fp)], "x")
+
+    def crash(src, dst):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(workspace.os, "replace", crash)
+    with pytest.raises(OSError):
+        plain_ws.undo()
+    assert f.read_text() == "new\n" and _leftovers(plain_ws.root) == []
+    monkeypatch.undo()
+    plain_ws.undo()  # the entry is still there: undo works once the disk does
+    assert f.read_text() == "old\n"
+
+
+def test_git_each_edit_is_a_commit_and_undo_drops_it(tmp_path, monkeypatch):
+    root = _repo(tmp_path)
+    monkeypatch.chdir(root)
+    (root / "other.py").write_text("staged by the user\n")
+    _git(root, "add", "other.py")
+    ws = Workspace.open()
+    assert ws.git and ws.root == root.resolve()
+    f = root / "a.py"
+    before = f.read_bytes()
+    _, fp = read_text_file(f)
+    entry = ws.apply([(f, "x = 2\r\n", fp)], "set x to 2")
+    assert _git(root, "rev-parse", "HEAD").strip() == entry.commit
+    assert _git(root, "log", "-1", "--format=%s").strip() == "pairline: set x to 2"
+    assert _git(root, "show", "--name-only", "--format=", "HEAD").split() == ["a.py"]  # not other.py
+    ws.undo()
+    assert f.read_bytes() == before
+    assert _git(root, "log", "--format=%s").split("\n")[0] == "init"
+    assert "A  other.py" in _git(root, "status", "--porcelain")  # the user's staged file is untouched
+    assert " M a.py" not in _git(root, "status", "--porcelain")
+
+
+def test_git_undo_reverts_when_other_commits_followed(tmp_path, monkeypatch):
+    root = _repo(tmp_path)
+    monkeypatch.chdir(root)
+    ws = Workspace.open()
+    f = root / "a.py"
+    _, fp = read_text_file(f)
+    entry = ws.apply([(f, "x = 2\r\n", fp)], "two")
+    (root / "b.py").write_text("b\n")
+    _git(root, "add", "b.py")
+    _git(root, "commit", "-q", "-m", "user commit")
+    ws.undo()
+    assert f.read_bytes() == b"x = 1\r\n"
+    log = _git(root, "log", "--format=%s").split("\n")
+    assert log[0].startswith("Revert") and entry.commit not in _git(root, "rev-parse", "HEAD")
+
+
+def test_git_no_commit(tmp_path, monkeypatch):
+    root = _repo(tmp_path)
+    monkeypatch.chdir(root)
+    ws = Workspace.open(commit=False)
+    f = root / "a.py"
+    _, fp = read_text_file(f)
+    entry = ws.apply([(f, "x = 3\n", fp)], "three")
+    assert entry.commit is None and _git(root, "log", "--format=%s").strip() == "init"
+    ws.undo()
+    assert f.read_bytes() == b"x = 1\r\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pairline.assistant import prompts
 from pairline.assistant.client import Client, Reply
-from pairline.assistant.edits import BlockParser, EditBlock, EditError, apply_block
+from pairline.assistant.edits import DIVIDER, BlockParser, EditBlock, EditError, apply_block
 from pairline.assistant.rewrite import (
     BlockStream,
     MalformedOutputError,
@@ -32,6 +32,28 @@ from pairline.engine.generate import CancelToken
 from pairline.errors import PairlineError
 
 REWRITE_MAX_LINES = 60  # auto mode rewrites files up to this many lines (see docs/assistant.md)
+
+
+class LinkedCancel(CancelToken):
+    """A request's own cancel that is also set when the turn's is: the coder can stop one request
+    (to force a divider) without cancelling the turn, and the user's Ctrl-C reaches the engine."""
+
+    def __init__(self, parent: CancelToken) -> None:
+        self.parent = parent
+        self._own_at: float | None = None
+        super().__init__()
+
+    @property
+    def requested_at(self) -> float | None:  # type: ignore[override]
+        return self._own_at if self._own_at is not None else self.parent.requested_at
+
+    @requested_at.setter
+    def requested_at(self, value: float | None) -> None:
+        self._own_at = value
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set() or self.parent.cancelled
 
 
 @dataclass(slots=True)
@@ -122,11 +144,20 @@ def max_tokens_for(client: Client, files: list[FileState], mode: str) -> int:
 class Coder:
     """Runs edit turns over a set of files with one client."""
 
-    def __init__(self, client: Client, ws: Workspace, *, on_event: Callable[[Event], None] | None = None):
+    def __init__(
+        self,
+        client: Client,
+        ws: Workspace,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        search_cap: int | None = -1,
+    ):
         self.client = client
         self.ws = ws
         self.on_event = on_event or (lambda e: None)
         self.prompt = prompts.prompt_for(client.family)
+        # -1: the measured default for this model; None or 0: no cap
+        self.search_cap = prompts.SEARCH_CAP.get(client.model_name) if search_cap == -1 else (search_cap or None)
 
     def run(
         self,
@@ -148,48 +179,90 @@ class Coder:
             if len(files) != 1 or files[0].text is None:
                 raise PairlineError("--rewrite takes exactly one existing file")
             return self._rewrite(files[0], instruction, cancel, max_tokens)
-        return self._blocks(files, instruction, cancel, history or [], max_tokens)
+        messages = prompts.edit_messages(self.prompt, {f.shown: f.model_text for f in files}, instruction)
+        if history:
+            messages = messages[:-1] + history + messages[-1:]
+        return self.run_blocks(files, messages, cancel=cancel, max_tokens=max_tokens)
 
     # ---------------------------------------------------------------- search/replace
 
     def _ask(self, messages: list[dict], prefix: str, cancel: CancelToken, max_tokens: int, result: TurnResult):
-        started = time.perf_counter()
-        reply = self.client.stream(messages, max_tokens=max_tokens, prefix=prefix, cancel=cancel)
+        """Stream one answer, parsing blocks as they close. With a search cap, a SEARCH part that
+        reaches the cap is cut there: the request stops and a new one continues the same answer
+        after a forced divider (the engine's prefix reuse makes that a few tokens of prefill)."""
         parser = BlockParser(default_path=self._default_path(result))
         self.on_event(Event("text", prefix))
         parser.feed(prefix)
         blocks: list[EditBlock] = []
-        for delta in reply:
-            self.on_event(Event("text", delta))
-            for block in parser.feed(delta):
-                blocks.append(block)
-                self.on_event(Event("block", path=block.path or "", block=block))
+        answer, reply = prefix, None
+        budget = max_tokens
+        while budget > 0:
+            started = time.perf_counter()
+            inner = LinkedCancel(cancel)
+            reply = self.client.stream(messages, max_tokens=budget, prefix=answer, cancel=inner)
+            forced = looping = False
+            for delta in reply:
+                self.on_event(Event("text", delta))
+                for block in parser.feed(delta):
+                    if any((b.path, b.search, b.replace) == (block.path, block.search, block.replace) for b in blocks):
+                        looping = True  # the model repeats itself: the answer is over
+                        inner.cancel()
+                        continue
+                    blocks.append(block)
+                    self.on_event(Event("block", path=block.path or "", block=block))
+                cap = self.search_cap
+                if cap and parser.state == "search" and parser.partial and len(parser.partial.search) >= cap:
+                    forced = True
+                    inner.cancel()
+                    break
+            result.stats.add(reply, started)
+            budget -= max(1, reply.tokens)
+            text = reply.text
+            if looping:
+                answer += text
+                break
+            if not forced or cancel.cancelled:
+                answer += text
+                break
+            # keep the answer up to the capped SEARCH's last line, then force the divider
+            answer += text[: text.rfind("\n") + 1]
+            parser.drop_partial_line()
+            parser.partial.capped = True
+            parser.feed(DIVIDER + "\n")
+            answer += DIVIDER + "\n"
+            self.on_event(Event("text", DIVIDER + "\n"))
         for block in parser.finish():
             blocks.append(block)
             self.on_event(Event("block", path=block.path or "", block=block))
-        result.stats.add(reply, started)
-        if reply.finish_reason == "length" and parser.state != "text":
-            pass  # reported by finish() as an unterminated block
-        return reply, parser, blocks
+        if reply is not None and cancel.cancelled:
+            reply.finish_reason = "cancelled"
+        return reply, answer, parser, blocks
 
     def _default_path(self, result: TurnResult) -> str | None:
         return next(iter(result.files.values())).shown if len(result.files) == 1 else None
 
-    def _blocks(
-        self, files: list[FileState], instruction: str, cancel: CancelToken, history: list[dict], max_tokens: int | None
+    def run_blocks(
+        self,
+        files: list[FileState],
+        messages: list[dict],
+        *,
+        prefix: str | None = None,
+        cancel: CancelToken | None = None,
+        max_tokens: int | None = None,
     ) -> TurnResult:
+        """One search/replace turn on prepared messages (the chat builds its own history)."""
+        cancel = cancel or CancelToken()
         result = TurnResult("unchanged", files={f.real: f for f in files})
         result.stats.mode = "blocks"
-        messages = prompts.edit_messages(self.prompt, {f.shown: f.model_text for f in files}, instruction)
-        messages = messages[:-1] + history + messages[-1:] if history else messages
-        prefix = prompts.primer(self.prompt, files[0].shown)
+        if prefix is None:
+            prefix = prompts.primer(self.prompt, files[0].shown)
         current = {f.real: f.model_text for f in files}
         budget = max_tokens or 1024
-        reply, parser, blocks = self._ask(messages, prefix, cancel, budget, result)
-        result.answer = prefix + reply.text
+        reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result)
+        result.answer = answer
         result.stats.blocks += len(blocks)
         result.stats.well_formed = parser.well_formed
-        if reply.finish_reason == "cancelled":
+        if cancel.cancelled:
             result.status = "cancelled"
             return result
         failed = self._apply_all(blocks, current, result)
@@ -204,10 +277,10 @@ class Coder:
                 {"role": "assistant", "content": result.answer},
                 {"role": "user", "content": prompts.retry_message(problems, applied)},
             ]
-            reply, parser2, blocks2 = self._ask(retry, prefix, cancel, budget, result)
-            result.answer += "\n" + prefix + reply.text
+            reply, answer2, parser2, blocks2 = self._ask(retry, prefix, cancel, budget, result)
+            result.answer += "\n" + answer2
             result.stats.blocks += len(blocks2)
-            if reply.finish_reason == "cancelled":
+            if cancel.cancelled:
                 result.status = "cancelled"
                 return result
             failed = self._apply_all(blocks2, current, result)

@@ -52,6 +52,7 @@ class EditBlock:
     search: list[str]  # lines without newlines
     replace: list[str]
     index: int = 0  # the block's number in the answer, from 0
+    capped: bool = False  # SEARCH was cut short by the search cap: REPLACE may run on past it
 
     @property
     def search_text(self) -> str:
@@ -129,6 +130,10 @@ class BlockParser:
             self.malformed.append(Malformed(f"the answer ended inside an edit block, {where}", self._line_no))
             self.state, self.partial = "text", None
         return done
+
+    def drop_partial_line(self) -> None:
+        """Forget the unfinished line (the caller cut the answer at the last newline)."""
+        self._buf = ""
 
     @property
     def well_formed(self) -> bool:
@@ -376,11 +381,24 @@ def apply_block(content: str, block: EditBlock, path: str | None = None) -> tupl
     m = matches[0]
     if m.reindent is not None:
         replace = [m.reindent(line) for line in replace]
+    if block.capped:
+        m.end += _overlap(replace, file[m.end :])
     new = file[: m.start] + replace + file[m.end :]
     text = "\n".join(new)
     if new and final_newline:
         text += "\n"  # a file without a final newline keeps lacking one, even when the block is at EOF
     return text, m
+
+
+def _overlap(replace: list[str], after: list[str]) -> int:
+    """How many of the file's lines after the match the replacement ends by copying. A capped
+    SEARCH stops after its first lines, and the model's REPLACE carries on copying the file; those
+    lines replace their originals rather than repeat them."""
+    for t in range(min(len(replace) - 1, len(after)), 0, -1):
+        tail = replace[len(replace) - t :]
+        if all(a.rstrip() == b.rstrip() for a, b in zip(tail, after[:t], strict=True)) and any(x.strip() for x in tail):
+            return t
+    return 0
 
 
 def _trim_blank_edges(lines: list[str]) -> list[str]:

@@ -46,7 +46,7 @@ def describe(shape):
     print("shape:", shape, "area:", area(shape.r))
 """
 
-_EXAMPLE_INSTRUCTION = "Rename the function area to circle_area, and change the default of precision to 4."
+_EXAMPLE_INSTRUCTION = "Rename the parameter r of area to radius."
 
 _EXAMPLE_ANSWER = f"""\
 geometry.py
@@ -54,18 +54,22 @@ geometry.py
 {HEAD}
 def area(r, precision=2):
 {DIVIDER}
-def circle_area(r, precision=4):
+def area(radius, precision=2):
 {TAIL}
 ```
 geometry.py
 ```python
 {HEAD}
-    print("shape:", shape, "area:", area(shape.r))
+    return round(math.pi * r * r, precision)
 {DIVIDER}
-    print("shape:", shape, "area:", circle_area(shape.r))
+    return round(math.pi * radius * radius, precision)
 {TAIL}
 ```
 """
+
+# Small models keep copying the file once they start a SEARCH part: after this many lines the
+# answer is cut there and continued after a forced ======= (see Coder). Measured per model; None: no cap.
+SEARCH_CAP: dict[str, int] = {"qwen2.5-coder-0.5b": 1, "smollm2-135m": 1}
 
 
 def _user(files: str, instruction: str) -> str:

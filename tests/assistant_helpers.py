@@ -1,0 +1,56 @@
+"""A scripted model client for the assistant's tests: canned answers, streamed in small chunks,
+honouring cancel between chunks like the engine does between decode steps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from pairline.assistant.client import Reply
+from pairline.engine.generate import CancelToken, Timings, Usage
+
+
+class ScriptedClient:
+    """Each `stream` call takes the next answer. An answer is the whole assistant text; a call with
+    a `prefix` gets the part after it (the answer must start with the prefix)."""
+
+    model_name = "scripted"
+    family = "qwen2"
+    load_s = 0.0
+
+    def __init__(self, answers: list[str], chunk: int = 3, delay: float = 0.0):
+        self.answers = list(answers)
+        self.chunk = chunk
+        self.delay = delay
+        self.calls: list[dict] = []
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4)
+
+    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None) -> Reply:
+        cancel = cancel or CancelToken()
+        self.calls.append({"messages": messages, "prefix": prefix, "prediction": prediction, "max_tokens": max_tokens})
+        answer = self.answers.pop(0) if self.answers else ""
+        if prefix and answer.startswith(prefix):
+            answer = answer[len(prefix) :]  # else the answer is scripted as the continuation itself
+        reply = Reply(iter(()), cancel)
+
+        def deltas() -> Iterator[str]:
+            t0 = time.perf_counter()
+            reply.finish_reason = "stop"
+            for i in range(0, len(answer), self.chunk):
+                if cancel.cancelled:
+                    reply.finish_reason = "cancelled"
+                    return
+                if self.delay:
+                    time.sleep(self.delay)
+                reply.tokens += 1
+                if reply.timings.ttft_s == 0:
+                    reply.timings.ttft_s = time.perf_counter() - t0
+                yield answer[i : i + self.chunk]
+            reply.timings.decode_tokens_per_s = 100.0
+
+        reply.deltas = deltas()
+        reply.usage = Usage()
+        reply.timings = Timings()
+        return reply

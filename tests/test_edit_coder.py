@@ -1,0 +1,248 @@
+"""Edit turns (Coder) with a scripted client: blocks applied in memory, one retry with the error,
+the search cap, loops, new files, cancel; and pairline edit end to end in blocks mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from pairline.assistant import prompts
+from pairline.assistant.coder import Coder, LinkedCancel, load_file
+from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+from pairline.assistant.workspace import Workspace
+from pairline.engine.generate import CancelToken
+from tests.assistant_helpers import ScriptedClient
+
+SRC = "import os\n\n\ndef greet(name):\n    return 'hi ' + name\n\n\nprint(greet('x'))\n"
+
+
+def block(path: str, search: str, replace: str) -> str:
+    return f"{path}\n```python\n{HEAD}\n{search}{DIVIDER}\n{replace}{TAIL}\n```\n"
+
+
+def primer(path: str) -> str:
+    return prompts.primer(prompts.prompt_for("qwen2"), path)
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path / ".cache"))
+    (tmp_path / "app.py").write_text(SRC)
+    return Workspace.open(tmp_path)
+
+
+def run(ws, answers, instruction="rename greet to welcome", files=("app.py",), cap=None, **kw):
+    client = ScriptedClient(answers)
+    coder = Coder(client, ws, search_cap=cap)
+    result = coder.run([load_file(ws, f) for f in files], instruction, mode="blocks", **kw)
+    return result, client
+
+
+def test_two_blocks_applied_in_memory(ws):
+    answer = block("app.py", "def greet(name):\n", "def welcome(name):\n") + block(
+        "app.py", "print(greet('x'))\n", "print(welcome('x'))\n"
+    )
+    result, client = run(ws, [answer])
+    assert result.status == "changed" and result.stats.well_formed and not result.stats.retried
+    assert result.new_texts[ws.root / "app.py"] == SRC.replace("greet", "welcome")
+    assert (ws.root / "app.py").read_text() == SRC  # the coder never writes
+    # the answer was primed with the file name and the block opening
+    assert client.calls[0]["prefix"] == primer("app.py")
+    user = client.calls[0]["messages"][-1]["content"]
+    assert user.startswith("Instruction: rename greet") and "app.py\n```python\nimport os" in user
+
+
+def test_failed_block_goes_back_to_the_model_once(ws):
+    bad = block("app.py", "def greet(nam):\n", "def welcome(name):\n")
+    good = block("app.py", "def greet(name):\n", "def welcome(name):\n")
+    result, client = run(ws, [bad, good])
+    assert result.status == "changed" and result.stats.retried
+    retry = client.calls[1]["messages"][-1]["content"]
+    assert "Did you mean" in retry and "def greet(name):" in retry
+    assert client.calls[1]["messages"][-2] == {"role": "assistant", "content": bad}
+
+
+def test_still_failing_after_the_retry_is_malformed_and_writes_nothing(ws):
+    bad = block("app.py", "def nothing_like_it():\n", "x\n")
+    result, client = run(ws, [bad, bad])
+    assert result.status == "malformed" and len(client.calls) == 2 and result.new_texts == {}
+    assert "does not match" in result.errors[0]
+
+
+def test_malformed_answer_retried(ws):
+    broken = f"app.py\n```python\n{HEAD}\ndef greet(name):\n{TAIL}\n```\n"
+    good = block("app.py", "def greet(name):\n", "def welcome(name):\n")
+    result, _ = run(ws, [broken, good])
+    assert result.status == "changed" and not result.stats.well_formed and result.stats.retried
+
+
+def test_unchanged(ws):
+    result, _ = run(ws, [block("app.py", "import os\n", "import os\n")])
+    assert result.status == "unchanged" and result.new_texts == {}
+
+
+def test_new_file_with_empty_search(ws):
+    answer = block("app.py", "import os\n", "import os\nimport util\n") + block("util.py", "", "X = 1\n")
+    result, _ = run(ws, [answer], "add a util module")
+    assert result.status == "changed"
+    assert result.new_texts[ws.root / "util.py"] == "X = 1\n"
+
+
+def test_block_for_unknown_existing_file_is_refused(ws):
+    (ws.root / "other.py").write_text("y = 1\n")
+    answer = primer("app.py") + f"{DIVIDER}\n{TAIL}\n```\n" + block("other.py", "", "z\n")
+    result, _ = run(ws, [answer] * 2)
+    assert result.status == "malformed" and "not in this edit" in result.errors[0]
+
+
+def test_block_may_name_the_file_by_basename(ws):
+    (ws.root / "pkg").mkdir()
+    (ws.root / "pkg" / "m.py").write_text("a = 1\nb = 1\n")
+    answer = block("pkg/m.py", "a = 1\n", "a = 2\n") + block("m.py", "b = 1\n", "b = 2\n")
+    result, _ = run(ws, [answer], files=("pkg/m.py",))
+    assert result.new_texts[ws.root / "pkg" / "m.py"] == "a = 2\nb = 2\n"
+
+
+def test_search_cap_forces_the_divider_and_trims_copied_lines(ws):
+    # the model starts copying the file into SEARCH; after 1 line the coder cuts it and forces =======
+    p = primer("app.py")
+    first = p + "def greet(name):\n    return 'hi ' + name\n\n\nprint(greet('x'))\n"
+    cont = p + f"def greet(name):\n{DIVIDER}\ndef welcome(name):\n    return 'hi ' + name\n{TAIL}\n```\n"
+    result, client = run(ws, [first, cont], cap=1)
+    assert client.calls[1]["prefix"] == p + "def greet(name):\n" + DIVIDER + "\n"
+    assert result.status == "changed"
+    # the copied return line replaced its original instead of being repeated
+    assert result.new_texts[ws.root / "app.py"] == SRC.replace("def greet", "def welcome")
+
+
+def test_repeated_block_ends_the_answer(ws):
+    one = block("app.py", "def greet(name):\n", "def welcome(name):\n")
+    result, _ = run(ws, [one + one + one])
+    assert result.status == "changed" and result.stats.blocks == 1
+
+
+def test_cancel_returns_partial_answer_and_nothing(ws):
+    client = ScriptedClient([block("app.py", "def greet(name):\n", "def welcome(name):\n")])
+    cancel = CancelToken()
+    seen = []
+
+    def on_event(e):
+        seen.append(e.text)
+        if len(seen) == 4:
+            cancel.cancel()
+
+    coder = Coder(client, ws, on_event=on_event, search_cap=None)
+    result = coder.run([load_file(ws, "app.py")], "rename", mode="blocks", cancel=cancel)
+    assert result.status == "cancelled" and result.new_texts == {}
+    assert result.answer.startswith(primer("app.py")) and len(result.answer) > len(primer("app.py"))
+
+
+def test_linked_cancel():
+    parent = CancelToken()
+    child = LinkedCancel(parent)
+    assert not child.cancelled
+    parent.cancel()
+    assert child.cancelled and child.requested_at == parent.requested_at
+    other = LinkedCancel(CancelToken())
+    other.cancel()
+    assert other.cancelled and not other.parent.cancelled and other.requested_at is not None
+
+
+def test_rewrite_mode_for_small_files(ws):
+    client = ScriptedClient(["```python\n" + SRC.replace("greet", "welcome") + "```\n"])
+    coder = Coder(client, ws)
+    result = coder.run([load_file(ws, "app.py")], "rename")  # auto: 8 lines -> rewrite
+    assert result.stats.mode == "rewrite" and result.status == "changed"
+    assert client.calls[0]["prediction"] == "```python\n" + SRC + "```"
+
+
+# --------------------------------------------------------------------------- pairline edit, blocks mode
+
+
+def run_cli(argv, monkeypatch, answers):
+    from pairline.cli import main
+
+    client = ScriptedClient(answers)
+    monkeypatch.setattr("pairline.assistant.client.open_client", lambda *a, **k: client)
+    return main(["edit", *argv]), client
+
+
+def test_cli_json_events_and_git_commit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "config", "user.email", "t@example.com"], check=True)
+    subprocess.run(["git", "config", "user.name", "T"], check=True)
+    (tmp_path / "app.py").write_text(SRC)
+    subprocess.run(["git", "add", "app.py"], check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], check=True)
+    answer = block("app.py", "def greet(name):\n", "def welcome(name):\n")
+    code, _ = run_cli(["app.py", "-m", "rename greet", "--blocks", "--json"], monkeypatch, [answer])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and "block" in kinds and "diff" in kinds and kinds[-1] == "done"
+    done = events[-1]
+    assert done["status"] == "applied" and done["exit_code"] == 0 and done["well_formed"] and done["commit"]
+    log = subprocess.run(["git", "log", "--format=%s"], capture_output=True, text=True, check=True).stdout
+    assert log.splitlines()[0] == "pairline: rename greet"
+    assert "def welcome(name):" in (tmp_path / "app.py").read_text()
+
+
+def test_cli_multiple_files_dry_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path / ".cache"))
+    (tmp_path / "a.py").write_text("A = 1\n")
+    (tmp_path / "b.py").write_text("B = 1\n")
+    answer = block("a.py", "A = 1\n", "A = 2\n") + block("b.py", "B = 1\n", "B = 2\n")
+    code, client = run_cli(["a.py", "b.py", "-m", "bump", "--dry-run"], monkeypatch, [answer])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "+A = 2" in out and "+B = 2" in out and "dry run" in err
+    assert (tmp_path / "a.py").read_text() == "A = 1\n" and (tmp_path / "b.py").read_text() == "B = 1\n"
+    assert "a.py\n```python\nA = 1" in client.calls[0]["messages"][-1]["content"]
+
+
+def test_cli_malformed_after_retry_exits_3(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "app.py").write_text(SRC)
+    bad = block("app.py", "nope\n", "x\n")
+    code, _ = run_cli(["app.py", "-m", "x", "--blocks"], monkeypatch, [bad, bad])
+    assert code == 3 and (tmp_path / "app.py").read_text() == SRC
+    err = capsys.readouterr().err
+    assert "retrying once" in err and "does not match" in err and "nothing was written" in err
+
+
+def test_cli_file_changed_under_us_exits_4(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path / ".cache"))
+    f = tmp_path / "app.py"
+    f.write_text(SRC)
+
+    class Saver(ScriptedClient):
+        def stream(self, *a, **k):
+            f.write_text(SRC + "# the user saved\n")
+            return super().stream(*a, **k)
+
+    client = Saver([block("app.py", "def greet(name):\n", "def welcome(name):\n")])
+    monkeypatch.setattr("pairline.assistant.client.open_client", lambda *a, **k: client)
+    from pairline.cli import main
+
+    assert main(["edit", "app.py", "-m", "x", "--blocks"]) == 4
+    assert f.read_text() == SRC + "# the user saved\n"
+    assert "changed on disk" in capsys.readouterr().err
+
+
+def test_cli_refuses_outside_workspace_and_binary(tmp_path, monkeypatch, capsys):
+    from pairline.cli import main
+
+    (tmp_path / "ws").mkdir()
+    monkeypatch.chdir(tmp_path / "ws")
+    (tmp_path / "outside.py").write_text("x\n")
+    (tmp_path / "ws" / "blob.py").write_bytes(b"\x00\x01")
+    assert main(["edit", "../outside.py", "-m", "x"]) == 2
+    assert main(["edit", "blob.py", "-m", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "outside the workspace" in err and "binary" in err

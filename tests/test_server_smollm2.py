@@ -100,7 +100,8 @@ def test_cancel_and_steer_on_real_weights(srv):
 
 def test_openai_sdk_stream_with_prediction(srv):
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x", timeout=120, max_retries=0)
-    messages = [{"role": "user", "content": f"Rename greet to welcome. Reply with the whole file.\n```python\n{CODE}```"}]
+    ask = f"Rename greet to welcome. Reply with the whole file.\n```python\n{CODE}```"
+    messages = [{"role": "user", "content": ask}]
     # Two plain runs first: the second, like the predicted one after it, reuses the prompt's KV. (A cold and a
     # KV-reusing run of the same prompt may differ in the last bits, so compare like with like.)
     client.chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=80)

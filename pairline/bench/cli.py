@@ -56,6 +56,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     eng.set_defaults(func=cmd_engine)
 
+    ovh = sub.add_parser(
+        "overhead",
+        help="per-turn transport and state cost: HTTP+SSE (new connection / keep-alive) vs the WebSocket session",
+        description="A 10-turn coding session over a ~2k-token file against a fresh `pairline serve`, three ways "
+        "side by side; then N concurrent WebSocket sessions. Prints tables and writes JSON.",
+    )
+    ovh.add_argument("--model", "-m", default="smollm2-135m", help="registry name or path (default smollm2-135m)")
+    ovh.add_argument("--turns", type=int, default=10)
+    ovh.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (default 48)")
+    ovh.add_argument("--file-tokens", type=int, default=2000, help="size of the file in the first turn")
+    ovh.add_argument("--ctx", type=int, default=8192, help="server context size")
+    ovh.add_argument("--load-sessions", type=int, default=4, help="concurrent WebSocket sessions (0: no load run)")
+    ovh.add_argument("--load-seconds", type=float, default=30.0)
+    ovh.add_argument("--threads", type=int, default=None, help="PAIRLINE_THREADS for the server process")
+    ovh.add_argument("--server", default=None, help="use a running server (http://HOST:PORT) instead of starting one")
+    ovh.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
+    ovh.set_defaults(func=cmd_overhead)
+
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:
@@ -119,4 +137,29 @@ def cmd_engine(args: argparse.Namespace) -> int:
     save(result)
     print_tables(result)
     err.print(f"wrote {paths[0]}")
+    return 0
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pairline.bench.engine import write_json
+    from pairline.bench.overhead import OverheadConfig, print_summary, run_overhead
+
+    err = Console(stderr=True)
+    cfg = OverheadConfig(model=args.model, turns=args.turns, max_tokens=args.max_tokens, file_tokens=args.file_tokens,
+                         n_ctx=args.ctx, load_sessions=args.load_sessions, load_seconds=args.load_seconds,
+                         threads=args.threads, base_url=args.server, command="pairline " + " ".join(sys.argv[1:]),
+                         log=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+    result = run_overhead(cfg)
+    out = Path(args.out or "bench-results")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out if out.suffix == ".json" else out / f"overhead-{Path(args.model).stem}-{stamp}.json"
+    write_json(result, path)
+    print_summary(result)
+    err.print(f"wrote {path}")
     return 0

@@ -53,6 +53,9 @@ class Job:
     t_start: float = 0.0
     t_first: float = 0.0
     t_last: float = 0.0
+    text_first: float = 0.0  # when the engine released the first / last non-empty text (what clients see)
+    text_last: float = 0.0
+    text_events: int = 0
     kv_rebuilt: bool = False  # its session's KV had been evicted; the whole history was prefilled again
     prompt: list[int] | None = None
     gen: Generation | None = None
@@ -75,6 +78,9 @@ class Job:
             "forward_calls": t.forward_calls if t else 0,
             "cancel_latency_s": t.cancel_latency_s if t else None,
             "kv_rebuilt": self.kv_rebuilt,
+            # the engine's side of each text delta: mean gap between them as they left the engine
+            "text_events": self.text_events,
+            "emit_gap_s": (self.text_last - self.text_first) / (self.text_events - 1) if self.text_events > 1 else None,
         }
 
 
@@ -127,7 +133,8 @@ class KVPool:
                     n = _common_prefix(s.engine.cached, prompt)
                     if n > best_len:
                         best, best_len = s, n
-            if best is not None:
+            # reuse a cache the prompt mostly extends; one it would mostly overwrite is worth more kept
+            if best is not None and (best_len * 2 >= len(best.engine.cached) or len(self.slots) >= self.max_slots):
                 return self._take(best, owner), False
         if len(self.slots) < self.max_slots:
             slot = Slot(self.base.fork())
@@ -306,6 +313,10 @@ class Scheduler:
         elif ev.token_id >= 0:
             self.metrics.observe("itl", now - job.t_last)
         job.t_last = now
+        if ev.text:
+            job.text_first = job.text_first or now
+            job.text_last = now
+            job.text_events += 1
         job.sink("token", ev)
 
     def _finish(self, job: Job) -> None:

@@ -11,7 +11,8 @@ Definitions (../shared/design.md), client clocks plus the server's reported timi
   TTFT                 request leaving the client -> first text at the client (connect included in (a))
   server own time      the engine's: queue wait + engine TTFT (prefill and first token)
   per-roundtrip overh. client TTFT - server own time (transport, parsing, tokenizing, state handling)
-  per-token overhead   client mean gap between text deltas - engine decode time per token
+  per-token overhead   client mean gap between text deltas - the engine's own step time per delta (time
+                       inside its steps between the first and last delta, measured by the server)
   e2e                  request leaving the client -> the final event at the client
 Then a load run: N WebSocket sessions at once for a bounded time, p50/p99 TTFT and every error."""
 
@@ -119,8 +120,8 @@ def _finish(r: TurnResult, t0: float, stamps: list[float], t_end: float, timings
         if r.ttft_s is not None:
             r.roundtrip_overhead_s = r.ttft_s - r.server_own_s
         # the same text deltas timed at both ends: as the engine released them, as the client got them
-        if len(stamps) > 1 and timings.get("emit_gap_s") is not None and timings["text_events"] == len(stamps):
-            r.engine_per_token_s = timings["emit_gap_s"]
+        if len(stamps) > 1 and timings.get("engine_gap_s") is not None and timings["text_events"] == len(stamps):
+            r.engine_per_token_s = timings["engine_gap_s"]
             r.client_gap_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
             r.per_token_overhead_s = r.client_gap_s - r.engine_per_token_s
 

@@ -56,6 +56,9 @@ class Job:
     text_first: float = 0.0  # when the engine released the first / last non-empty text (what clients see)
     text_last: float = 0.0
     text_events: int = 0
+    busy_s: float = 0.0  # time inside the engine (its steps), cumulative
+    busy_first_text: float = 0.0
+    busy_last_text: float = 0.0
     kv_rebuilt: bool = False  # its session's KV had been evicted; the whole history was prefilled again
     prompt: list[int] | None = None
     gen: Generation | None = None
@@ -81,6 +84,9 @@ class Job:
             # the engine's side of each text delta: mean gap between them as they left the engine
             "text_events": self.text_events,
             "emit_gap_s": (self.text_last - self.text_first) / (self.text_events - 1) if self.text_events > 1 else None,
+            # of which the engine's own steps (forward, sampling, detokenizing); the rest is the server's loop
+            "engine_gap_s": (self.busy_last_text - self.busy_first_text) / (self.text_events - 1)
+            if self.text_events > 1 else None,
         }
 
 
@@ -296,6 +302,7 @@ class Scheduler:
         self.active.append(job)
 
     def _step(self, job: Job) -> None:
+        t0 = time.perf_counter()
         try:
             with job.gen.engine.lock:
                 ev = next(job._events)
@@ -307,6 +314,7 @@ class Scheduler:
             self._fail(job, err)
             return
         now = time.perf_counter()
+        job.busy_s += now - t0
         if not job.t_first:
             job.t_first = now
             self.metrics.observe("ttft", now - job.t_submit)
@@ -314,8 +322,9 @@ class Scheduler:
             self.metrics.observe("itl", now - job.t_last)
         job.t_last = now
         if ev.text:
-            job.text_first = job.text_first or now
-            job.text_last = now
+            if not job.text_events:
+                job.text_first, job.busy_first_text = now, job.busy_s
+            job.text_last, job.busy_last_text = now, job.busy_s
             job.text_events += 1
         job.sink("token", ev)
 

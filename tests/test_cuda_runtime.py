@@ -358,6 +358,33 @@ def test_engine_speculation_is_lossless_on_the_static_path():
     _check_speculation_is_lossless(_tiny(vocab=512, n_ctx=512, graphs=True, capture=FakeCapture()))
 
 
+def test_gpu_bench_harness_runs_on_the_cpu(tmp_path):
+    """The GPU benchmark's code paths, end to end, on the tiny config (timings are not checked:
+    the point is that a device session's first run does not die on a harness bug)."""
+    from pairline.bench import gpu
+
+    cfg = gpu.GpuBenchConfig.quick(models=("tiny",), device="cpu", policies=("exact",),
+                                   parts=("decode", "ttft", "verify", "edit"), contexts=(64,), ttft_sizes=(40,),
+                                   decode_tokens=6, edit_prompt=40, edit_tokens=12, prefill_chunk=32)
+    trace = {"edit": {"tasks": [{"name": "t", "prompt_tokens": 30, "engines": {"pairline": {"modes": {
+        "prediction": {"steps": [[4, 4], [8, 2], [3, 0]], "completion_tokens": 10},
+        "plain": {"completion_tokens": 5}}}}}]}}
+    (tmp_path / "trace.json").write_text(__import__("json").dumps(trace))
+    cfg.traces = str(tmp_path / "trace.json")
+    result = gpu.run_gpu_bench(cfg)
+    p = result["models"]["tiny"]["pairline"][0]
+    assert "error" not in p, p.get("error")
+    d = p["decode"]["64"]
+    assert d["loop_tok_s"] > 0 and d["device_tok_s"] > 0 and d["bytes_per_token"]["kv"] == 2 * 2 * 2 * 16 * 64 * 2
+    assert p["ttft"]["sizes"]["40"]["ttft_s"] > 0 and set(p["verify_s"]) == {"1", "4"}
+    ceiling = p["edit_ceiling"]
+    assert ceiling["ceiling"]["identical_to_plain"] and ceiling["ceiling"]["completion_tokens"] == 12
+    assert ceiling["ceiling"]["forward_calls"] < ceiling["plain"]["forward_calls"]
+    replays = p["edit_traces"]["replays"]
+    assert [(r["mode"], r["argmax"]["completion_tokens"]) for r in replays] == [("prediction", 10), ("plain", 5)]
+    assert len(gpu.summary_rows(result)) > 1
+
+
 # ---------------------------------------------------------------------------------- on a GPU
 
 

@@ -204,6 +204,15 @@ class CudaRuntime:
         self.compiled = (quant != "none" and self.on_cuda) if compile is None else compile
         self.graphs = self._new_graphs(self.model)
         self._n_past = 0
+        # for the loop's draft-length policy (Engine.step_costs): under the exact policy a verify
+        # step replays the very graph a decode step does, so extra drafted tokens cost ~nothing
+        self.verify_slope_hint = 0.0 if self.policy.pad_rows else 0.05
+
+    @property
+    def exact_rows(self) -> int:
+        """The widest call whose rows equal one-token steps bit for bit (0: none guaranteed); the
+        loop keeps drafts under this so greedy speculation stays lossless."""
+        return self.policy.exact_rows
 
     def _load(self, cfg: ModelConfig, state: dict[str, torch.Tensor], int4_group: int) -> StaticTransformer:
         with torch.device("meta"):
@@ -235,7 +244,13 @@ class CudaRuntime:
     def _new_graphs(self, model: StaticTransformer) -> StepGraphs:
         step = model.forward_static
         if self.compiled:
-            # shapes are static per graph; the graphs are ours, so inductor must not add its own
+            # shapes are static per graph; the graphs are ours, so inductor must not add its own. Each
+            # (rows, kv_len) is one specialization: raise dynamo's limit (8), past which it would run eagerly
+            import torch._dynamo.config as dynamo_config
+
+            for knob in ("cache_size_limit", "recompile_limit"):
+                if hasattr(dynamo_config, knob):
+                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 256))
             step = torch.compile(step, fullgraph=True, dynamic=False, mode="max-autotune-no-cudagraphs")
         return StepGraphs(step, self.policy.static_rows, self.vocab_size, self.device, self._capture)
 

@@ -33,11 +33,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pairline.engine.config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: `pairline bench engine` builds its parser from this
+# module's add_arguments, and no CLI command should pay for importing torch to show its help
 
 SCHEMA = 1
 
@@ -111,6 +115,8 @@ class StubTokenizer:
 
 
 def _sync(device: str) -> None:
+    import torch
+
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -121,6 +127,8 @@ def _median(values: list[float]) -> float | None:
 
 
 def _free() -> None:
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -149,6 +157,8 @@ def resolve_models(names: str | tuple[str, ...]) -> tuple[str, ...]:
 def random_weights(cfg: ModelConfig, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """bf16 random weights in the runtime's fused naming (wqkv, w13), made on the device (a 7B
     config on the CPU would take minutes), scaled so activations stay in range."""
+    import torch
+
     from pairline.engine.runtimes.cuda_model import StaticTransformer
 
     with torch.device("meta"):
@@ -168,12 +178,16 @@ def random_weights(cfg: ModelConfig, device: str, seed: int = 0) -> dict[str, to
 
 
 def random_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n,), generator=gen).tolist()
 
 
 def measure_bandwidth(device: str, nbytes: int = 2 << 30, repeats: int = 20) -> dict:
     """A device-to-device copy of random bytes; (read + written) / median time (METHOD.md)."""
+    import torch
+
     if not device.startswith("cuda"):
         return {"bytes_per_s": None, "note": "no device copy benchmark off CUDA"}
     src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
@@ -199,6 +213,8 @@ def bytes_per_token(rt: Any, context: int) -> dict:
     projection, norms; not the embedding table, of which a step reads one row) plus the KV of
     `context` positions. The implementation may read more (the exact policy attends the whole
     cache); this is the floor the % of limit is measured against."""
+    import torch
+
     from pairline.engine.runtimes.cuda_model import StaticKV
 
     weights = 0
@@ -457,6 +473,7 @@ def bench_pairline(cfg: GpuBenchConfig, name: str, mcfg: ModelConfig, state: dic
 
 def hf_model(mcfg: ModelConfig, device: str) -> Any:
     """HF transformers' Qwen2 with the same config, random weights, bf16, SDPA attention."""
+    import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     conf = Qwen2Config(
@@ -474,6 +491,7 @@ def hf_model(mcfg: ModelConfig, device: str) -> Any:
 
 def hf_generate(model: Any, ids: list[int], n: int, static: bool) -> list[float]:
     """Greedy generate; returns when each token reached the host (the streamer's put, synced)."""
+    import torch
     from transformers.generation.streamers import BaseStreamer
 
     stamps: list[float] = []
@@ -538,6 +556,8 @@ def bench_hf(cfg: GpuBenchConfig, name: str, mcfg: ModelConfig) -> dict:
 
 
 def device_info(device: str) -> dict:
+    import torch
+
     info: dict[str, Any] = {"torch": torch.__version__, "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -642,41 +662,56 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default="1.5b", help="configs: 0.5b, 1.5b, 7b, all, tiny (comma-separated)")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quant", default="none", help="comma-separated: none, int8, int4")
-    parser.add_argument("--policies", default="exact,fast", help="static-step policies: exact (lossless), fast")
-    parser.add_argument("--phases", default=None, help=f"comma-separated parts: {', '.join(PARTS)} (default: all)")
-    parser.add_argument("--contexts", default=None, help="decode contexts, comma-separated tokens")
-    parser.add_argument("--ttft-sizes", default=None, help="prompt sizes for TTFT, comma-separated tokens")
-    parser.add_argument("--decode-tokens", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--prefill-chunk", type=int, default=None)
-    parser.add_argument("--traces", default=None, help="an edit-phase JSON of `pairline bench engine` to replay")
-    parser.add_argument("--no-compile-peer", action="store_true", help="skip HF static cache + compile")
-    parser.add_argument("--no-graphs", action="store_true", help="pairline without CUDA graphs (to see what they give)")
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke test)")
-    parser.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
+def add_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
+    """The GPU bench's options. shared=False adds only those `pairline bench engine` lacks (it
+    already has --model, --quant, --phases, --repeats, --quick, --out), for its --device cuda."""
+    if shared:
+        parser.add_argument("--model", "-m", default="1.5b", help="configs: 0.5b, 1.5b, 7b, all, tiny (comma list)")
+        parser.add_argument("--device", default="cuda")
+        parser.add_argument("--quant", default="none", help="comma-separated: none, int8, int4")
+        parser.add_argument("--phases", default=None, help=f"comma-separated: {', '.join(PARTS)} (default: all)")
+        parser.add_argument("--repeats", type=int, default=None)
+        parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke test)")
+        parser.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
+    gpu = parser if shared else parser.add_argument_group("--device cuda (pairline.bench.gpu)")
+    gpu.add_argument("--policies", default="exact,fast", help="static-step policies: exact (lossless), fast")
+    gpu.add_argument("--contexts", default=None, help="decode contexts, comma-separated tokens")
+    gpu.add_argument("--ttft-sizes", default=None, help="prompt sizes for TTFT, comma-separated tokens")
+    gpu.add_argument("--decode-tokens", type=int, default=None)
+    gpu.add_argument("--prefill-chunk", type=int, default=None, help="the loop's prefill chunk (default 2048)")
+    gpu.add_argument("--traces", default=None, help="an edit-phase JSON of `pairline bench engine` to replay")
+    gpu.add_argument("--no-compile-peer", action="store_true", help="skip HF static cache + compile")
+    gpu.add_argument("--no-graphs", action="store_true", help="pairline without CUDA graphs (to see what they give)")
+
+
+# `pairline bench engine --phases` names for the CPU bench, mapped to this one's parts
+_PHASE_ALIASES = {"engine": ("decode", "ttft", "hf")}
 
 
 def config_from_args(args: argparse.Namespace) -> GpuBenchConfig:
-    kw: dict[str, Any] = {"models": resolve_models(args.model), "device": args.device,
-                          "quants": _csv(args.quant) or ("none",), "policies": _csv(args.policies) or POLICIES,
-                          "hf_compile": not args.no_compile_peer, "traces": args.traces,
-                          "command": " ".join(["pairline bench engine", *sys.argv[3:]]) if sys.argv[1:2] == ["bench"]
-                          else " ".join(sys.argv)}
-    if args.no_graphs:
+    def arg(name: str, default: Any = None) -> Any:
+        return getattr(args, name, default)
+
+    quants = tuple("none" if q == "auto" else q for q in (_csv(arg("quant")) or ("none",)))
+    kw: dict[str, Any] = {"models": resolve_models(arg("model", "1.5b")), "device": arg("device", "cuda"),
+                          "quants": quants, "policies": _csv(arg("policies")) or POLICIES,
+                          "hf_compile": not arg("no_compile_peer", False), "traces": arg("traces"),
+                          "command": " ".join(["pairline", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"]
+                          else " ".join(["python -m pairline.bench.gpu", *sys.argv[1:]])}
+    if arg("no_graphs"):
         kw["graphs"] = False
-    if getattr(args, "phases", None):
-        kw["parts"] = _csv(args.phases)
-    for key, name in (("contexts", "contexts"), ("ttft_sizes", "ttft_sizes")):
-        if getattr(args, name, None):
-            kw[key] = tuple(int(v) for v in _csv(getattr(args, name)))
-    for key in ("decode_tokens", "repeats", "prefill_chunk"):
-        if getattr(args, key, None):
-            kw[key] = getattr(args, key)
-    return GpuBenchConfig.quick(**kw) if args.quick else GpuBenchConfig(**kw)
+    if arg("phases"):
+        kw["parts"] = tuple(p for name in _csv(arg("phases")) for p in _PHASE_ALIASES.get(name, (name,)))
+        unknown = set(kw["parts"]) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown phases {', '.join(sorted(unknown))}; use {', '.join(PARTS)}")
+    for name in ("contexts", "ttft_sizes"):
+        if arg(name):
+            kw[name] = tuple(int(v) for v in _csv(arg(name)))
+    for name in ("decode_tokens", "repeats", "prefill_chunk"):
+        if arg(name):
+            kw[name] = arg(name)
+    return GpuBenchConfig.quick(**kw) if arg("quick") else GpuBenchConfig(**kw)
 
 
 def out_path(out: str | None, models: tuple[str, ...]) -> Path:
@@ -709,6 +744,8 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     parser = argparse.ArgumentParser(prog="python -m pairline.bench.gpu", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

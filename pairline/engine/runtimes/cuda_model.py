@@ -85,6 +85,11 @@ class StaticAttention(nn.Module):
         self.kv.v[:, start:end] = v
         keys, values = self.kv.k[:, :end].unsqueeze(0), self.kv.v[:, :end].unsqueeze(0)  # [1, K, L, D]
         q = q.transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        if q.is_cuda and q.dtype == torch.float32 and start > 0:
+            # flash takes GQA natively but not float32; the kernel lower-right causal falls back to
+            # (memory-efficient) wants as many KV heads as query heads
+            G = H // self.n_kv
+            keys, values = keys.repeat_interleave(G, dim=1), values.repeat_interleave(G, dim=1)
         # lower-right causal: row i sees keys 0..start+i (flash on CUDA; no mask is materialized there)
         mask = None if start == 0 else causal_lower_right(n, end)
         out = F.scaled_dot_product_attention(

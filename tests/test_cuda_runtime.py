@@ -101,6 +101,7 @@ def _smollm2(n_ctx: int = 64, **kw) -> tuple[CudaRuntime, TorchRuntime, TorchRun
 RUNTIMES = [
     pytest.param(lambda: _tiny(), id="cuda-eager-exact"),
     pytest.param(lambda: _tiny(policy=StepPolicy.fast()), id="cuda-eager-fast"),
+    pytest.param(lambda: _tiny(policy=StepPolicy(attention="sdpa")), id="cuda-eager-sdpa"),
     pytest.param(lambda: _tiny(graphs=True, capture=FakeCapture()), id="cuda-mocked-graphs"),
     pytest.param(lambda: _tiny(quant="int8"), id="cuda-eager-int8"),
     pytest.param(lambda: _tiny(quant="int4"), id="cuda-eager-int4"),
@@ -130,6 +131,16 @@ def test_static_and_prefill_paths_match_torch_runtime(arch, tied):
     for t in (9, 8, 7):
         _close(rt.forward([t]), ref.forward([t]))
     assert rt.n_past == ref.n_past == 48
+
+
+def test_static_attention_kernels_agree():
+    """The two ways a static step can attend (matmul + masked softmax, fused masked SDPA)."""
+    a, b = _tiny(n_ctx=64), _tiny(n_ctx=64, policy=StepPolicy(attention="sdpa"))
+    for rt in (a, b):
+        rt.forward(TOKENS * 3, "none")
+    _close(b.forward(TOKENS[:5], "all"), a.forward(TOKENS[:5], "all"), tol=0.01)
+    with pytest.raises(ValueError):
+        _tiny(policy=StepPolicy(attention="flash"))
 
 
 def test_prefill_after_a_prefix_uses_lower_right_causal():
@@ -389,7 +400,8 @@ def test_gpu_bench_harness_runs_on_the_cpu(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("policy", [StepPolicy(), StepPolicy.fast()], ids=["exact", "fast"])
+@pytest.mark.parametrize("policy", [StepPolicy(), StepPolicy.fast(), StepPolicy(attention="sdpa")],
+                         ids=["exact", "fast", "exact-sdpa"])
 def test_gpu_graphs_equal_eager(policy):
     eager = _tiny(n_ctx=1024, device="cuda", graphs=False, policy=policy)
     graphed = _tiny(n_ctx=1024, device="cuda", policy=policy)
@@ -429,9 +441,10 @@ def test_gpu_speculation_is_lossless():
 
 
 @needs_cuda
-def test_gpu_verify_rows_equal_decode_steps():
+@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+def test_gpu_verify_rows_equal_decode_steps(attention):
     """The property the exact policy exists for, on the GPU's kernels."""
-    rt = _tiny(n_ctx=1024, device="cuda")
+    rt = _tiny(n_ctx=1024, device="cuda", policy=StepPolicy(attention=attention))
     rt.forward([(i * 7) % 512 for i in range(100)], "none")
     for width in (2, 5, 9, 17, 33):
         batched = rt.forward(list(range(1, width + 1)), "all")

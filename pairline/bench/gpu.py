@@ -236,7 +236,9 @@ def build_runtime(cfg: ModelConfig, state: dict, n_ctx: int, device: str, quant:
                   graphs: bool | None) -> Any:
     from pairline.engine.runtimes.cuda_runtime import CudaRuntime, StepPolicy
 
-    pol = StepPolicy() if policy == "exact" else StepPolicy.fast()
+    base, _, kernel = policy.partition("-")  # "exact", "fast", "exact-sdpa", "fast-sdpa"
+    pol = StepPolicy() if base == "exact" else StepPolicy.fast()
+    pol.attention = kernel or "matmul"
     return CudaRuntime(cfg, state, n_ctx=n_ctx, device=device, quant=quant, policy=pol, graphs=graphs)
 
 
@@ -673,7 +675,9 @@ def add_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
         parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke test)")
         parser.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
     gpu = parser if shared else parser.add_argument_group("--device cuda (pairline.bench.gpu)")
-    gpu.add_argument("--policies", default="exact,fast", help="static-step policies: exact (lossless), fast")
+    gpu.add_argument("--policies", default="exact,fast",
+                     help="static-step policies: exact (lossless), fast; a -sdpa suffix (exact-sdpa) attends with "
+                     "the fused masked kernel instead of matmul + softmax")
     gpu.add_argument("--contexts", default=None, help="decode contexts, comma-separated tokens")
     gpu.add_argument("--ttft-sizes", default=None, help="prompt sizes for TTFT, comma-separated tokens")
     gpu.add_argument("--decode-tokens", type=int, default=None)

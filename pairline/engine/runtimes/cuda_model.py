@@ -28,6 +28,8 @@ from torch.nn.attention.bias import causal_lower_right
 from pairline.engine.config import ModelConfig
 from pairline.engine.runtimes.torch_model import Embedding, FeedForward, Linear, RMSNorm, apply_rope, rope_frequencies
 
+STATIC_KERNELS = ("matmul", "sdpa")
+
 
 class StaticKV(nn.Module):
     """One layer's cache, [K, S + 1, D]; slot S is the trash slot that pad rows write to."""
@@ -48,6 +50,7 @@ class StaticAttention(nn.Module):
         self.wo = Linear(q, cfg.dim, bias=False)
         self.kv: StaticKV | None = None
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.static_kernel = "matmul"  # or "sdpa": how static steps attend (StaticTransformer.set_static_kernel)
 
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # x [n, dim] -> q [n, H, D], k [K, n, D], v [K, n, D]
@@ -69,10 +72,18 @@ class StaticAttention(nn.Module):
         # queries grouped per KV head: the G heads that share a KV head become G*R rows of one matmul,
         # so the KV is read once per KV head and never repeated
         q = q.reshape(R, K, H // K, D).permute(1, 2, 0, 3).reshape(K, (H // K) * R, D)  # [K, G*R, D]
-        scores = torch.bmm(q, keys.transpose(1, 2)).float() * self.scale  # [K, G*R, L]
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        out = torch.bmm(probs, values)  # [K, G*R, D]
+        if self.static_kernel == "sdpa":
+            # one fused kernel under the mask (memory-efficient attention on CUDA): no scores in memory
+            out = F.scaled_dot_product_attention(
+                q[None], keys[None], values[None], attn_mask=allowed, scale=self.scale
+            )[0]  # [K, G*R, D]
+        else:
+            # matmul + masked softmax: cuBLAS spreads the keys over the whole GPU, at the price of
+            # writing and reading the float32 scores [K, G*R, L]
+            scores = torch.bmm(q, keys.transpose(1, 2)).float() * self.scale  # [K, G*R, L]
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            probs = torch.softmax(scores, dim=-1).to(values.dtype)
+            out = torch.bmm(probs, values)  # [K, G*R, D]
         out = out.view(K, H // K, R, D).permute(2, 0, 1, 3).reshape(R, H * D)
         return self.wo(out)
 
@@ -152,6 +163,12 @@ class StaticTransformer(nn.Module):
         other = copy.deepcopy(self, memo={id(t): t for t in shared})
         other._new_kv(self.rope_cos.dtype)
         return other
+
+    def set_static_kernel(self, kernel: str) -> None:
+        if kernel not in STATIC_KERNELS:
+            raise ValueError(f"unknown static-step attention {kernel!r}; use one of {', '.join(STATIC_KERNELS)}")
+        for layer in self.layers:
+            layer.attention.static_kernel = kernel
 
     def forward_static(self, ids: Tensor, pos: Tensor, slot: Tensor, kv_len: int) -> Tensor:
         """ids, pos, slot: [R] device tensors. Returns float32 logits [R, V] for every row.

@@ -59,6 +59,7 @@ class StepPolicy:
     max_rows: int = 32  # with pad_rows=None, calls up to this wide are static steps
     kv: str = "full"  # "full": attend all n_ctx positions; "pow2": the smallest power of two that covers
     kv_min: int = 256  # the smallest attention length under "pow2"
+    attention: str = "matmul"  # static-step attention: "matmul" (+ masked softmax) or "sdpa" (fused, masked)
 
     @property
     def static_rows(self) -> int:
@@ -234,6 +235,7 @@ class CudaRuntime:
                 raise PairlineError(f"{self.quant} weights run with bf16 activations; use --dtype bf16")
             quantize(model, self.quant, int4_group)
         model.setup_cache(self.n_ctx, self.dtype)
+        model.set_static_kernel(self.policy.attention)
         if not self.on_cuda and self.dtype == torch.bfloat16 and not native_bf16_cpu():
             # the CPU path (tests): prefill chunks in float32 where bf16 is emulated, as TorchRuntime does
             for m in model.modules():

@@ -379,6 +379,7 @@ def run_overhead(cfg: OverheadConfig) -> dict:
         cfg.log(f"starting pairline serve --model {cfg.model}")
         proc, base = start_server(cfg)
     try:
+        health = httpx.get(base + "/health", timeout=10).json()
         warm = WsSession(base.replace("http://", "ws://") + "/v1/responses")  # load lazy parts off the clock
         warm.turn("hello", cfg, "warmup", 0, 2)
         warm.close()
@@ -395,7 +396,8 @@ def run_overhead(cfg: OverheadConfig) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
     return {"bench": "overhead", "command": cfg.command, "config": {k: v for k, v in asdict(cfg).items() if k != "log"},
-            "file_tokens": n_file, "machine": machine_info(), "git": git_state(), "summary": summary, "load": load,
+            "server": health, "file_tokens": n_file, "machine": machine_info(), "git": git_state(), "summary": summary,
+            "load": load,
             "server_error_metrics": metrics_errors, "turns": [asdict(r) | {"text": r.text[:200]} for r in results]}
 
 
@@ -406,8 +408,8 @@ def print_summary(result: dict, console=None) -> None:
     console = console or Console()
     s = result["summary"]
     cfg = result["config"]
-    t = Table(title=f"per turn, medians of {cfg['turns']} turns ({result['file_tokens']}-token file, "
-                    f"{cfg['max_tokens']}-token answers)")
+    t = Table(title=f"{cfg['model']} ({result['server'].get('runtime')} runtime): per turn, medians of "
+                    f"{cfg['turns']} turns ({result['file_tokens']}-token file, {cfg['max_tokens']}-token answers)")
     t.add_column("median")
     for col in ("(a) HTTP new conn", "(b) HTTP keep-alive", "(c) WebSocket", "(c) vs (a)"):
         t.add_column(col, justify="right")

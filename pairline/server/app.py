@@ -43,8 +43,10 @@ class PairlineServer:
         self.scheduler = Scheduler(engine, self.metrics, self.max_slots, cfg.max_queue)
         self.connections: set = set()
         self.shutting_down = False
-        log.info("server: %s, n_ctx %d, %d KV caches of %.0f MB resident at most", self.model_name,
-                 engine.runtime.n_ctx, self.max_slots, per_fork / 2**20)
+        self.runtime = getattr(engine.runtime, "name", type(engine.runtime).__name__)
+        log.info("server: %s on the %s runtime, n_ctx %d, at most %d KV caches resident (%s each)", self.model_name,
+                 self.runtime, engine.runtime.n_ctx, self.max_slots,
+                 f"{per_fork / 2**20:.0f} MiB" if per_fork else "size unknown")
 
     def authorized(self, header: str | None) -> bool:
         if not self.cfg.api_key:
@@ -111,7 +113,8 @@ def build_app(engine: Engine, cfg: ServerConfig | None = None) -> Starlette:
     api = HttpApi(server)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": server.model_name, "sessions": len(server.connections)})
+        return JSONResponse({"status": "ok", "model": server.model_name, "runtime": server.runtime,
+                             "n_ctx": server.engine.runtime.n_ctx, "sessions": len(server.connections)})
 
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")

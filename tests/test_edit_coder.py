@@ -246,3 +246,24 @@ def test_cli_refuses_outside_workspace_and_binary(tmp_path, monkeypatch, capsys)
     assert main(["edit", "blob.py", "-m", "x"]) == 2
     err = capsys.readouterr().err
     assert "outside the workspace" in err and "binary" in err
+
+
+def test_search_cap_model_repeating_the_divider_is_fine(ws):
+    p = primer("app.py")
+    first = p + "def greet(name):\n    return 'hi ' + name\n"
+    cont = p + f"def greet(name):\n{DIVIDER}\n{DIVIDER}\ndef welcome(name):\n{TAIL}\n```\n"
+    result, _ = run(ws, [first, cont], cap=1)
+    assert result.status == "changed" and result.stats.well_formed
+    assert result.new_texts[ws.root / "app.py"] == SRC.replace("def greet", "def welcome")
+
+
+def test_search_cap_invented_block_ends_the_answer(ws):
+    # after a good block, the model starts a block whose first SEARCH line is in no file (the
+    # prompt's example, say): the answer ends there and the good block stands
+    p = primer("app.py")
+    good = f"def greet(name):\n{DIVIDER}\ndef welcome(name):\n{TAIL}\n```\n"
+    first = p + "def greet(name):\n    return 'hi ' + name\n"
+    cont = p + good + "app.py\n```python\n" + HEAD + "\n    return round(math.pi * r * r, precision)\n"
+    result, client = run(ws, [first, cont], cap=1)
+    assert len(client.calls) == 2 and result.status == "changed" and result.stats.blocks == 1
+    assert result.new_texts[ws.root / "app.py"] == SRC.replace("def greet", "def welcome")

@@ -71,6 +71,7 @@ class ChatSession:
     ws: Workspace
     write: Callable[[str], None]
     test_cmd: str = "pytest -q"
+    max_tokens: int = 1024  # per answer
     files: list[Path] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # the conversation after the system prompt and example
     shown: dict[Path, str] = field(default_factory=dict)  # the text of each file as the model last saw it
@@ -139,8 +140,7 @@ class ChatSession:
         fresh = {f.shown: f.model_text for f in states if self.shown.get(f.real) != f.model_text}
         for f in states:
             self.shown[f.real] = f.model_text
-        head = f"{prompts.files_message(fresh)}\n\n" if fresh else ""
-        return f"{head}Instruction: {instruction}"
+        return prompts.user_message(prompts.files_message(fresh) if fresh else "", instruction)
 
     def base_messages(self) -> list[dict]:
         p = prompts.prompt_for(self.client.family)
@@ -163,7 +163,7 @@ class ChatSession:
         user = {"role": "user", "content": self._user_message(states, instruction)}
         messages = [*self.base_messages(), *self.history, user]
         coder = Coder(self.client, self.ws, on_event=self._on_event)
-        result = coder.run_blocks(states, messages, cancel=cancel)
+        result = coder.run_blocks(states, messages, cancel=cancel, max_tokens=self.max_tokens)
         self.write("\n" if result.answer and not result.answer.endswith("\n") else "")
         with self.lock:
             self.history += [user, {"role": "assistant", "content": result.answer}]
@@ -201,7 +201,7 @@ class ChatSession:
     def _ask(self, question: str, cancel: CancelToken) -> None:
         user = {"role": "user", "content": question}
         messages = [{"role": "system", "content": ASK_SYSTEM}, *self.history, user]
-        reply = self.client.stream(messages, max_tokens=MAX_ASK_TOKENS, cancel=cancel)
+        reply = self.client.stream(messages, max_tokens=min(MAX_ASK_TOKENS, self.max_tokens), cancel=cancel)
         for delta in reply:
             self.write(delta)
         self.write("\n")
@@ -407,7 +407,7 @@ async def run_repl(session: ChatSession, writer: LineWriter) -> None:
     prompt = PromptSession(key_bindings=keys)
     while True:
         try:
-            line = await prompt.prompt_async("> ")
+            line = await prompt.prompt_async("pairline> ")
         except KeyboardInterrupt:
             if session.busy:
                 await asyncio.to_thread(session.interrupt)
@@ -453,6 +453,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--no-commit", action="store_true", help="in a git repository, do not commit edits")
     parser.add_argument("--root", default=None, metavar="DIR", help="workspace root (default: git repo or cwd)")
     parser.add_argument("--test-cmd", default="pytest -q", metavar="CMD", help="what /test runs (default: pytest -q)")
+    parser.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="cap on each answer (default 1024)")
     parser.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size in tokens (default 8192)")
     parser.set_defaults(func=cmd_chat)
     return parser
@@ -461,6 +462,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def cmd_chat(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    if args.max_tokens < 1:
+        raise PairlineError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.ctx < 1024:
         raise PairlineError(f"--ctx must be at least 1024, got {args.ctx}")
     ws = Workspace.open(args.root, commit=not args.no_commit)
@@ -477,6 +480,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         ws,
         writer,
         test_cmd=args.test_cmd,
+        max_tokens=args.max_tokens,
         files=[s.real for s in states],
         open_client=lambda name: open_client(name, n_ctx=args.ctx, server=args.server),
     )

@@ -37,6 +37,12 @@ class Reply:
             pass
         return self
 
+    def close(self) -> None:
+        """Stop the underlying stream (releases the engine if the caller stopped iterating early)."""
+        close = getattr(self.deltas, "close", None)
+        if close is not None:
+            close()
+
 
 class Client(Protocol):
     model_name: str

@@ -201,20 +201,39 @@ class Coder:
             inner = LinkedCancel(cancel)
             reply = self.client.stream(messages, max_tokens=budget, prefix=answer, cancel=inner)
             forced = looping = False
-            for delta in reply:
-                self.on_event(Event("text", delta))
-                for block in parser.feed(delta):
-                    if any((b.path, b.search, b.replace) == (block.path, block.search, block.replace) for b in blocks):
-                        looping = True  # the model repeats itself: the answer is over
+            held = ""  # text is passed on a whole line at a time, so a cut line is never shown
+            try:
+                for delta in reply:
+                    if forced or looping:
+                        continue  # cancelled: the engine stops within a step; drain it so its lock is released
+                    held += delta
+                    if "\n" in held:
+                        cut = held.rfind("\n") + 1
+                        self.on_event(Event("text", held[:cut]))
+                        held = held[cut:]
+                    for block in parser.feed(delta):
+                        key = (block.path, block.search, block.replace)
+                        if any((b.path, b.search, b.replace) == key for b in blocks):
+                            looping = True  # the model repeats itself: the answer is over
+                            inner.cancel()
+                            continue
+                        blocks.append(block)
+                        self.on_event(Event("block", path=block.path or "", block=block))
+                    cap = self.search_cap
+                    if cap and parser.state == "search" and parser.partial and len(parser.partial.search) >= cap:
+                        if blocks and not self._in_files(parser.partial.search[0], result):
+                            # a small model that has written its blocks drifts into invented ones
+                            # (often the prompt's example): a SEARCH that starts with a line found
+                            # in no file ends the answer instead of failing the turn
+                            looping = True
+                            parser.drop_partial_block()
+                        else:
+                            forced = True
                         inner.cancel()
-                        continue
-                    blocks.append(block)
-                    self.on_event(Event("block", path=block.path or "", block=block))
-                cap = self.search_cap
-                if cap and parser.state == "search" and parser.partial and len(parser.partial.search) >= cap:
-                    forced = True
-                    inner.cancel()
-                    break
+            finally:
+                reply.close()
+            if held and not forced:
+                self.on_event(Event("text", held))
             result.stats.add(reply, started)
             budget -= max(1, reply.tokens)
             text = reply.text
@@ -237,6 +256,12 @@ class Coder:
         if reply is not None and cancel.cancelled:
             reply.finish_reason = "cancelled"
         return reply, answer, parser, blocks
+
+    def _in_files(self, line: str, result: TurnResult) -> bool:
+        want = " ".join(line.split())
+        if not want:
+            return True
+        return any(want in " ".join(f.model_text.split()) for f in result.files.values())
 
     def _default_path(self, result: TurnResult) -> str | None:
         return next(iter(result.files.values())).shown if len(result.files) == 1 else None

@@ -131,6 +131,10 @@ class BlockParser:
             self.state, self.partial = "text", None
         return done
 
+    def drop_partial_block(self) -> None:
+        """Forget the open block (the caller stopped the answer before it)."""
+        self.partial, self.state, self._buf = None, "text", ""
+
     def drop_partial_line(self) -> None:
         """Forget the unfinished line (the caller cut the answer at the last newline)."""
         self._buf = ""
@@ -168,6 +172,8 @@ class BlockParser:
                 return None
             self.blocks.append(block)
             return block
+        if _DIVIDER.match(line) and self.partial.capped and not self.partial.replace:
+            return None  # the divider was forced; the model writing its own right after is agreement
         if _HEAD.match(line) or _DIVIDER.match(line):
             self._broken(f"{line.strip()!r} before the >>>>>>> REPLACE line")
             if _HEAD.match(line):  # the model started the next block: follow it

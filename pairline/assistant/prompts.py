@@ -72,14 +72,18 @@ geometry.py
 SEARCH_CAP: dict[str, int] = {"qwen2.5-coder-0.5b": 1, "smollm2-135m": 1}
 
 
-def _user(files: str, instruction: str) -> str:
+def user_message(files: str, instruction: str) -> str:
+    """The files section (may be empty), with the instruction before and after it."""
+    if not files:
+        return f"Instruction: {instruction}"
     # the instruction before the files (so the model reads them knowing what to look for) and after
     # (so it is the last thing before the answer)
     return f"Instruction: {instruction}\n\n{files}\n\nInstruction: {instruction}"
 
 
 _EXAMPLE = (
-    {"role": "user", "content": _user(f"geometry.py\n{wrap(_EXAMPLE_FILE, 'python', '```')}", _EXAMPLE_INSTRUCTION)},
+    {"role": "user", "content": user_message(f"geometry.py\n{wrap(_EXAMPLE_FILE, 'python', '```')}",
+                                               _EXAMPLE_INSTRUCTION)},
     {"role": "assistant", "content": _EXAMPLE_ANSWER},
 )
 
@@ -128,7 +132,7 @@ def edit_messages(prompt: EditPrompt, files: dict[str, str], instruction: str) -
     messages = [{"role": "system", "content": prompt.system}]
     if prompt.example:
         messages += list(prompt.example)
-    messages.append({"role": "user", "content": _user(files_message(files), instruction.strip())})
+    messages.append({"role": "user", "content": user_message(files_message(files), instruction.strip())})
     return messages
 
 

@@ -178,7 +178,7 @@ def make_uvicorn(app: Starlette, host: str, port: int, log_level: str = "info") 
     cfg = app.state.pairline.cfg
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20), ws_ping_interval=None,
-                            timeout_graceful_shutdown=cfg.shutdown_grace_s + 1, loop="asyncio")
+                            timeout_graceful_shutdown=cfg.shutdown_grace_s + 1)
     return UvicornServer(config, app.state.pairline)
 
 

@@ -74,6 +74,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ovh.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
     ovh.set_defaults(func=cmd_overhead)
 
+    from pairline.bench.edit import add_parser as add_edit_parser
+
+    add_edit_parser(sub)  # `pairline bench edit`
+
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:

@@ -5,11 +5,14 @@ lossless speculation."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from pairline.engine.generate import Engine
 from pairline.engine.runtime import ContextFull
+from pairline.engine.runtimes import cuda_model as cm
 from pairline.engine.runtimes.cuda_model import Int4Linear, Int8Linear, quantize
 from pairline.engine.runtimes.cuda_runtime import CudaRuntime, StepPolicy, plan_step
 from pairline.engine.runtimes.torch_model import Linear
@@ -34,6 +37,11 @@ from .test_runtime_contract import (  # noqa: F401
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+# The Triton split-KV kernel runs on a GPU, or on the CPU under Triton's interpreter
+# (TRITON_INTERPRET=1; it has no bf16 matmul, so those runs use float32 weights).
+TRITON = cm.triton is not None and (CUDA or os.environ.get("TRITON_INTERPRET") == "1")
+needs_triton = pytest.mark.skipif(not TRITON, reason="needs triton, and CUDA or TRITON_INTERPRET=1")
+TRITON_DTYPE = torch.bfloat16 if CUDA else torch.float32
 
 
 @pytest.fixture(autouse=True)
@@ -102,6 +110,10 @@ RUNTIMES = [
     pytest.param(lambda: _tiny(), id="cuda-eager-exact"),
     pytest.param(lambda: _tiny(policy=StepPolicy.fast()), id="cuda-eager-fast"),
     pytest.param(lambda: _tiny(policy=StepPolicy(attention="sdpa")), id="cuda-eager-sdpa"),
+    # on the GPU only: under the CPU interpreter the weights are float32, whose CPU matmuls are not
+    # row-invariant, so the bit-exact checks would fail for reasons that are not the kernel's
+    pytest.param(lambda: _tiny(policy=StepPolicy(attention="triton"), device="cuda"), id="cuda-triton",
+                 marks=[needs_cuda, needs_triton]),
     pytest.param(lambda: _tiny(graphs=True, capture=FakeCapture()), id="cuda-mocked-graphs"),
     pytest.param(lambda: _tiny(quant="int8"), id="cuda-eager-int8"),
     pytest.param(lambda: _tiny(quant="int4"), id="cuda-eager-int4"),
@@ -141,6 +153,43 @@ def test_static_attention_kernels_agree():
     _close(b.forward(TOKENS[:5], "all"), a.forward(TOKENS[:5], "all"), tol=0.01)
     with pytest.raises(ValueError):
         _tiny(policy=StepPolicy(attention="flash"))
+    if cm.triton is None:
+        with pytest.raises(ValueError):
+            _tiny(policy=StepPolicy(attention="triton"))
+
+
+@needs_triton
+@pytest.mark.parametrize("rows,kv_len", [(1, 600), (5, 600), (33, 600), (3, 2048)])
+def test_split_kv_attention_matches_masked_softmax(rows, kv_len):
+    """The Triton kernel against plain masked attention, positions spread over several splits."""
+    dev = "cuda" if CUDA else "cpu"
+    torch.manual_seed(rows)
+    K, G, D = 2, 3, 16
+    k, v = (torch.randn(K, 2049, D, device=dev).to(TRITON_DTYPE) for _ in range(2))
+    pos = torch.tensor([min(90 + 131 * i, kv_len - 1) for i in range(rows)], device=dev)
+    q = torch.randn(K, G * rows, D, device=dev).to(TRITON_DTYPE)
+    out = cm.split_kv_attention(q, k, v, pos, kv_len, 0.25)
+    allowed = (torch.arange(kv_len, device=dev)[None] <= pos[:, None]).repeat(G, 1)
+    scores = (torch.bmm(q.float(), k[:, :kv_len].float().transpose(1, 2)) * 0.25).masked_fill(~allowed, float("-inf"))
+    expect = torch.bmm(torch.softmax(scores, dim=-1), v[:, :kv_len].float())
+    _close(out, expect, tol=1e-2 if CUDA else 1e-5)
+
+
+@needs_triton
+def test_triton_static_steps_match_matmul():
+    """The runtime with the kernel in its static steps, against the matmul attention."""
+    kw = dict(n_ctx=700, dtype=TRITON_DTYPE, device="cuda" if CUDA else "cpu")
+    a, b = _tiny(**kw), _tiny(policy=StepPolicy(attention="triton"), **kw)
+    prompt = [(7 * i + 1) % 512 for i in range(300)]  # past the first 256-key split
+    for rt in (a, b):
+        rt.forward(prompt, "none")
+    _close(b.forward(TOKENS[:5], "all"), a.forward(TOKENS[:5], "all"), tol=0.02 if CUDA else 1e-4)
+    _close(b.forward([9]), a.forward([9]), tol=0.02 if CUDA else 1e-4)
+
+
+def test_split_sizes_fill_the_gpu_and_stay_fixed_per_length():
+    assert cm.split_size(1000) == 256 and cm.split_size(32768) == 1024 and cm.split_size(8192) == 256
+    assert all(cm.split_size(n) & (cm.split_size(n) - 1) == 0 for n in (300, 5000, 20000))
 
 
 def test_prefill_after_a_prefix_uses_lower_right_causal():
@@ -400,8 +449,12 @@ def test_gpu_bench_harness_runs_on_the_cpu(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("policy", [StepPolicy(), StepPolicy.fast(), StepPolicy(attention="sdpa")],
-                         ids=["exact", "fast", "exact-sdpa"])
+@pytest.mark.parametrize(
+    "policy",
+    [StepPolicy(), StepPolicy.fast(), StepPolicy(attention="sdpa"),
+     pytest.param(StepPolicy(attention="triton"), marks=needs_triton)],
+    ids=["exact", "fast", "exact-sdpa", "exact-triton"],
+)
 def test_gpu_graphs_equal_eager(policy):
     eager = _tiny(n_ctx=1024, device="cuda", graphs=False, policy=policy)
     graphed = _tiny(n_ctx=1024, device="cuda", policy=policy)
@@ -441,7 +494,7 @@ def test_gpu_speculation_is_lossless():
 
 
 @needs_cuda
-@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+@pytest.mark.parametrize("attention", ["matmul", "sdpa", pytest.param("triton", marks=needs_triton)])
 def test_gpu_verify_rows_equal_decode_steps(attention):
     """The property the exact policy exists for, on the GPU's kernels."""
     rt = _tiny(n_ctx=1024, device="cuda", policy=StepPolicy(attention=attention))

@@ -67,7 +67,9 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 }
 ALIASES = {"0.5b": "qwen2.5-coder-0.5b", "1.5b": "qwen2.5-coder-1.5b", "7b": "qwen2.5-coder-7b"}
 PARTS = ("decode", "ttft", "verify", "edit", "hf")
-POLICIES = ("exact", "fast")
+# static-step policies: exact (lossless) or fast, each with an attention kernel suffix: none (matmul +
+# masked softmax), -sdpa (fused masked SDPA) or -triton (split-KV kernel reading only the cached context)
+POLICIES = ("exact", "fast", "exact-triton")
 
 
 @dataclass
@@ -236,7 +238,7 @@ def build_runtime(cfg: ModelConfig, state: dict, n_ctx: int, device: str, quant:
                   graphs: bool | None) -> Any:
     from pairline.engine.runtimes.cuda_runtime import CudaRuntime, StepPolicy
 
-    base, _, kernel = policy.partition("-")  # "exact", "fast", "exact-sdpa", "fast-sdpa"
+    base, _, kernel = policy.partition("-")  # "exact", "fast", "exact-sdpa", "exact-triton", ...
     pol = StepPolicy() if base == "exact" else StepPolicy.fast()
     pol.attention = kernel or "matmul"
     return CudaRuntime(cfg, state, n_ctx=n_ctx, device=device, quant=quant, policy=pol, graphs=graphs)
@@ -675,9 +677,9 @@ def add_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
         parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke test)")
         parser.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
     gpu = parser if shared else parser.add_argument_group("--device cuda (pairline.bench.gpu)")
-    gpu.add_argument("--policies", default="exact,fast",
-                     help="static-step policies: exact (lossless), fast; a -sdpa suffix (exact-sdpa) attends with "
-                     "the fused masked kernel instead of matmul + softmax")
+    gpu.add_argument("--policies", default=",".join(POLICIES),
+                     help="static-step policies: exact (lossless), fast; a suffix picks the attention kernel: "
+                     "-sdpa (fused, masked), -triton (split-KV); none: matmul + masked softmax")
     gpu.add_argument("--contexts", default=None, help="decode contexts, comma-separated tokens")
     gpu.add_argument("--ttft-sizes", default=None, help="prompt sizes for TTFT, comma-separated tokens")
     gpu.add_argument("--decode-tokens", type=int, default=None)

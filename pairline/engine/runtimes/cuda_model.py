@@ -28,7 +28,13 @@ from torch.nn.attention.bias import causal_lower_right
 from pairline.engine.config import ModelConfig
 from pairline.engine.runtimes.torch_model import Embedding, FeedForward, Linear, RMSNorm, apply_rope, rope_frequencies
 
-STATIC_KERNELS = ("matmul", "sdpa")
+STATIC_KERNELS = ("matmul", "sdpa", "triton")
+
+try:  # the split-KV decode kernel; absent on CPU-only installs (CI), present on the GPU machines
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
 
 
 class StaticKV(nn.Module):
@@ -60,19 +66,24 @@ class StaticAttention(nn.Module):
         v = qkv[:, (H + K) * D :].view(n, K, D).transpose(0, 1)
         return qk[:, :H], qk[:, H:].transpose(0, 1), v
 
-    def forward_static(self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, allowed: Tensor) -> Tensor:
-        """x [R, dim]; slot [R] cache index each row writes; allowed [G*R, L] bool (row g*R + r is row r)."""
+    def forward_static(
+        self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, pos: Tensor, allowed: Tensor | None, kv_len: int
+    ) -> Tensor:
+        """x [R, dim]; slot [R] cache index each row writes; pos [R] each row's position; allowed
+        [G*R, L] bool (row g*R + r is row r), built for the matmul and sdpa kernels only."""
         R, H, K, D = x.shape[0], self.n_heads, self.n_kv, self.head_dim
         q, k, v = self._qkv(x, cos, sin)
         # index_copy_ takes the slots as a device tensor: the write position is data, not a shape
         self.kv.k.index_copy_(1, slot, k)
         self.kv.v.index_copy_(1, slot, v)
-        L = allowed.shape[-1]
+        L = kv_len
         keys, values = self.kv.k[:, :L], self.kv.v[:, :L]  # [K, L, D]
         # queries grouped per KV head: the G heads that share a KV head become G*R rows of one matmul,
         # so the KV is read once per KV head and never repeated
         q = q.reshape(R, K, H // K, D).permute(1, 2, 0, 3).reshape(K, (H // K) * R, D)  # [K, G*R, D]
-        if self.static_kernel == "sdpa":
+        if self.static_kernel == "triton":
+            out = split_kv_attention(q.contiguous(), self.kv.k, self.kv.v, pos, L, self.scale).to(values.dtype)
+        elif self.static_kernel == "sdpa":
             # one fused kernel under the mask (memory-efficient attention on CUDA): no scores in memory
             out = F.scaled_dot_product_attention(
                 q[None], keys[None], values[None], attn_mask=allowed, scale=self.scale
@@ -117,8 +128,10 @@ class StaticBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward_static(self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, allowed: Tensor) -> Tensor:
-        h = x + self.attention.forward_static(self.attention_norm(x), cos, sin, slot, allowed)
+    def forward_static(
+        self, x: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, pos: Tensor, allowed: Tensor | None, kv_len: int
+    ) -> Tensor:
+        h = x + self.attention.forward_static(self.attention_norm(x), cos, sin, slot, pos, allowed, kv_len)
         return h + self.feed_forward(self.ffn_norm(h))
 
     def forward_prefill(self, x: Tensor, cos: Tensor, sin: Tensor, start: int) -> Tensor:
@@ -139,6 +152,7 @@ class StaticTransformer(nn.Module):
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.max_len = 0
+        self.static_kernel = "matmul"
 
     def setup_cache(self, max_len: int, dtype: torch.dtype) -> None:
         """Allocate the KV cache (max_len positions plus the trash slot) and RoPE tables, once."""
@@ -167,6 +181,9 @@ class StaticTransformer(nn.Module):
     def set_static_kernel(self, kernel: str) -> None:
         if kernel not in STATIC_KERNELS:
             raise ValueError(f"unknown static-step attention {kernel!r}; use one of {', '.join(STATIC_KERNELS)}")
+        if kernel == "triton" and triton is None:
+            raise ValueError("the triton static-step attention needs the triton package")
+        self.static_kernel = kernel
         for layer in self.layers:
             layer.attention.static_kernel = kernel
 
@@ -175,11 +192,13 @@ class StaticTransformer(nn.Module):
         Graph-safe: no host reads, no shape that depends on tensor values."""
         G = self.cfg.n_heads // self.cfg.n_kv_heads
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [R, 1, D], gathered on the device
-        allowed = self.key_index[:kv_len][None, :] <= pos[:, None]  # [R, L]: row r sees keys 0..pos[r]
-        allowed = allowed.repeat(G, 1)  # [G*R, L], the grouped query layout
+        allowed = None
+        if self.static_kernel != "triton":  # the kernel masks by position itself
+            allowed = self.key_index[:kv_len][None, :] <= pos[:, None]  # [R, L]: row r sees keys 0..pos[r]
+            allowed = allowed.repeat(G, 1)  # [G*R, L], the grouped query layout
         x = self.tok_embeddings(ids)
         for layer in self.layers:
-            x = layer.forward_static(x, cos, sin, slot, allowed)
+            x = layer.forward_static(x, cos, sin, slot, pos, allowed, kv_len)
         return self.output(self.norm(x)).float()
 
     def forward_prefill(self, ids: Tensor, start: int, rows: slice | None) -> Tensor | None:
@@ -192,6 +211,94 @@ class StaticTransformer(nn.Module):
         if rows is None:
             return None
         return self.output(self.norm(x[rows])).float()
+
+
+# ------------------------------------------------------------------------------ split-KV decode attention
+
+SPLIT_MIN = 256  # keys per split, at least: a split is one program's share of the keys
+
+
+def split_size(kv_len: int, splits: int = 32) -> int:
+    """Keys per split for a step that may attend kv_len positions: about `splits` programs per
+    row block (enough to fill the GPU at long contexts), a power of two, fixed per kv_len so a
+    captured graph always splits the same way (split boundaries are absolute positions, so a row's
+    result does not depend on the other rows of its call)."""
+    return max(SPLIT_MIN, 1 << max(-(-kv_len // splits) - 1, 0).bit_length())
+
+
+def split_kv_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, kv_len: int, scale: float) -> Tensor:
+    """Attention of the grouped query rows over the cache, masked by position, as flash-decoding does:
+    q [K, M, D] (row m is query row m % R), caches [K, S+1, D], pos [R] -> [K, M, D] float32.
+
+    Each program takes one KV head, a block of rows and a split of the keys, and skips the keys past
+    the furthest position in its rows: the bytes read follow the context actually cached, not kv_len,
+    and positions arrive as a tensor, so the launch is graph-safe. The splits are merged here with
+    the usual max/sum rescaling; a split past a row's position contributes exact zeros."""
+    K, M, D = q.shape
+    R = pos.shape[0]
+    split = split_size(kv_len)
+    n_splits = -(-kv_len // split)
+    block_m = 16 if M <= 16 else 64
+    o = torch.empty(K, n_splits, M, D, dtype=torch.float32, device=q.device)
+    m = torch.empty(K, n_splits, M, dtype=torch.float32, device=q.device)
+    lse = torch.empty_like(m)
+    grid = (K, -(-M // block_m), n_splits)
+    _split_kv_kernel[grid](
+        q, k_cache, v_cache, pos, o, m, lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
+        M, R, scale,
+        SPLIT=split, BLOCK_M=block_m, BLOCK_N=64, D=D,
+    )
+    top = m.max(dim=1, keepdim=True).values  # [K, 1, M]
+    w = torch.exp(m - top)  # [K, splits, M]; 0 for splits no row of the block reached
+    return (o * w[..., None]).sum(dim=1) / (lse * w).sum(dim=1)[..., None]
+
+
+if triton is not None:
+
+    @triton.jit
+    def _split_kv_kernel(
+        q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, m_ptr, l_ptr,
+        stride_qh, stride_qm, stride_kh, stride_kn, stride_vh, stride_vn,
+        stride_oh, stride_os, stride_om, stride_mh, stride_ms,
+        M, R, scale,
+        SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    ):
+        h, mb, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        pos = tl.load(pos_ptr + rows % R, mask=row_ok, other=-1)  # [BLOCK_M]
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + h * stride_qh + rows[:, None] * stride_qm + d[None, :], mask=row_ok[:, None], other=0.0)
+        last = tl.max(pos, axis=0)  # the furthest key any row of this block attends
+        # a finite floor instead of -inf: a row with no key in this split keeps m = floor, l = 0,
+        # acc = 0 (no inf - inf), and the merge weighs the split by exp(floor - max) = 0
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        start = s * SPLIT
+        for i in range(SPLIT // BLOCK_N):  # a static trip count; the skip below is what is dynamic
+            n0 = start + i * BLOCK_N
+            if n0 <= last:  # keys past every row's position are never loaded
+                keys = n0 + tl.arange(0, BLOCK_N)
+                k_ok = keys <= last
+                k = tl.load(k_ptr + h * stride_kh + keys[:, None] * stride_kn + d[None, :], mask=k_ok[:, None],
+                            other=0.0)
+                scores = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_M, BLOCK_N], float32
+                scores = tl.where(keys[None, :] <= pos[:, None], scores, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(scores - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                v = tl.load(v_ptr + h * stride_vh + keys[:, None] * stride_vn + d[None, :], mask=k_ok[:, None],
+                            other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+        out = o_ptr + h * stride_oh + s * stride_os + rows[:, None] * stride_om + d[None, :]
+        tl.store(out, acc, mask=row_ok[:, None])
+        tl.store(m_ptr + h * stride_mh + s * stride_ms + rows, m_i, mask=row_ok)
+        tl.store(l_ptr + h * stride_mh + s * stride_ms + rows, l_i, mask=row_ok)
 
 
 # ------------------------------------------------------------------------------ weight-only quantization

@@ -15,11 +15,12 @@ How a call runs:
 Lossless speculation needs each row of a k-token verify step to equal, bit for bit, the one-token
 decode step at that position. GPU kernels are chosen per shape (cuBLAS picks another algorithm for
 M=1 than for M=33), so the default policy runs *every* static step at one shape: padded to
-`pad_rows` rows and attending the whole cache (kv="full"). Then decode and verify are the same
-computation and one graph serves both. `exact_rows` tells the loop the widest call that stays exact
-(its drafts should be at most exact_rows - 1 tokens). The fast policy (pad_rows=None, kv="pow2") keeps one graph
-per width actually used and per power-of-two attention length: fewer bytes per step, but rows may
-differ in the last bit, so a greedy speculative run can, rarely, take another token at a near-tie.
+`pad_rows` rows over an attention length of the whole cache (kv="full"; the triton kernel still
+loads only the cached keys). Then decode and verify are the same computation and one graph serves
+both. `exact_rows` tells the loop the widest call that stays exact (drafts of at most
+exact_rows - 1 tokens). The fast policy (pad_rows=None, kv="pow2") keeps one graph per width
+actually used and per power-of-two attention length: fewer bytes per step, but rows may differ in
+the last bit, so a greedy speculative run can, rarely, take another token at a near-tie.
 
 Contract extensions (optional for a runtime; the loop may use them when present):
 - `argmax(tokens, rows)`: as forward, but returns the greedy token ids (CPU int64) instead of logits:
@@ -59,7 +60,9 @@ class StepPolicy:
     max_rows: int = 32  # with pad_rows=None, calls up to this wide are static steps
     kv: str = "full"  # "full": attend all n_ctx positions; "pow2": the smallest power of two that covers
     kv_min: int = 256  # the smallest attention length under "pow2"
-    attention: str = "matmul"  # static-step attention: "matmul" (+ masked softmax) or "sdpa" (fused, masked)
+    # static-step attention: "matmul" (+ masked softmax), "sdpa" (fused, masked) or "triton" (split-KV,
+    # reads only the keys up to each row block's furthest position): cuda_model.StaticAttention
+    attention: str = "matmul"
 
     @property
     def static_rows(self) -> int:

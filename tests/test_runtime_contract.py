@@ -24,11 +24,21 @@ def _torch_smollm2(quant: str, n_ctx: int = 64):
     return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch.bfloat16, quant=quant)
 
 
+def _llamacpp_smollm2(n_ctx: int = 64):
+    from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime, available
+    from pairline.models.fetch import pull
+
+    if not available():
+        pytest.skip("llama-cpp-python is not installed")
+    return LlamaCppRuntime(pull("smollm2-135m", progress=False), n_ctx=n_ctx)
+
+
 RUNTIMES = [
     pytest.param(lambda: _torch_tiny("none"), id="torch-tiny-bf16"),
     pytest.param(lambda: _torch_tiny("int8"), id="torch-tiny-int8"),
     pytest.param(lambda: _torch_smollm2("none"), id="torch-smollm2-bf16", marks=pytest.mark.slow),
     pytest.param(lambda: _torch_smollm2("int8"), id="torch-smollm2-int8", marks=pytest.mark.slow),
+    pytest.param(_llamacpp_smollm2, id="llamacpp-smollm2", marks=pytest.mark.slow),
 ]
 
 TOKENS = [5, 17, 300, 42, 7, 99, 256, 3, 11, 64, 128, 200]

@@ -15,7 +15,7 @@ from pairline.engine.config import ModelConfig, RopeScaling
 from pairline.engine.generate import Engine
 from pairline.engine.tokenizer import Tokenizer
 from pairline.engine.weights import load_weights
-from pairline.errors import PairlineError
+from pairline.errors import PairlineError, notice
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -82,29 +82,67 @@ def config_from_json(text: str) -> ModelConfig:
     return ModelConfig(**data)
 
 
+RUNTIMES = ("auto", "torch", "llamacpp")
+def choose_runtime(requested: str | None, path: Path, device: str) -> str:
+    """auto: llama.cpp for a GGUF on the CPU (the fastest decoder there), else torch. PAIRLINE_RUNTIME
+    sets the default."""
+    requested = requested or "auto"
+    if requested == "auto":
+        requested = os.environ.get("PAIRLINE_RUNTIME") or "auto"
+    if requested not in RUNTIMES:
+        raise PairlineError(f"unknown runtime {requested!r}; use one of {', '.join(RUNTIMES)}")
+    if requested == "llamacpp":
+        if path.is_dir():
+            raise PairlineError(f"the llamacpp runtime reads GGUF files; {path} is a directory (use --runtime torch)")
+        if device != "cpu":
+            raise PairlineError("pairline's llamacpp runtime runs on the CPU; use --runtime torch for cuda")
+        return "llamacpp"
+    if requested == "auto" and device == "cpu" and path.is_file():
+        from pairline.engine.runtimes import llamacpp_runtime
+
+        if llamacpp_runtime.available():
+            return "llamacpp"
+        notice("llama-cpp-python is not installed, so the torch runtime runs this model (slower on CPU)")
+    return "torch"
+
+
 def load_engine(
     model: str,
     *,
-    runtime: str = "torch",
+    runtime: str | None = None,
     n_ctx: int | None = None,
     dtype: str | None = None,
     device: str = "cpu",
     quant: str | None = None,
 ) -> Engine:
-    """`model` is a registry name (pulled on first use), a .gguf file or an HF directory."""
+    """`model` is a registry name (pulled on first use), a .gguf file or an HF directory. `runtime`:
+    auto (default), torch or llamacpp."""
     from pairline.models.fetch import resolve
 
     t0 = time.perf_counter()
     path = resolve(model)
-    if runtime != "torch":
-        raise PairlineError(f"unknown runtime {runtime!r}; available: torch")
-    from pairline.engine.runtimes.torch_runtime import TorchRuntime, default_dtype, default_quant
-
-    torch_dtype = parse_dtype(dtype) or default_dtype(device)
+    chosen = choose_runtime(runtime, path, device)
     tokenizer = Tokenizer.load(path)
-    cfg, state = load_state(path, torch_dtype)
-    quant = quant or os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
-    rt = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)
+    if chosen == "llamacpp":
+        if quant not in (None, "auto") or dtype not in (None, "auto"):
+            raise PairlineError("the llamacpp runtime computes with the GGUF's own quantization; drop --dtype/--quant")
+        from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
+
+        rt = LlamaCppRuntime(path, n_ctx=n_ctx)
+    else:
+        rt = _torch_runtime(path, n_ctx, dtype, device, quant)
+    if rt.vocab_size < tokenizer.vocab_size:
+        raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
     engine = Engine(rt, tokenizer, model_name=model)
     engine.load_s = time.perf_counter() - t0
     return engine
+
+
+def _torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+    from pairline.engine.runtimes.torch_runtime import TorchRuntime, default_dtype, default_quant
+
+    torch_dtype = parse_dtype(dtype) or default_dtype(device)
+    cfg, state = load_state(path, torch_dtype)
+    if quant in (None, "auto"):
+        quant = os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
+    return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)

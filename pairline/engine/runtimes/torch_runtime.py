@@ -59,6 +59,7 @@ def default_quant(device: str, dtype: torch.dtype) -> str:
 
 class TorchRuntime:
     name = "torch"
+    verify_slope_hint = 0.6  # until measured: a 17-token verify costs ~11x a step here (docs/benchmarks.md)
 
     def __init__(
         self,
@@ -88,8 +89,9 @@ class TorchRuntime:
             missing = [n for n, p in model.named_parameters() if p.is_meta]
             raise PairlineError(f"model weights incomplete: {missing[0]} is missing")
         self.model = model.to(device).eval()
-        self.model.setup_cache(self.n_ctx, self.dtype)
-        if device == "cpu" and self.dtype == torch.bfloat16 and not native_bf16_cpu():
+        emulated_bf16 = device == "cpu" and self.dtype == torch.bfloat16 and not native_bf16_cpu()
+        self.model.setup_cache(self.n_ctx, self.dtype, torch.float32 if emulated_bf16 else None)
+        if emulated_bf16:
             self.model.set_upcast_rows(UPCAST_ROWS)
         if quant not in QUANTS:
             raise PairlineError(f"unknown quantization {quant!r}; use one of {', '.join(QUANTS)}")

@@ -1,0 +1,208 @@
+"""The llama.cpp runtime: llama.cpp's CPU kernels (through llama-cpp-python's low-level C API)
+under pairline's Runtime contract, so the loop above it (speculation, predicted outputs, cancel,
+sessions) is the same as on the torch runtime.
+
+One llama_model holds the weights; each runtime is one llama_context (its own KV cache, sequence
+0), so `fork()` is a new context on the same model."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pairline.engine.runtime import ContextFull, Rows
+from pairline.engine.runtimes.torch_runtime import cpu_threads
+from pairline.errors import PairlineError, notice
+
+# The largest batch one llama_decode call takes; longer inputs are fed in pieces. Prefill chunks
+# (256) and verify steps fit in one call.
+MAX_BATCH = 512
+
+
+def available() -> bool:
+    """True when llama-cpp-python is installed and its shared library loads."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:  # a missing or broken build raises all sorts of errors at import
+        return False
+    return True
+
+
+def _lib():
+    try:
+        import llama_cpp
+    except Exception as err:
+        raise PairlineError(
+            f"the llamacpp runtime needs llama-cpp-python ({type(err).__name__}: {err}); "
+            "install it (README.md) or use --runtime torch"
+        ) from None
+    _quiet_logs(llama_cpp)
+    return llama_cpp
+
+
+_log_lock = threading.Lock()
+_log_callback = None  # kept alive for as long as llama.cpp may call it
+
+
+def _quiet_logs(llama_cpp) -> None:
+    """llama.cpp prints pages of load information to stderr; keep only its errors."""
+    global _log_callback
+    with _log_lock:
+        if _log_callback is not None:
+            return
+
+        @llama_cpp.llama_log_callback
+        def on_log(level: int, text: bytes, user_data) -> None:
+            if level == 3:  # GGML_LOG_LEVEL_ERROR
+                import sys
+
+                print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+
+        _log_callback = on_log
+        llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+
+
+class _Model:
+    """A loaded GGUF, shared by every context made from it; freed when the last one goes."""
+
+    def __init__(self, path: Path):
+        self.lib = _lib()
+        params = self.lib.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.use_mmap = True
+        self.ptr = self.lib.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise PairlineError(f"llama.cpp could not load {path} (not a GGUF it supports?)")
+        vocab = self.lib.llama_model_get_vocab(self.ptr)
+        self.n_vocab = int(self.lib.llama_vocab_n_tokens(vocab))
+        self.n_ctx_train = int(self.lib.llama_model_n_ctx_train(self.ptr))
+        self.batch_invariant: bool | None = None  # measured on the first context
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            self.lib.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class LlamaCppRuntime:
+    name = "llamacpp"
+    verify_slope_hint = 0.35  # until measured: 12-token verify ~4.4x a step (shared/cpu-measurements.md)
+
+    def __init__(self, path: str | Path, n_ctx: int | None = None, threads: int | None = None, *, _model=None):
+        self.model = _model or _Model(Path(path))
+        self.path = Path(path)
+        lib = self.lib = self.model.lib
+        self.vocab_size = self.model.n_vocab
+        self.n_ctx = min(n_ctx or self.model.n_ctx_train, self.model.n_ctx_train)
+        self.threads = threads or cpu_threads()
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = MAX_BATCH
+        params.n_ubatch = MAX_BATCH
+        params.n_seq_max = 1
+        params.n_threads = self.threads
+        params.n_threads_batch = self.threads
+        params.no_perf = True
+        # Flash attention computes each query row on its own (for fewer than 64 rows), so a verify
+        # step's rows get the same bits as decode steps; see batch_invariant().
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.ctx = lib.llama_init_from_model(self.model.ptr, params)
+        if not self.ctx:
+            raise PairlineError(f"llama.cpp could not make a context of {self.n_ctx} positions (out of memory?)")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(MAX_BATCH, 0, 1)
+        self._n_past = 0
+        if self.model.batch_invariant is None:
+            self.model.batch_invariant = self.batch_invariant()
+            if not self.model.batch_invariant:
+                notice(
+                    "this llama-cpp-python build gives a multi-token call other bits than single steps, so "
+                    "speculative output may differ from plain greedy at near-ties; rebuild it as README.md says"
+                )
+
+    def __del__(self) -> None:
+        lib = getattr(self, "lib", None)
+        if lib is None:
+            return
+        if getattr(self, "batch", None) is not None:
+            lib.llama_batch_free(self.batch)
+            self.batch = None
+        if getattr(self, "ctx", None):
+            lib.llama_free(self.ctx)
+            self.ctx = None
+
+    @property
+    def n_past(self) -> int:
+        return self._n_past
+
+    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        if self._n_past + n > self.n_ctx:
+            raise ContextFull(f"{self._n_past + n} positions needed, the KV cache holds {self.n_ctx}")
+        if any(not 0 <= t < self.vocab_size for t in tokens):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+        out = []
+        for start in range(0, n, MAX_BATCH):
+            piece = tokens[start : start + MAX_BATCH]
+            last_piece = start + len(piece) == n
+            want = "all" if rows == "all" else ("last" if rows == "last" and last_piece else "none")
+            logits = self._decode(piece, want)
+            if logits is not None:
+                out.append(logits)
+        return torch.cat(out) if len(out) > 1 else (out[0] if out else None)
+
+    def _decode(self, tokens: list[int], rows: Rows) -> torch.Tensor | None:
+        b, n, base = self.batch, len(tokens), self._n_past
+        b.n_tokens = n
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = base + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = rows == "all"
+        if rows == "last":
+            b.logits[n - 1] = 1
+        status = self.lib.llama_decode(self.ctx, b)
+        if status != 0:
+            # a failed call may leave some of its positions in the cache: drop them
+            self.lib.llama_memory_seq_rm(self.memory, 0, base, -1)
+            if status == 1:
+                raise ContextFull(f"llama.cpp found no KV slot for {n} tokens at position {base}")
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        self._n_past = base + n
+        if rows == "none":
+            return None
+        n_out = n if rows == "all" else 1
+        ptr = self.lib.llama_get_logits(self.ctx)
+        logits = np.ctypeslib.as_array(ptr, shape=(n_out, self.vocab_size))
+        return torch.from_numpy(logits.copy())
+
+    def batch_invariant(self) -> bool:
+        """Does a 3-token call give each row the same logits, bit for bit, as 3 single steps? That
+        is what makes greedy speculation lossless. llamafile's sgemm (used for n >= 2 on some
+        weight types) breaks it, which is why README.md builds llama.cpp without it."""
+        ids = [t % self.vocab_size for t in (17, 300, 42, 7, 99, 256)]
+        keep = self._n_past
+        self.forward(ids[:3], "none")
+        batched = self.forward(ids[3:], "all")
+        self.truncate(keep + 3)
+        stepped = torch.cat([self.forward([t], "last") for t in ids[3:]])
+        self.truncate(keep)
+        return torch.equal(batched, stepped)
+
+    def truncate(self, n: int) -> None:
+        if not 0 <= n <= self._n_past:
+            raise ValueError(f"cannot truncate {self._n_past} cached positions to {n}")
+        if n < self._n_past:
+            self.lib.llama_memory_seq_rm(self.memory, 0, n, -1)
+        self._n_past = n
+
+    def fork(self) -> LlamaCppRuntime:
+        return LlamaCppRuntime(self.path, self.n_ctx, self.threads, _model=self.model)

@@ -419,7 +419,7 @@ def print_summary(result: dict, console=None) -> None:
             ("engine gap per delta", "engine_per_token_s", 3), ("per-token overhead", "per_token_overhead_s", 3)]
     for label, key, digits in rows:
         r = red.get(key)
-        t.add_row(label, *(_ms(s[m][key], digits) for m in MODES), "" if r is None else f"{100 * r:.0f}% lower")
+        t.add_row(label, *(_ms(s[m][key], digits) for m in MODES), _change(r))
     for label, key in (("tokens prefilled", "median_prefilled_tokens"), ("request bytes", "median_request_bytes")):
         t.add_row(label, *(f"{s[m][key]}" for m in MODES), "")
     t.add_row("errors", *(str(s[m]["errors"]) for m in MODES), "")
@@ -429,3 +429,9 @@ def print_summary(result: dict, console=None) -> None:
         console.print(f"load: {ld['sessions']} WebSocket sessions for {ld['seconds']:g}s: {ld['turns']} turns, "
                       f"TTFT p50 {_ms(ld['ttft_p50_s'])} p99 {_ms(ld['ttft_p99_s'])}, errors {ld['errors']} "
                       f"(hung {ld['hung_sessions']})")
+
+
+def _change(reduction: float | None) -> str:
+    if reduction is None:
+        return ""
+    return f"{100 * reduction:.0f}% lower" if reduction >= 0 else f"{-100 * reduction:.0f}% higher"

@@ -111,9 +111,11 @@ class Connection:
     async def handle(self, raw: str) -> None:
         event_id = None
         try:
-            if len(raw.encode("utf-8", errors="replace")) > self.server.cfg.max_message_bytes:
-                raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of "
-                                    f"{self.server.cfg.max_message_bytes} bytes", code="message_too_large")
+            limit = self.server.cfg.max_message_bytes
+            # a character is at most 4 bytes: encode only a message that might be too large
+            if len(raw) * 4 > limit and len(raw.encode("utf-8", errors="replace")) > limit:
+                raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of {limit} bytes",
+                                    code="message_too_large")
             try:
                 ev = json.loads(raw)
             except ValueError as err:

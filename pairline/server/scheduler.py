@@ -94,10 +94,23 @@ def kv_bytes(engine: Engine) -> int:
     """Bytes of one fork's KV cache (K and V, every layer, n_ctx positions)."""
     rt = engine.runtime
     cfg = getattr(rt, "cfg", None)
-    if cfg is None:
+    if cfg is not None:
+        itemsize = getattr(getattr(rt, "dtype", None), "itemsize", 2)
+        return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * rt.n_ctx * itemsize
+    path = getattr(rt, "path", None)  # llama.cpp: read the shapes from the GGUF; its KV cache is f16
+    if path is None or not str(path).endswith(".gguf"):
         return 0
-    itemsize = getattr(getattr(rt, "dtype", None), "itemsize", 2)
-    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * rt.n_ctx * itemsize
+    try:
+        from pairline.engine.tokenizer import read_gguf_metadata
+
+        md = read_gguf_metadata(path)
+        arch = md["general.architecture"]
+        heads = int(md[f"{arch}.attention.head_count"])
+        kv_heads = int(md.get(f"{arch}.attention.head_count_kv", heads))
+        head_dim = int(md.get(f"{arch}.attention.key_length") or int(md[f"{arch}.embedding_length"]) // heads)
+        return 2 * int(md[f"{arch}.block_count"]) * kv_heads * head_dim * rt.n_ctx * 2
+    except (KeyError, ValueError, OSError, PairlineError):
+        return 0
 
 
 def _free_ram() -> int:

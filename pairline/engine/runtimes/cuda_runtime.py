@@ -107,7 +107,8 @@ def capture_cuda_graph(step: Callable[[], None], pool: Any) -> tuple[Replayable,
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # thread_local: a server thread touching CUDA meanwhile (another session's copy) must not void the capture
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         step()
     return graph, graph.pool()
 

@@ -110,10 +110,15 @@ RUNTIMES = [
     pytest.param(lambda: _tiny(), id="cuda-eager-exact"),
     pytest.param(lambda: _tiny(policy=StepPolicy.fast()), id="cuda-eager-fast"),
     pytest.param(lambda: _tiny(policy=StepPolicy(attention="sdpa")), id="cuda-eager-sdpa"),
-    # on the GPU only: under the CPU interpreter the weights are float32, whose CPU matmuls are not
-    # row-invariant, so the bit-exact checks would fail for reasons that are not the kernel's
-    pytest.param(lambda: _tiny(policy=StepPolicy(attention="triton"), device="cuda"), id="cuda-triton",
+    # on the GPU (graphs captured for real). The Triton kernel only there: under the CPU interpreter
+    # the weights are float32, whose CPU matmuls are not row-invariant, so the bit-exact checks
+    # would fail for reasons that are not the kernel's. int8 uncompiled: one compile per test is slow
+    pytest.param(lambda: _tiny(device="cuda"), id="gpu-exact", marks=needs_cuda),
+    pytest.param(lambda: _tiny(device="cuda", policy=StepPolicy(attention="sdpa")), id="gpu-sdpa", marks=needs_cuda),
+    pytest.param(lambda: _tiny(policy=StepPolicy(attention="triton"), device="cuda"), id="gpu-triton",
                  marks=[needs_cuda, needs_triton]),
+    pytest.param(lambda: _tiny(device="cuda", quant="int8", compile=False), id="gpu-int8", marks=needs_cuda),
+    pytest.param(lambda: _tiny(device="cuda", quant="int4", compile=False), id="gpu-int4", marks=needs_cuda),
     pytest.param(lambda: _tiny(graphs=True, capture=FakeCapture()), id="cuda-mocked-graphs"),
     pytest.param(lambda: _tiny(quant="int8"), id="cuda-eager-int8"),
     pytest.param(lambda: _tiny(quant="int4"), id="cuda-eager-int4"),

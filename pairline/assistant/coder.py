@@ -34,6 +34,15 @@ from pairline.errors import PairlineError
 REWRITE_MAX_LINES = 60  # auto mode rewrites files up to this many lines (see docs/assistant.md)
 
 
+def _same_block(a: EditBlock, b: EditBlock) -> bool:
+    """Equal up to whitespace: a model that loops rarely repeats its spacing exactly."""
+
+    def norm(lines: list[str]) -> list[str]:
+        return [" ".join(x.split()) for x in lines if x.strip()]
+
+    return a.path == b.path and norm(a.search) == norm(b.search) and norm(a.replace) == norm(b.replace)
+
+
 class LinkedCancel(CancelToken):
     """A request's own cancel that is also set when the turn's is: the coder can stop one request
     (to force a divider) without cancelling the turn, and the user's Ctrl-C reaches the engine."""
@@ -186,7 +195,15 @@ class Coder:
 
     # ---------------------------------------------------------------- search/replace
 
-    def _ask(self, messages: list[dict], prefix: str, cancel: CancelToken, max_tokens: int, result: TurnResult):
+    def _ask(
+        self,
+        messages: list[dict],
+        prefix: str,
+        cancel: CancelToken,
+        max_tokens: int,
+        result: TurnResult,
+        applied: tuple[EditBlock, ...] = (),
+    ):
         """Stream one answer, parsing blocks as they close. With a search cap, a SEARCH part that
         reaches the cap is cut there: the request stops and a new one continues the same answer
         after a forced divider (the engine's prefix reuse makes that a few tokens of prefill)."""
@@ -212,11 +229,12 @@ class Coder:
                         self.on_event(Event("text", held[:cut]))
                         held = held[cut:]
                     for block in parser.feed(delta):
-                        key = (block.path, block.search, block.replace)
-                        if any((b.path, b.search, b.replace) == key for b in blocks):
+                        if any(_same_block(b, block) for b in blocks):
                             looping = True  # the model repeats itself: the answer is over
                             inner.cancel()
                             continue
+                        if any(_same_block(b, block) for b in applied):
+                            continue  # a retry repeating a block that already applied: skip it
                         blocks.append(block)
                         self.on_event(Event("block", path=block.path or "", block=block))
                     cap = self.search_cap
@@ -291,7 +309,9 @@ class Coder:
             result.status = "cancelled"
             return result
         failed = self._apply_all(blocks, current, result)
-        problems = failed + [f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed]
+        problems = [why for _, why in failed] + [
+            f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed
+        ]
         if problems and not cancel.cancelled:
             # one retry: the errors go back to the model, which answers with the failed blocks only
             result.stats.retried = True
@@ -302,14 +322,17 @@ class Coder:
                 {"role": "assistant", "content": result.answer},
                 {"role": "user", "content": prompts.retry_message(problems, applied)},
             ]
-            reply, answer2, parser2, blocks2 = self._ask(retry, prefix, cancel, budget, result)
+            good = tuple(b for b in blocks if all(b is not f for f, _ in failed))
+            reply, answer2, parser2, blocks2 = self._ask(retry, prefix, cancel, budget, result, good)
             result.answer += "\n" + answer2
             result.stats.blocks += len(blocks2)
             if cancel.cancelled:
                 result.status = "cancelled"
                 return result
             failed = self._apply_all(blocks2, current, result)
-            problems = failed + [f"The answer was malformed: {m.message} (line {m.line})." for m in parser2.malformed]
+            problems = [why for _, why in failed] + [
+                f"The answer was malformed: {m.message} (line {m.line})." for m in parser2.malformed
+            ]
         result.errors = problems
         if problems:
             result.status = "malformed"
@@ -317,17 +340,20 @@ class Coder:
         self._collect(current, result)
         return result
 
-    def _apply_all(self, blocks: list[EditBlock], current: dict[Path, str], result: TurnResult) -> list[str]:
+    def _apply_all(
+        self, blocks: list[EditBlock], current: dict[Path, str], result: TurnResult
+    ) -> list[tuple[EditBlock, str]]:
+        """Apply in order to the in-memory texts; the blocks that failed, with why."""
         failed = []
         for block in blocks:
             try:
                 real = self._target(block, result)
                 current[real], _ = apply_block(current.get(real, ""), block, path=block.path)
             except EditError as err:
-                failed.append(str(err))
+                failed.append((block, str(err)))
                 self.on_event(Event("error", str(err), path=block.path or ""))
             except PairlineError as err:
-                failed.append(f"{block.path}: {err}")
+                failed.append((block, f"{block.path}: {err}"))
                 self.on_event(Event("error", str(err), path=block.path or ""))
         return failed
 

@@ -15,32 +15,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     eng = sub.add_parser(
         "engine",
-        help="load, TTFT, decode tok/s, edit throughput: pairline vs HF transformers, same GGUF, same dtype",
-        description="Runs pairline (torch runtime) and, in the same command, its peers on the same weights, "
-        "each in its own worker process, side by side; prints tables and writes JSON.",
+        help="load, TTFT, decode tok/s, verify cost, edit throughput: pairline on each runtime vs llama.cpp and HF",
+        description="Runs pairline on each runtime and, in the same command, its CPU peers on the same GGUF "
+        "(llama-cpp-python's own Llama, plain and with prompt lookup; HF transformers fp32 and bf16), each in "
+        "its own worker process, side by side; prints tables, issue 3's goals, and writes JSON.",
     )
     eng.add_argument("--model", "-m", required=True, help="registry name, .gguf path or HF model directory")
-    eng.add_argument("--runtime", default="torch", choices=["torch"], help="pairline runtime (default: torch)")
     eng.add_argument(
-        "--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: the runtime's default (bf16 on CPU)"
+        "--engines",
+        default=None,
+        help="comma-separated, from: pairline-llamacpp, pairline-torch, llamacpp, llamacpp-lookup, hf-fp32, "
+        "hf-bf16 (default: all that can run here; the llama.cpp ones need llama-cpp-python)",
+    )
+    eng.add_argument(
+        "--edit-engines",
+        default=None,
+        help="which of the engines run the edit tasks (default: all but HF, which does not take part in them)",
+    )
+    eng.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="pairline-torch's dtype; auto: the runtime's default (bf16 on CPU)",
     )
     eng.add_argument(
         "--quant",
         default=None,
         choices=["auto", "none", "int8"],
-        help="pairline's weights: auto = the runtime's default (int8 on CPU with bf16), none = the dtype itself",
+        help="pairline-torch's weights: auto = the runtime's default (int8 on CPU with bf16), none = the dtype itself",
     )
-    eng.add_argument("--peers", default="hf", help="comma-separated peers to run alongside: hf, or none")
     eng.add_argument(
         "--repeats", type=int, default=None, help="repeats per measurement, medians reported (default 3; quick 1)"
     )
     eng.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
     eng.add_argument("--quick", action="store_true", help="small sizes and one repeat (a smoke test)")
-    eng.add_argument("--n-ctx", type=int, default=None, help="context for pairline (default 4096; quick 1024)")
+    eng.add_argument("--n-ctx", type=int, default=None, help="context for every engine (default 4096; quick 1024)")
     eng.add_argument("--edit-tasks", default=None, help="comma-separated edit task names (default: all)")
-    eng.add_argument("--edit-modes", default=None, help="plain,prediction,prompt_lookup,ceiling (default: all)")
+    eng.add_argument(
+        "--edit-modes",
+        default=None,
+        help="pairline's: plain,prediction,prompt_lookup,useless_prediction,ceiling (default: all); "
+        "the llama.cpp peers always run theirs (plain, prompt lookup)",
+    )
     eng.add_argument("--edit-repeats", type=int, default=None, help="repeats for the edit tasks (default: --repeats)")
-    eng.add_argument("--threads", type=int, default=None, help="torch threads in every engine (default: its own)")
+    eng.add_argument("--useless-seed", type=int, default=None, help="seed of the random useless prediction (0)")
+    eng.add_argument("--threads", type=int, default=None, help="threads in every engine (default: each its own)")
     eng.add_argument(
         "--omp-wait-policy",
         choices=["passive", "active"],
@@ -51,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     eng.add_argument(
         "--phases",
         default=None,
-        help="comma-separated: engine (load, TTFT, decode, with peers), verify (k-token forward cost), "
+        help="comma-separated: engine (load, TTFT, decode, all engines), verify (k-token forward cost, pairline), "
         "edit (edit tasks); default: all",
     )
     eng.set_defaults(func=cmd_engine)
@@ -89,7 +108,6 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pairline.bench.engine import (
-        EDIT_MODES,
         BenchConfig,
         command_line,
         default_out_path,
@@ -99,41 +117,32 @@ def cmd_engine(args: argparse.Namespace) -> int:
     )
 
     err = Console(stderr=True)
-    peers = tuple(p for p in (_csv(args.peers) or ()) if p != "none")
     kw = {
-        "runtime": args.runtime,
         "dtype": args.dtype,
-        "peers": peers,
         "command": command_line(args),
         "log": lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
     }
-    if args.quant:
-        kw["quant"] = args.quant
-    if args.threads:
-        kw["threads"] = args.threads
-    if args.omp_wait_policy:
-        kw["omp_wait_policy"] = args.omp_wait_policy
-    if args.n_ctx:
-        kw["n_ctx"] = args.n_ctx
-    if args.edit_tasks:
-        kw["edit_tasks"] = _csv(args.edit_tasks)
-    if args.edit_modes:
-        kw["edit_modes"] = _csv(args.edit_modes)
-    if args.edit_repeats:
-        kw["edit_repeats"] = args.edit_repeats
-    if args.phases:
-        kw["phases"] = _csv(args.phases)
-    if args.repeats is not None:
-        kw["repeats"] = args.repeats
+    optional = {
+        "engines": _csv(args.engines),
+        "edit_engines": _csv(args.edit_engines),
+        "quant": args.quant,
+        "threads": args.threads,
+        "omp_wait_policy": args.omp_wait_policy,
+        "n_ctx": args.n_ctx,
+        "edit_tasks": _csv(args.edit_tasks),
+        "edit_modes": _csv(args.edit_modes),
+        "edit_repeats": args.edit_repeats,
+        "useless_seed": args.useless_seed,
+        "phases": _csv(args.phases),
+        "repeats": args.repeats,
+    }
+    kw.update({k: v for k, v in optional.items() if v is not None})
     cfg = BenchConfig.quick_config(args.model, **kw) if args.quick else BenchConfig(model=args.model, **kw)
-    if not cfg.edit_modes:
-        cfg.edit_modes = EDIT_MODES
     paths: list = []
 
     def save(result: dict) -> None:  # after each phase too: a run killed halfway keeps what it measured
         if not paths:
-            label = "-".join(x for x in (result.get("dtype"), result.get("quant")) if x and x != "none")
-            paths.append(default_out_path(args.out, args.model, label or None))
+            paths.append(default_out_path(args.out, args.model, "quick" if args.quick else None))
         write_json(result, paths[0])
 
     cfg.checkpoint = save

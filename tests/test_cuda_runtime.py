@@ -431,7 +431,7 @@ def test_gpu_bench_harness_runs_on_the_cpu(tmp_path):
     cfg = gpu.GpuBenchConfig.quick(models=("tiny",), device="cpu", policies=("exact",),
                                    parts=("decode", "ttft", "verify", "edit"), contexts=(64,), ttft_sizes=(40,),
                                    decode_tokens=6, edit_prompt=40, edit_tokens=12, prefill_chunk=32)
-    trace = {"edit": {"tasks": [{"name": "t", "prompt_tokens": 30, "engines": {"pairline": {"modes": {
+    trace = {"edit": {"tasks": [{"name": "t", "prompt_tokens": 30, "engines": {"pairline-torch": {"modes": {
         "prediction": {"steps": [[4, 4], [8, 2], [3, 0]], "completion_tokens": 10},
         "plain": {"completion_tokens": 5}}}}}]}}
     (tmp_path / "trace.json").write_text(__import__("json").dumps(trace))

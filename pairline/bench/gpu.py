@@ -381,14 +381,17 @@ def load_traces(path: str) -> list[dict]:
     tasks = (data.get("edit") or {}).get("tasks") or data.get("tasks") or []
     traces = []
     for task in tasks:
-        modes = ((task.get("engines") or {}).get("pairline") or {}).get("modes") or {}
+        engines = task.get("engines") or {}
+        # pairline's own loop ran them: "pairline-torch" (or "pairline-llamacpp", "pairline" in older files)
+        name = next((e for e in ("pairline-torch", "pairline", "pairline-llamacpp") if e in engines), None)
+        modes = (engines.get(name) or {}).get("modes") or {}
         for mode, mo in modes.items():
             steps = mo.get("steps")
             if not steps and mode == "plain" and mo.get("completion_tokens"):
                 steps = [(0, 0)] * (mo["completion_tokens"] - 1)
             if steps:
-                traces.append({"task": task["name"], "mode": mode, "prompt_tokens": task["prompt_tokens"],
-                               "steps": [tuple(s) for s in steps]})
+                traces.append({"task": task["name"], "mode": mode, "engine": name,
+                               "prompt_tokens": task["prompt_tokens"], "steps": [tuple(s) for s in steps]})
     return traces
 
 

@@ -313,3 +313,23 @@ def test_shutdown_gives_open_sessions_a_final_event(tokenizer):
     assert "response.cancelled" in kinds
     assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "server_shutting_down"
     assert info.value.rcvd.code == 1001
+
+
+def test_idle_engine_forks_a_spare_cache_for_the_next_session(tokenizer):
+    s = start(tokenizer, max_sessions=3)
+    try:
+        pool = s.server.scheduler.pool
+        a = Client(s.ws_url)
+        a.turn("take the first cache", max_output_tokens=2)
+        deadline = time.monotonic() + 20
+        while len(pool.slots) < 2 and time.monotonic() < deadline:  # made while the engine idles
+            time.sleep(0.05)
+        assert len(pool.slots) == 2 and any(slot.owner is None for slot in pool.slots)
+        b = Client(s.ws_url)
+        b.turn("take the spare", max_output_tokens=2)
+        owners = {slot.owner for slot in pool.slots}
+        assert {a.created["session"]["id"], b.created["session"]["id"]} <= owners
+        a.close()
+        b.close()
+    finally:
+        s.stop()

@@ -139,12 +139,12 @@ class KVPool:
     def owned(self, owner: str) -> Slot | None:
         return next((s for s in self.slots if s.owner == owner), None)
 
-    def acquire(self, owner: str, prompt: list[int]) -> tuple[Slot, bool] | None:
-        """A slot for `owner`; None if every slot is busy. Returns (slot, evicted_own_kv)."""
+    def acquire(self, owner: str, prompt: list[int]) -> Slot | None:
+        """A slot for `owner`; None if every slot is busy."""
         if owner != "http":
             mine = self.owned(owner)
             if mine is not None:
-                return (self._take(mine, owner), False) if not mine.busy else None
+                return self._take(mine, owner) if not mine.busy else None
         else:
             best, best_len = None, 0
             for s in self.slots:
@@ -154,21 +154,40 @@ class KVPool:
                         best, best_len = s, n
             # reuse a cache the prompt mostly extends; one it would mostly overwrite is worth more kept
             if best is not None and (best_len * 2 >= len(best.engine.cached) or len(self.slots) >= self.max_slots):
-                return self._take(best, owner), False
+                return self._take(best, owner)
+        free = [s for s in self.slots if s.owner is None and not s.busy]
+        if free:  # a spare, or the cache of a session that ended
+            return self._take(max(free, key=lambda s: _common_prefix(s.engine.cached, prompt)), owner)
         if len(self.slots) < self.max_slots:
-            slot = Slot(self.base.fork())
-            self.slots.append(slot)
-            self.metrics.set("pairline:kv_resident_caches", len(self.slots))
-            return self._take(slot, owner), False
+            return self._take(self._new_slot(), owner)
         idle = [s for s in self.slots if not s.busy]
         if not idle:
             return None
-        # free slots first, then the least recently used
-        victim = min(idle, key=lambda s: (s.owner is not None, s.last_used))
-        if victim.owner not in (None, "http"):
+        victim = min(idle, key=lambda s: s.last_used)  # least recently used
+        if victim.owner != "http":
             self.metrics.add("pairline:kv_evictions_total")
             log.info("kv: evicting session %s (least recently used)", victim.owner)
-        return self._take(victim, owner), False
+        return self._take(victim, owner)
+
+    def wants_spare(self) -> bool:
+        return len(self.slots) < self.max_slots and not any(s.owner is None and not s.busy for s in self.slots)
+
+    def make_spare(self) -> None:
+        """While the engine idles: fork a cache ahead of need (a fork takes ~0.3 s), so a new session's
+        first turn does not wait for one."""
+        if not self.wants_spare():
+            return
+        try:
+            self._new_slot()
+        except Exception as err:  # out of memory, say: stay at the caches we have
+            log.warning("kv: cannot fork another cache (%s); keeping %d", err, len(self.slots))
+            self.max_slots = len(self.slots)
+
+    def _new_slot(self) -> Slot:
+        slot = Slot(self.base.fork())
+        self.slots.append(slot)
+        self.metrics.set("pairline:kv_resident_caches", len(self.slots))
+        return slot
 
     def _take(self, slot: Slot, owner: str) -> Slot:
         slot.owner, slot.busy, slot.last_used = owner, True, time.monotonic()
@@ -247,10 +266,18 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
+            spare = False
             with self.cv:
                 while not self._stop and not self.active and not self._startable():
                     self._free_released()
+                    if self.pool.wants_spare():
+                        spare = True
+                        break
                     self.cv.wait(0.5)
+            if spare:  # idle: fork a cache for the next new session, outside the lock (it takes a while)
+                self.pool.make_spare()
+                continue
+            with self.cv:
                 if self._stop and not self.active:
                     for job in self.pending:
                         job.sink("error", PairlineError("the server is shutting down"))
@@ -303,7 +330,7 @@ class Scheduler:
                 with self.cv:
                     self.pending.appendleft(job)
                 return
-            job.slot = got[0]
+            job.slot = got
             if job.owner != "http":
                 job.kv_rebuilt = job.owner in self._owners_known and not had_kv
                 self._owners_known.add(job.owner)
@@ -323,7 +350,8 @@ class Scheduler:
             self._finish(job)
             return
         except Exception as err:
-            log.exception("generation failed") if not isinstance(err, PairlineError) else None
+            if not isinstance(err, PairlineError):
+                log.exception("generation failed")
             self._fail(job, err)
             return
         now = time.perf_counter()

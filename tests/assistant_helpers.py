@@ -14,6 +14,7 @@ class ScriptedClient:
     """Each `stream` call takes the next answer. An answer is the whole assistant text; a call with
     a `prefix` gets the part after it (the answer must start with the prefix)."""
 
+    supports_prefix = True
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0

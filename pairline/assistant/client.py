@@ -8,11 +8,15 @@ client for `pairline serve` plugs in behind the same two methods (see docs/assis
 
 from __future__ import annotations
 
+import contextlib
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pairline.engine.generate import CancelToken, Timings, Usage
+from pairline.errors import PairlineError
 
 
 @dataclass(slots=True)
@@ -45,6 +49,7 @@ class Reply:
 
 
 class Client(Protocol):
+    supports_prefix: bool  # can start the assistant's answer (priming, forced dividers)
     model_name: str
     family: str  # chat/prompt family: "qwen2", "llama", ...
     load_s: float
@@ -68,6 +73,8 @@ class Client(Protocol):
 
 class InProcessClient:
     """An Engine in this process."""
+
+    supports_prefix = True
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -115,14 +122,175 @@ class InProcessClient:
 
 
 def open_client(model: str, *, n_ctx: int | None = None, server: str | None = None) -> Client:
-    """The in-process engine for `model`, or (not yet) a `pairline serve` session at `server`."""
+    """The in-process engine for `model`, or a `pairline serve` session at `server` (its model is
+    the server's; the API key, if any, comes from PAIRLINE_API_KEY)."""
     if server:
-        from pairline.errors import PairlineError
+        import os
 
-        raise PairlineError(
-            "--server is not available yet: the session protocol of `pairline serve` is not committed; "
-            "run without --server to use the in-process engine"
-        )
+        return RemoteClient(server, api_key=os.environ.get("PAIRLINE_API_KEY"))
     from pairline.engine.load import load_engine
 
     return InProcessClient(load_engine(model, runtime="torch", n_ctx=n_ctx))
+
+
+# --------------------------------------------------------------------------- remote: a `pairline serve` session
+
+
+class RemoteClient:
+    """A session of `pairline serve` over its WebSocket protocol (docs/protocol.md). The server keeps
+    the conversation and its KV; each call sends only the messages the session has not seen yet.
+    When the caller's history no longer extends the session's (a retry rewrote it, say), a new
+    session is opened and the whole history is sent once.
+
+    The protocol has no way to start the assistant's answer for it, so `supports_prefix` is False:
+    the coder then neither primes the answer nor caps SEARCH parts (both need a prefix)."""
+
+    supports_prefix = False
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0) -> None:
+        if not url.startswith(("ws://", "wss://")):
+            raise PairlineError(f"--server takes a ws:// or wss:// URL, got {url!r}")
+        self.url = url if url.rstrip("/").endswith("/v1/responses") else url.rstrip("/") + "/v1/responses"
+        self.api_key = api_key
+        self.timeout = timeout
+        self.ws = None
+        self.session: list[dict] = []  # the conversation the server holds, as messages
+        self.instructions: str | None = None
+        self.model_name = "remote"
+        self.family = "qwen2"
+        self.load_s = 0.0
+        self._connect()
+
+    def _connect(self) -> None:
+        from websockets.sync.client import connect
+
+        self.close()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        t0 = time.perf_counter()
+        try:
+            self.ws = connect(self.url, open_timeout=10, close_timeout=2, additional_headers=headers).__enter__()
+            created = json.loads(self.ws.recv(timeout=10))
+        except (OSError, TimeoutError) as err:
+            raise PairlineError(f"cannot reach pairline serve at {self.url}: {err}") from None
+        if created.get("type") != "session.created":
+            raise PairlineError(f"pairline serve refused the session: {created.get('error', created)}")
+        self.load_s = time.perf_counter() - t0
+        model = created["session"].get("model") or "remote"
+        self.model_name = model
+        try:
+            from pairline.models.registry import get_spec
+
+            self.family = get_spec(model).family
+        except PairlineError:
+            self.family = "llama" if "smol" in model.lower() or "llama" in model.lower() else "qwen2"
+        self.session, self.instructions = [], None
+
+    def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                self.ws.close()
+            self.ws = None
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1  # no tokenizer on this side; code runs 3-4 characters a token
+
+    def stream(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        prefix: str = "",
+        prediction: str | None = None,
+        stop: tuple[str, ...] = (),
+        cancel: CancelToken | None = None,
+    ) -> Reply:
+        if prefix:
+            raise PairlineError("pairline serve cannot continue a started answer (no assistant prefix)")
+        if stop:
+            raise PairlineError("pairline serve's session protocol has no stop strings")
+        cancel = cancel or CancelToken()
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        convo = [m for m in messages if m["role"] != "system"]
+        if convo[: len(self.session)] != self.session or system != self.instructions or self.ws is None:
+            self._connect()  # the history diverged: a fresh session gets all of it once
+        new = convo[len(self.session) :]
+        event = {
+            "type": "response.create",
+            "input": [{"type": "message", "role": m["role"], "content": m["content"]} for m in new],
+            "max_output_tokens": max(1, min(max_tokens, 4096)),
+            "temperature": 0,
+        }
+        if system is not None:
+            event["instructions"] = system
+        if prediction:
+            event["prediction"] = {"type": "content", "content": prediction}
+        reply = Reply(iter(()), cancel)
+        self.ws.send(json.dumps(event))
+        self.instructions = system
+
+        def deltas() -> Iterator[str]:
+            t0 = time.perf_counter()
+            sent_cancel = False
+            try:
+                while True:
+                    if cancel.cancelled and not sent_cancel:
+                        self.ws.send(json.dumps({"type": "response.cancel"}))
+                        sent_cancel = True
+                    try:
+                        raw = self.ws.recv(timeout=0.02)
+                    except TimeoutError:
+                        if time.perf_counter() - t0 > self.timeout:
+                            raise PairlineError("pairline serve did not answer in time") from None
+                        continue
+                    ev = json.loads(raw)
+                    kind = ev.get("type")
+                    if kind == "response.output_text.delta":
+                        if not reply.timings.ttft_s:
+                            reply.timings.ttft_s = time.perf_counter() - t0
+                        reply.tokens += 1
+                        yield ev["delta"]
+                    elif kind == "error":
+                        err = ev.get("error", {})
+                        if sent_cancel and err.get("code") == "response_cancel_not_active":
+                            continue  # the answer ended before our cancel arrived
+                        self.close()  # the server's conversation is now unknown: the next call starts over
+                        raise PairlineError(f"pairline serve: {err.get('code')}: {err.get('message')}")
+                    elif kind in ("response.completed", "response.incomplete", "response.cancelled", "response.failed"):
+                        self._finish(reply, ev, kind)
+                        return
+            except Exception as err:
+                if isinstance(err, PairlineError):
+                    raise
+                self.ws = None
+                raise PairlineError(f"lost the connection to pairline serve: {err}") from None
+            finally:
+                if reply.finish_reason is None:
+                    reply.finish_reason = "cancelled"
+                # the session recorded the answer as far as it went (cancelled answers too)
+                if self.ws is not None:
+                    self.session = [*convo, {"role": "assistant", "content": reply.text}]
+
+        reply.deltas = deltas()
+        return reply
+
+    def _finish(self, reply: Reply, ev: dict, kind: str) -> None:
+        resp = ev.get("response", {})
+        reason = (resp.get("incomplete_details") or {}).get("reason")
+        reply.finish_reason = {
+            "response.completed": "stop",
+            "response.cancelled": "cancelled",
+            "response.failed": "error",
+        }.get(kind, "length" if reason == "max_output_tokens" else "cancelled")
+        u = resp.get("usage") or {}
+        details = u.get("output_tokens_details") or {}
+        reply.usage = Usage(
+            prompt_tokens=u.get("input_tokens", 0),
+            completion_tokens=u.get("output_tokens", 0),
+            cached_tokens=(u.get("input_tokens_details") or {}).get("cached_tokens", 0),
+            accepted_prediction_tokens=details.get("accepted_prediction_tokens", 0),
+            rejected_prediction_tokens=details.get("rejected_prediction_tokens", 0),
+        )
+        t = resp.get("timings") or {}
+        reply.timings.decode_tokens_per_s = t.get("decode_tokens_per_s") or 0.0
+        reply.timings.prefill_s = t.get("prefill_s") or 0.0
+        reply.tokens = max(reply.tokens, reply.usage.completion_tokens)

@@ -165,8 +165,11 @@ class Coder:
         self.ws = ws
         self.on_event = on_event or (lambda e: None)
         self.prompt = prompts.prompt_for(client.family)
-        # -1: the measured default for this model; None or 0: no cap
-        self.search_cap = prompts.SEARCH_CAP.get(client.model_name) if search_cap == -1 else (search_cap or None)
+        # -1: the measured default for this model; None or 0: no cap. A cap needs a client that can
+        # continue a started answer (a forced divider), and so does priming.
+        self.can_prefix = getattr(client, "supports_prefix", True)
+        cap = prompts.SEARCH_CAP.get(client.model_name) if search_cap == -1 else (search_cap or None)
+        self.search_cap = cap if self.can_prefix else None
 
     def run(
         self,
@@ -298,7 +301,7 @@ class Coder:
         result = TurnResult("unchanged", files={f.real: f for f in files})
         result.stats.mode = "blocks"
         if prefix is None:
-            prefix = prompts.primer(self.prompt, files[0].shown)
+            prefix = prompts.primer(self.prompt, files[0].shown) if self.can_prefix else ""
         current = {f.real: f.model_text for f in files}
         budget = max_tokens or 1024
         reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result)

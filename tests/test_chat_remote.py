@@ -1,0 +1,90 @@
+"""The remote client: a `pairline serve` session (real uvicorn server, tiny random-weight engine)
+behind the same Client interface as the in-process engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from pairline.assistant.client import RemoteClient, open_client
+from pairline.assistant.coder import Coder
+from pairline.engine.generate import CancelToken
+from pairline.engine.tokenizer import Tokenizer
+from pairline.errors import PairlineError
+from tests.engine_helpers import tiny_engine
+
+pytest.importorskip("websockets")
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf):
+    from pairline.server.app import ServerThread
+    from pairline.server.config import ServerConfig
+
+    engine = tiny_engine(Tokenizer.load(smollm2_gguf), n_ctx=2048)
+    srv = ServerThread(engine, ServerConfig(max_sessions=4)).__enter__()
+    yield srv
+    srv.stop()
+
+
+def test_streams_and_sends_only_new_messages(server):
+    client = open_client("ignored", server=server.ws_url.removesuffix("/v1/responses"))
+    assert isinstance(client, RemoteClient) and not client.supports_prefix
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    first = client.stream(history, max_tokens=8)
+    deltas = list(first)
+    assert "".join(deltas) == first.text and first.finish_reason in {"stop", "length"}
+    ws = client.ws
+    history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "and again"}]
+    second = client.stream(history, max_tokens=8).run()
+    assert client.ws is ws  # same session: the history was not sent again
+    assert second.usage.cached_tokens > 0 and second.usage.prompt_tokens > second.usage.cached_tokens
+    client.close()
+
+
+def test_diverging_history_opens_a_new_session(server):
+    client = RemoteClient(server.ws_url)
+    history = [{"role": "user", "content": "one"}]
+    reply = client.stream(history, max_tokens=4).run()
+    ws = client.ws
+    other = [{"role": "user", "content": "something else entirely"}]
+    again = client.stream(other, max_tokens=4).run()
+    assert client.ws is not ws and reply.finish_reason and again.finish_reason  # a new session, both answered
+    client.close()
+
+
+def test_cancel_stops_the_answer(server):
+    client = RemoteClient(server.ws_url)
+    cancel = CancelToken()
+    reply = client.stream([{"role": "user", "content": "write a lot"}], max_tokens=1500, cancel=cancel)
+    got = []
+    for delta in reply:
+        got.append(delta)
+        if len(got) == 3:
+            cancel.cancel()
+    assert reply.finish_reason == "cancelled" and reply.usage.completion_tokens < 1500
+    # the session stays usable and continues after the cut answer
+    follow = client.stream(
+        [{"role": "user", "content": "write a lot"}, {"role": "assistant", "content": reply.text},
+         {"role": "user", "content": "more"}],
+        max_tokens=4,
+    ).run()
+    assert follow.finish_reason in {"stop", "length"}
+    client.close()
+
+
+def test_coder_does_not_prime_a_remote_client(server, tmp_path):
+    from pairline.assistant.workspace import Workspace
+
+    client = RemoteClient(server.ws_url)
+    coder = Coder(client, Workspace(tmp_path.resolve()))
+    assert coder.search_cap is None and not coder.can_prefix
+    with pytest.raises(PairlineError, match="cannot continue a started answer"):
+        client.stream([{"role": "user", "content": "x"}], max_tokens=2, prefix="a.py\n")
+    client.close()
+
+
+def test_bad_url_and_unreachable_server():
+    with pytest.raises(PairlineError, match="ws:// or wss://"):
+        RemoteClient("http://localhost:1")
+    with pytest.raises(PairlineError, match="cannot reach pairline serve"):
+        RemoteClient("ws://127.0.0.1:9")

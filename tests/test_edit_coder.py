@@ -267,3 +267,26 @@ def test_search_cap_invented_block_ends_the_answer(ws):
     result, client = run(ws, [first, cont], cap=1)
     assert len(client.calls) == 2 and result.status == "changed" and result.stats.blocks == 1
     assert result.new_texts[ws.root / "app.py"] == SRC.replace("def greet", "def welcome")
+
+
+@pytest.mark.slow
+def test_real_smollm2_blocks_json(tmp_path, monkeypatch, capsys, smollm2_gguf):
+    """`pairline edit --blocks --json` on the real SmolLM2: every stdout line is a JSON event, the
+    run ends with a done event whose exit code is the command's, and the file is written only on 0."""
+    from pairline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRLINE_THREADS", "1")
+    f = tmp_path / "calc.py"
+    f.write_bytes(b"def add(a, b):\r\n    return a + b\r\n")
+    code = main(["edit", "calc.py", "-m", "rename add to plus", "--model", "smollm2-135m", "--blocks", "--json",
+                 "--max-tokens", "160", "--no-commit"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["type"] == "start" and events[0]["mode"] == "blocks"
+    done = events[-1]
+    assert done["type"] == "done" and done["exit_code"] == code and code in {0, 1, 3}
+    assert done["tokens"] > 0 and done["ttft_s"] > 0
+    if code == 0:
+        assert any(e["type"] == "diff" for e in events) and f.read_bytes() != b"def add(a, b):\r\n    return a + b\r\n"
+    else:
+        assert f.read_bytes() == b"def add(a, b):\r\n    return a + b\r\n"

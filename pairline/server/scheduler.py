@@ -172,16 +172,10 @@ class KVPool:
     def wants_spare(self) -> bool:
         return len(self.slots) < self.max_slots and not any(s.owner is None and not s.busy for s in self.slots)
 
-    def make_spare(self) -> None:
-        """While the engine idles: fork a cache ahead of need (a fork takes ~0.3 s), so a new session's
-        first turn does not wait for one."""
-        if not self.wants_spare():
-            return
-        try:
-            self._new_slot()
-        except Exception as err:  # out of memory, say: stay at the caches we have
-            log.warning("kv: cannot fork another cache (%s); keeping %d", err, len(self.slots))
-            self.max_slots = len(self.slots)
+    def add_spare(self, engine: Engine) -> None:
+        if len(self.slots) < self.max_slots:
+            self.slots.append(Slot(engine))
+            self.metrics.set("pairline:kv_resident_caches", len(self.slots))
 
     def _new_slot(self) -> Slot:
         slot = Slot(self.base.fork())
@@ -227,6 +221,8 @@ class Scheduler:
         self._stop = False
         self._owners_known: set[str] = set()  # sessions that have held KV (to tell a rebuild)
         self._released: list[str] = []  # owners whose slots are to be freed (set from other threads)
+        self._spares: list[Engine] = []  # forks made by the helper thread, not yet in the pool
+        self._forking = False
         self.thread = threading.Thread(target=self._loop, name="pairline-engine", daemon=True)
 
     # ------------------------------------------------------------ any thread
@@ -266,30 +262,47 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
-            spare = False
             with self.cv:
                 while not self._stop and not self.active and not self._startable():
                     self._free_released()
-                    if self.pool.wants_spare():
-                        spare = True
-                        break
+                    self._adopt_spares()
                     self.cv.wait(0.5)
-            if spare:  # idle: fork a cache for the next new session, outside the lock (it takes a while)
-                self.pool.make_spare()
-                continue
-            with self.cv:
                 if self._stop and not self.active:
                     for job in self.pending:
                         job.sink("error", PairlineError("the server is shutting down"))
                     self.pending.clear()
                     return
                 self._free_released()
+                self._adopt_spares()
                 admit = self._take_pending()
             for job in admit:
                 self._start(job)
             for job in list(self.active):
                 self._step(job)
             self.metrics.set("pairline:num_requests_running", len(self.active))
+
+    def _adopt_spares(self) -> None:
+        """Keep one free KV cache ready for the next new session. Forking takes ~0.3 s, so a helper
+        thread does it (the engine thread keeps stepping); the engine thread adopts the result."""
+        while self._spares:
+            self.pool.add_spare(self._spares.pop())
+        if not self._forking and not self._stop and self.pool.wants_spare():
+            self._forking = True
+            threading.Thread(target=self._fork_spare, name="pairline-fork", daemon=True).start()
+
+    def _fork_spare(self) -> None:
+        try:
+            engine = self.engine.fork()
+        except Exception as err:  # out of memory, say: stay at the caches we have
+            log.warning("kv: cannot fork another cache (%s); keeping %d", err, len(self.pool.slots))
+            engine = None
+        with self.cv:
+            self._forking = False
+            if engine is None:
+                self.pool.max_slots = len(self.pool.slots)
+            else:
+                self._spares.append(engine)
+            self.cv.notify_all()
 
     def _free_released(self) -> None:
         while self._released:

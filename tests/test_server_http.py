@@ -172,3 +172,16 @@ def test_queue_full_is_429_with_retry_after(tokenizer):
         t.join(60)
         waiting.join(60)
         assert results == {"long": 200, "queued": 200}
+
+
+def test_serve_on_a_taken_port_fails_with_one_line(capsys):
+    import socket
+
+    from pairline import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = cli.main(["serve", "--model", "smollm2-135m", "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err

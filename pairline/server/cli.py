@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or args.ctx < 64 or args.max_queue < 1:
         raise PairlineError("--max-sessions and --max-queue must be at least 1, --ctx at least 64")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sock = _bind(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
     engine = load_engine(args.model, n_ctx=args.ctx)
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_sessions=args.max_sessions,
                        max_queue=args.max_queue, idle_timeout_s=args.idle_timeout)
@@ -46,8 +48,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("pairline.server").info("serving %s on http://%s:%d (ws://%s:%d/v1/responses), loaded in %.1fs",
                                               engine.model_name, args.host, args.port, args.host, args.port,
                                               engine.load_s)
-    try:
-        server.run()
-    except OSError as err:
-        raise PairlineError(f"cannot serve on {args.host}:{args.port}: {err}") from None
+    server.run(sockets=[sock])
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    from pairline.errors import PairlineError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise PairlineError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock

@@ -222,10 +222,12 @@ class Coder:
             reply = self.client.stream(messages, max_tokens=budget, prefix=answer, cancel=inner)
             forced = looping = False
             held = ""  # text is passed on a whole line at a time, so a cut line is never shown
+            kept = ""  # the text read before this request was stopped (a verify step may emit more after)
             try:
                 for delta in reply:
                     if forced or looping:
                         continue  # cancelled: the engine stops within a step; drain it so its lock is released
+                    kept += delta
                     held += delta
                     if "\n" in held:
                         cut = held.rfind("\n") + 1
@@ -257,7 +259,7 @@ class Coder:
                 self.on_event(Event("text", held))
             result.stats.add(reply, started)
             budget -= max(1, reply.tokens)
-            text = reply.text
+            text = kept if (forced or looping) else reply.text
             if looping:
                 answer += text
                 break

@@ -331,7 +331,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
     t_gen = last_view = time.perf_counter()
 
     def on_event(e: Event) -> None:
-        nonlocal n_chunks, last_view
+        nonlocal n_chunks, last_view, watcher
         if e.kind == "text":
             n_chunks += 1
             if mode == "blocks":
@@ -348,7 +348,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
         elif e.kind == "retry":
             out.event("retry", reason=e.text)
             out.note("retrying once with the errors…")
-            watcher.__init__(default_path=watcher.default_path)
+            watcher = BlockParser(default_path=watcher.default_path)  # the retry's answer starts afresh
         now = time.perf_counter()
         if live is not None and now - last_view >= 0.03:
             last_view = now

@@ -333,3 +333,31 @@ def test_idle_engine_forks_a_spare_cache_for_the_next_session(tokenizer):
         b.close()
     finally:
         s.stop()
+
+
+def test_long_prompt_prefills_in_pieces_with_the_same_answer(tokenizer):
+    """A ~1500-token prompt is prefilled in 512-token scheduler steps while another session streams;
+    its answer and usage are those of one whole prefill on the same weights."""
+    from pairline.engine.sampling import SamplingParams
+
+    long_input = "def f(x):\n    return x * 2\n" * 120
+    ref = tiny_engine(tokenizer, n_ctx=2048).chat([{"role": "user", "content": long_input}],
+                                                   SamplingParams(max_tokens=8)).run()
+    s = start(tokenizer, n_ctx=2048)
+    try:
+        other = Client(s.ws_url)
+        other.send(type="response.create", input="stream a while", max_output_tokens=400)
+        other.until("response.output_text.delta")
+        a = Client(s.ws_url)
+        _, fa = a.turn(long_input, max_output_tokens=8)
+        resp = fa["response"]
+        assert resp["timings"]["prefill_pieces"] >= 2
+        assert resp["output_text"] == ref.text
+        assert resp["usage"]["input_tokens"] == ref.usage.prompt_tokens > 1400
+        assert resp["usage"]["input_tokens_details"]["cached_tokens"] == ref.usage.cached_tokens == 0
+        done = other.until(*TERMINAL)[-1]["response"]
+        assert done["usage"]["output_tokens"] == 400
+        other.close()
+        a.close()
+    finally:
+        s.stop()

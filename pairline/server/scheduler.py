@@ -24,6 +24,9 @@ from pairline.server.metrics import Metrics
 log = logging.getLogger("pairline.server")
 
 
+PIECE = 512  # tokens of a long prefill run as one scheduler step (a multiple of the engine's 256-token chunk)
+
+
 class QueueFull(Exception):
     """More requests are waiting than the server accepts."""
 
@@ -56,6 +59,9 @@ class Job:
     text_first: float = 0.0  # when the engine released the first / last non-empty text (what clients see)
     text_last: float = 0.0
     text_events: int = 0
+    prefill_pieces: int = 0  # a long prompt's prefill, split so other sessions can step in between
+    piece_s: float = 0.0
+    cached_before: int | None = None
     busy_s: float = 0.0  # time inside the engine (its steps), cumulative
     busy_first_text: float = 0.0
     busy_last_text: float = 0.0
@@ -81,6 +87,7 @@ class Job:
             "forward_calls": t.forward_calls if t else 0,
             "cancel_latency_s": t.cancel_latency_s if t else None,
             "kv_rebuilt": self.kv_rebuilt,
+            "prefill_pieces": self.prefill_pieces,
             # the engine's side of each text delta: mean gap between them as they left the engine
             "text_events": self.text_events,
             "emit_gap_s": (self.text_last - self.text_first) / (self.text_events - 1) if self.text_events > 1 else None,
@@ -348,11 +355,34 @@ class Scheduler:
                 job.kv_rebuilt = job.owner in self._owners_known and not had_kv
                 self._owners_known.add(job.owner)
             job.gen = job.slot.engine.generate(job.prompt, job.params, prediction=job.prediction, cancel=job.cancel)
-            job._events = _steps(job.gen)
+            job._events = self._pieces_then_steps(job)
         except Exception as err:  # bad input that only the engine can tell (prompt too long, ...)
             self._fail(job, err)
             return
         self.active.append(job)
+
+    def _pieces_then_steps(self, job: Job) -> Iterator[TokenEvent | None]:
+        """A long uncached prompt is prefilled in pieces of PIECE tokens, each one step (None), so other
+        sessions keep streaming while it loads; then the generation's own steps. Piece ends fall on the
+        engine's chunk boundaries, so the KV, and the answer, are the same as in one prefill."""
+        engine, prompt = job.gen.engine, job.prompt
+        common = _common_prefix(engine.cached, prompt)
+        cached = min(common, len(prompt) - 1)
+        if len(prompt) - cached > PIECE + PIECE // 2:
+            t0 = time.perf_counter()
+            one = SamplingParams(max_tokens=1)
+            for end in range(cached + PIECE, len(prompt) - PIECE // 2, PIECE):
+                if job.cancel.cancelled:
+                    break
+                steps = _steps(engine.generate(prompt[:end], one, speculation="off", cancel=job.cancel))
+                for _ in steps:  # prefill to `end`; its one sampled token is thrown away
+                    break
+                steps.close()
+                job.prefill_pieces += 1
+                job.piece_s = time.perf_counter() - t0
+                yield None
+            job.cached_before = cached
+        yield from _steps(job.gen)
 
     def _step(self, job: Job) -> None:
         t0 = time.perf_counter()
@@ -366,6 +396,8 @@ class Scheduler:
             if not isinstance(err, PairlineError):
                 log.exception("generation failed")
             self._fail(job, err)
+            return
+        if ev is None:  # a prefill piece ended: let the others step
             return
         now = time.perf_counter()
         job.busy_s += now - t0
@@ -385,6 +417,11 @@ class Scheduler:
     def _finish(self, job: Job) -> None:
         self._retire(job)
         g = job.gen
+        if job.cached_before is not None:  # report the request as a whole, not its last piece
+            g.usage.cached_tokens = job.cached_before
+            g.timings.prefill_s += job.piece_s
+            g.timings.ttft_s += job.piece_s
+            g.timings.total_s += job.piece_s
         if not job.t_first:  # cancelled before the first token
             job.t_first = job.t_last = time.perf_counter()
         m = self.metrics

@@ -185,3 +185,21 @@ def test_serve_on_a_taken_port_fails_with_one_line(capsys):
         code = cli.main(["serve", "--model", "smollm2-135m", "--port", str(taken.getsockname()[1])])
     err = capsys.readouterr().err
     assert code == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_that_hangs_up_stops_its_work(srv, stream):
+    body = {"model": "x", "messages": MSGS, "max_tokens": 900, "stream": stream}
+    before = srv.server.metrics.finished.get("cancelled", 0)
+    url = srv.base_url + "/v1/chat/completions"
+    if stream:
+        with httpx.stream("POST", url, json=body, timeout=30) as r:
+            for _ in r.iter_lines():
+                break  # hang up after the first chunk
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=body, timeout=1.0)
+    deadline = time.monotonic() + 20
+    while srv.server.metrics.finished.get("cancelled", 0) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.server.metrics.finished.get("cancelled", 0) == before + 1

@@ -229,9 +229,17 @@ class _Reply:
             self._log(g)
 
     async def whole(self, queue: asyncio.Queue) -> Response:
+        checked = time.monotonic()
         while True:
-            kind, payload = await queue.get()
-            if kind != "token":
+            try:
+                kind, payload = await asyncio.wait_for(queue.get(), 0.5)
+            except asyncio.TimeoutError:
+                kind = None
+            if time.monotonic() - checked > 0.5:  # a client that hung up stops its work (streams notice by themselves)
+                checked = time.monotonic()
+                if await self.request.is_disconnected():
+                    self.job.cancel.cancel()
+            if kind not in (None, "token"):
                 break
         if kind == "error":
             err = _engine_error(payload)

@@ -276,7 +276,7 @@ class Scheduler:
                     self.cv.wait(0.5)
                 if self._stop and not self.active:
                     for job in self.pending:
-                        job.sink("error", PairlineError("the server is shutting down"))
+                        self._emit(job, "error", PairlineError("the server is shutting down"))
                     self.pending.clear()
                     return
                 self._free_released()
@@ -311,6 +311,13 @@ class Scheduler:
                 self._spares.append(engine)
             self.cv.notify_all()
 
+    @staticmethod
+    def _emit(job: Job, kind: str, payload: object) -> None:
+        try:
+            job.sink(kind, payload)
+        except Exception:  # its event loop is gone (shutdown): nobody is listening, stop the work
+            job.cancel.cancel()
+
     def _free_released(self) -> None:
         while self._released:
             owner = self._released.pop()
@@ -340,7 +347,7 @@ class Scheduler:
         job.t_start = time.perf_counter()
         self.metrics.observe("queue", job.t_start - job.t_submit)
         if job.cancel.cancelled:
-            job.sink("error", _Cancelled())
+            self._emit(job, "error", _Cancelled())
             return
         try:
             job.prompt = job.make_prompt()
@@ -412,7 +419,7 @@ class Scheduler:
                 job.text_first, job.busy_first_text = now, job.busy_s
             job.text_last, job.busy_last_text = now, job.busy_s
             job.text_events += 1
-        job.sink("token", ev)
+        self._emit(job, "token", ev)
 
     def _finish(self, job: Job) -> None:
         self._retire(job)
@@ -433,11 +440,11 @@ class Scheduler:
         m.observe("prefill", g.timings.prefill_s)
         m.observe("decode", g.timings.decode_s)
         m.finish(g.finish_reason or "unknown")
-        job.sink("done", g)
+        self._emit(job, "done", g)
 
     def _fail(self, job: Job, err: Exception) -> None:
         self._retire(job)
-        job.sink("error", err)
+        self._emit(job, "error", err)
 
     def _retire(self, job: Job) -> None:
         if job in self.active:

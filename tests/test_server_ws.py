@@ -183,6 +183,8 @@ def test_bad_messages_get_error_events_and_disturb_nobody(srv, payload, code, pa
 
 
 def test_oversized_message_and_too_many_tokens(srv):
+    other = Client(srv.ws_url)
+    other.send(type="response.create", input="keep going", max_output_tokens=60)
     c = Client(srv.ws_url)
     c.send(type="response.create", input="x" * (70 * 1024))
     assert c.recv()["error"]["code"] == "message_too_large"
@@ -190,7 +192,9 @@ def test_oversized_message_and_too_many_tokens(srv):
     assert err["type"] == "error" and err["error"]["code"] == "context_length_exceeded"
     _, ok = c.turn("fine", max_output_tokens=2)
     assert ok["response"]["usage"]["output_tokens"] == 2
+    assert other.until(*TERMINAL)[-1]["response"]["usage"]["output_tokens"] == 60  # undisturbed
     c.close()
+    other.close()
 
 
 def test_active_response_rejects_a_second_create(srv):
@@ -230,6 +234,8 @@ def test_disconnect_cancels_the_work(srv):
 def test_bad_api_key_closes_with_a_clear_error(tokenizer):
     s = start(tokenizer, api_key="sekret")
     try:
+        other = Client(s.ws_url, additional_headers={"Authorization": "Bearer sekret"})
+        other.send(type="response.create", input="keep going", max_output_tokens=60)
         c = Client(s.ws_url, additional_headers={"Authorization": "Bearer wrong"})
         assert c.created["type"] == "error" and c.created["error"]["code"] == "invalid_api_key"
         with pytest.raises(ConnectionClosed) as info:
@@ -238,7 +244,9 @@ def test_bad_api_key_closes_with_a_clear_error(tokenizer):
         good = Client(s.ws_url, additional_headers={"Authorization": "Bearer sekret"})
         assert good.created["type"] == "session.created"
         assert good.turn("hi", max_output_tokens=2)[1]["type"] == "response.incomplete"
+        assert other.until(*TERMINAL)[-1]["response"]["usage"]["output_tokens"] == 60  # undisturbed
         good.close()
+        other.close()
     finally:
         s.stop()
 

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (HTTP and WebSocket)")
     p.add_argument("--max-sessions", type=int, default=8, metavar="N",
                    help="KV caches kept resident (least recently used evicted past N or past 1/4 of free RAM)")
-    p.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size per session in tokens")
+    p.add_argument("--ctx", type=int, default=8192, metavar="N", help="context per session, tokens (default 8192)")
     p.add_argument("--max-queue", type=int, default=32, metavar="N", help="waiting requests before 429 (default 32)")
     p.add_argument("--idle-timeout", type=float, default=600.0, metavar="S", help="close idle sessions after S s")
     p.set_defaults(func=cmd_serve)

@@ -369,3 +369,26 @@ def test_long_prompt_prefills_in_pieces_with_the_same_answer(tokenizer):
         a.close()
     finally:
         s.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK's own use of `websockets`
+def test_openai_sdk_responses_websocket_client(srv):
+    """OpenAI's own client for Responses WebSocket mode (`client.responses.connect`) parses every event."""
+    import openai
+
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", timeout=60)
+    with client.responses.connect(max_retries=0) as conn:
+        results = []
+        for text in ("hello", "and again"):
+            conn.send({"type": "response.create", "model": "tiny", "input": text, "max_output_tokens": 4})
+            deltas = []
+            for ev in conn:
+                if ev.type == "response.output_text.delta":
+                    deltas.append(ev.delta)
+                if ev.type in ("response.completed", "response.incomplete", "error"):
+                    break
+            assert ev.type == "response.incomplete" and ev.response.output_text == "".join(deltas)
+            results.append(ev.response)
+    assert results[0].usage.output_tokens == 4
+    assert results[1].usage.input_tokens_details.cached_tokens >= results[0].usage.input_tokens
+    assert results[1].previous_response_id == results[0].id

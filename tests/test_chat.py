@@ -147,6 +147,9 @@ def test_commands(tmp_path, monkeypatch):
     assert session.files == []
     session.submit("/add ../escape.py")
     assert "outside the workspace" in out.text
+    session.history.append({"role": "user", "content": "x"})
+    session.submit("/clear")
+    assert session.history == [] and "conversation cleared" in out.text
     session.submit("/deep")
     assert "deep tier is not available yet" in out.text
     session.submit("/model")

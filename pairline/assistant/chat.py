@@ -9,7 +9,7 @@ answer streams while the prompt stays live:
 - typing a message while an answer streams steers it: the answer is interrupted, kept, and the new
   message follows it in the same conversation. With the in-process engine the conversation's KV
   is still cached, so only the new message is prefilled (no history resend);
-- /add /drop /diff /undo /test /fix /deep /model /help /quit.
+- /add /drop /clear /diff /undo /test /fix /deep /model /help /quit.
 
 `ChatSession` holds the logic (testable without a terminal); `run_repl` is the prompt_toolkit shell.
 """
@@ -40,6 +40,7 @@ Type an instruction to edit the files in the chat; end it with "?" to ask a ques
 While an answer streams: Ctrl-C or Esc interrupts it; typing a new message steers it.
   /add FILE...     add files to the chat
   /drop [FILE...]  remove files (all if none named)
+  /clear           forget the conversation (the files stay in the chat)
   /diff            the diff of the last applied edit
   /undo            undo the last applied edit (exact bytes; in git, drops or reverts its commit)
   /test [CMD]      run the tests (only ever when you ask); default command: {test_cmd}
@@ -272,6 +273,12 @@ class ChatSession:
             else:
                 self.write(f"[{name} is not in the chat]\n")
 
+    def cmd_clear(self, _args: list[str], _raw: str) -> None:
+        with self.lock:
+            self.history.clear()
+            self.shown.clear()
+        self.write("[conversation cleared]\n")
+
     def cmd_diff(self, _args: list[str], _raw: str) -> None:
         if not self.ws.history:
             self.write("[no edits yet]\n")
@@ -339,6 +346,7 @@ class ChatSession:
 COMMANDS: dict[str, Callable[[ChatSession, list[str], str], None]] = {
     "/add": ChatSession.cmd_add,
     "/drop": ChatSession.cmd_drop,
+    "/clear": ChatSession.cmd_clear,
     "/diff": ChatSession.cmd_diff,
     "/undo": ChatSession.cmd_undo,
     "/test": ChatSession.cmd_test,

@@ -338,3 +338,26 @@ def test_git_no_commit(tmp_path, monkeypatch):
     assert entry.commit is None and _git(root, "log", "--format=%s").strip() == "init"
     ws.undo()
     assert f.read_bytes() == b"x = 1\r\n"
+
+
+def test_multi_file_crash_mid_write_rolls_back_the_first_file(plain_ws, monkeypatch):
+    a, b = plain_ws.root / "a.py", plain_ws.root / "b.py"
+    a.write_bytes(b"a\r\n")
+    b.write_bytes(b"b\n")
+    _, fa = read_text_file(a)
+    _, fb = read_text_file(b)
+    real_replace = os.replace
+    calls = []
+
+    def crash_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(workspace.os, "replace", crash_on_second)
+    with pytest.raises(PairlineError, match="nothing was written"):
+        plain_ws.apply([(a, "A\n", fa), (b, "B\n", fb)], "both")
+    monkeypatch.undo()
+    assert a.read_bytes() == b"a\r\n" and b.read_bytes() == b"b\n"  # the first file was put back
+    assert plain_ws.history == [] and _leftovers(plain_ws.root) == []

@@ -309,7 +309,7 @@ class Coder:
         reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result)
         result.answer = answer
         result.stats.blocks += len(blocks)
-        result.stats.well_formed = parser.well_formed
+        result.stats.well_formed = parser.well_formed and bool(blocks)  # parsed cleanly, at least one block
         if cancel.cancelled:
             result.status = "cancelled"
             return result

@@ -245,13 +245,17 @@ class Workspace:
                     f"{self.display(real)} changed on disk since pairline read it; nothing was written"
                 )
         changes: list[FileChange] = []
-        for real, text, fp in writes:
-            before = None if fp is None else real.read_bytes()
-            if fp is None:
-                create_file(real, text)
-            else:
-                atomic_write(real, text, fp)
-            changes.append(FileChange(self.rel(real), before, text.encode("utf-8")))
+        try:
+            for real, text, fp in writes:
+                before = None if fp is None else real.read_bytes()
+                if fp is None:
+                    create_file(real, text)
+                else:
+                    atomic_write(real, text, fp)
+                changes.append(FileChange(self.rel(real), before, text.encode("utf-8")))
+        except BaseException:
+            self._roll_back(changes)  # a later file failed: the earlier ones go back, nothing half-applied
+            raise
         entry = UndoEntry(message, changes)
         if self.git and self.commit:
             entry.commit = self._commit(changes, message)
@@ -259,6 +263,15 @@ class Workspace:
             entry.backup_dir = self._backup(changes)
         self.history.append(entry)
         return entry
+
+    def _roll_back(self, changes: list[FileChange]) -> None:
+        for c in reversed(changes):
+            real = self.root / c.path
+            with contextlib.suppress(OSError):
+                if c.before is None:
+                    real.unlink()
+                else:
+                    restore_bytes(real, c.before)
 
     def _commit(self, changes: list[FileChange], message: str) -> str | None:
         paths = [c.path for c in changes]

@@ -290,3 +290,16 @@ def test_real_smollm2_blocks_json(tmp_path, monkeypatch, capsys, smollm2_gguf):
         assert any(e["type"] == "diff" for e in events) and f.read_bytes() != b"def add(a, b):\r\n    return a + b\r\n"
     else:
         assert f.read_bytes() == b"def add(a, b):\r\n    return a + b\r\n"
+
+
+def test_rewrite_that_drops_most_of_the_file_is_refused(ws):
+    from pairline.assistant.coder import looks_cut_short
+
+    big = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(20))
+    (ws.root / "big.py").write_text(big)
+    fragment = "def f0():\n    return 100\n"
+    client = ScriptedClient([f"```python\n{fragment}```\n"])
+    result = Coder(client, ws).run([load_file(ws, "big.py")], "change f0", mode="rewrite")
+    assert result.status == "malformed" and "looks cut short" in result.errors[0] and result.new_texts == {}
+    assert looks_cut_short(big, big.replace("return 3", "return 4")) is None
+    assert looks_cut_short("x = 1\n", "") is None  # small files: no opinion

@@ -421,5 +421,28 @@ class Coder:
             result.status, result.errors = "malformed", [str(err)]
             result.stats.well_formed = False
             return result
+        cut = looks_cut_short(req.model_text, new_model)
+        if cut:
+            result.status, result.errors = "malformed", [cut]
+            result.stats.well_formed = False
+            return result
         self._collect({f.real: new_model}, result)
         return result
+
+
+def looks_cut_short(original: str, new: str) -> str | None:
+    """Why a rewritten file looks like a fragment of the original (a small model closes its code
+    block after the function it changed), or None. Such a file would silently delete the rest, so
+    it is refused: most of the original's lines gone is not what an edit instruction means (an
+    intended deletion of most of a file can be done with search/replace blocks)."""
+    old_lines = [x for x in original.splitlines() if x.strip()]
+    if len(old_lines) < 20:
+        return None
+    kept = set(new.splitlines())
+    lost = sum(1 for x in old_lines if x not in kept)
+    if lost * 2 > len(old_lines):
+        return (
+            f"the model's rewrite keeps only {len(old_lines) - lost} of the file's {len(old_lines)} non-blank "
+            "lines; it looks cut short, so nothing was written (use search/replace blocks for this edit)"
+        )
+    return None

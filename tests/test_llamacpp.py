@@ -1,5 +1,5 @@
 """The llama.cpp runtime under pairline's loop: agreement with the torch runtime on the same GGUF,
-lossless speculation, interrupt latency mid-prefill, runtime choice and fallback."""
+speculation, interrupt latency mid-prefill, sessions, runtime choice and fallback."""
 
 from __future__ import annotations
 
@@ -82,19 +82,26 @@ def test_logits_close_to_torch(llama, reference):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() >= 0.8
 
 
-def test_speculation_is_lossless(llama):
-    """Greedy with drafts equals plain greedy, token for token: prompt lookup, the right
-    prediction, and a prediction that is wrong in the middle. Needs a batch-invariant build."""
-    if not llama.runtime.model.batch_invariant:
-        pytest.skip("this llama-cpp-python build is not batch-invariant (README.md says how to build it)")
+def test_speculation_matches_plain_up_to_near_ties(llama):
+    """llama.cpp is not batch-invariant (see LlamaCppRuntime), so greedy with drafts may part from
+    plain greedy, but only where the two tokens nearly tie: prompt lookup, the right prediction,
+    and a prediction that is wrong in the middle."""
+    assert not llama.runtime.batch_invariant
     prompt = llama.chat_prompt([{"role": "user", "content": f"Repeat this file exactly.\n\n```python\n{CODE}```"}])
     params = SamplingParams(max_tokens=96, ignore_eos=True)
     plain = llama.generate(prompt, params, speculation="off").run()
     wrong = plain.text[:40] + "# something else entirely\n" + plain.text[60:]
     for kw in ({"speculation": "prompt_lookup"}, {"prediction": plain.text}, {"prediction": wrong}):
         g = llama.generate(prompt, params, **kw).run()
-        assert g.token_ids == plain.token_ids, kw
         assert g.usage.draft_tokens > 0, kw
+        split = next((i for i, (a, b) in enumerate(zip(g.token_ids, plain.token_ids, strict=True)) if a != b), None)
+        if split is None:
+            continue
+        llama.reset()
+        logits = llama.runtime.forward(prompt + plain.token_ids[:split], "last")[0]
+        llama.reset()
+        margin = abs(float(logits[plain.token_ids[split]] - logits[g.token_ids[split]]))
+        assert margin < 1.0, f"{kw}: parted at token {split} with a margin of {margin:.2f}"
 
 
 def test_cancel_lands_within_one_prefill_chunk(llama):

@@ -34,10 +34,10 @@ def _llamacpp_smollm2(n_ctx: int = 64):
 
 
 RUNTIMES = [
-    pytest.param(lambda: _torch_tiny("none"), id="torch-tiny-bf16"),
-    pytest.param(lambda: _torch_tiny("int8"), id="torch-tiny-int8"),
-    pytest.param(lambda: _torch_smollm2("none"), id="torch-smollm2-bf16", marks=pytest.mark.slow),
-    pytest.param(lambda: _torch_smollm2("int8"), id="torch-smollm2-int8", marks=pytest.mark.slow),
+    pytest.param(lambda **kw: _torch_tiny("none", **kw), id="torch-tiny-bf16"),
+    pytest.param(lambda **kw: _torch_tiny("int8", **kw), id="torch-tiny-int8"),
+    pytest.param(lambda **kw: _torch_smollm2("none", **kw), id="torch-smollm2-bf16", marks=pytest.mark.slow),
+    pytest.param(lambda **kw: _torch_smollm2("int8", **kw), id="torch-smollm2-int8", marks=pytest.mark.slow),
     pytest.param(_llamacpp_smollm2, id="llamacpp-smollm2", marks=pytest.mark.slow),
 ]
 
@@ -47,6 +47,25 @@ TOKENS = [5, 17, 300, 42, 7, 99, 256, 3, 11, 64, 128, 200]
 @pytest.fixture(params=RUNTIMES)
 def runtime(request) -> Runtime:
     return request.param()
+
+
+@pytest.fixture(params=RUNTIMES)
+def long_runtime(request) -> Runtime:
+    return request.param(n_ctx=1024)
+
+
+def test_verify_rows_at_long_context(long_runtime):
+    """As below, past 512 cached positions, where some kernels change their path."""
+    runtime = long_runtime
+    ids = [(i * 7919) % 250 + 3 for i in range(620)]
+    runtime.forward(ids[:600], "none")
+    batched = runtime.forward(ids[600:617], "all")
+    runtime.truncate(600)
+    stepped = torch.cat([runtime.forward([t], "last") for t in ids[600:617]])
+    if runtime.batch_invariant:
+        assert torch.equal(batched, stepped)
+    else:
+        _assert_near_tie_only(batched, stepped)
 
 
 def test_is_a_runtime(runtime):
@@ -91,7 +110,19 @@ def test_verify_rows_equal_decode_steps(runtime):
     batched = runtime.forward(TOKENS[5:10], "all")
     runtime.truncate(5)
     stepped = torch.cat([runtime.forward([t], "last") for t in TOKENS[5:10]])
-    assert torch.equal(batched, stepped)
+    if runtime.batch_invariant:
+        assert torch.equal(batched, stepped)
+    else:
+        _assert_near_tie_only(batched, stepped)
+
+
+def _assert_near_tie_only(batched: torch.Tensor, stepped: torch.Tensor, margin: float = 1.0) -> None:
+    """A runtime that says it is not batch-invariant still computes the same function: rows close,
+    and the greedy choice the same wherever it is clear (top-2 margin >= `margin` logits)."""
+    assert (batched - stepped).abs().max().item() < margin
+    top2 = stepped.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) >= margin
+    assert torch.equal(batched.argmax(-1)[clear], stepped.argmax(-1)[clear])
 
 
 def test_context_full(runtime):

@@ -17,6 +17,9 @@ class Runtime(Protocol):
     name: str
     n_ctx: int  # positions the KV cache holds
     vocab_size: int
+    # True when a k-token call gives each row exactly the logits of k single steps, which makes
+    # greedy speculation token-identical to plain greedy decoding; False: close, not identical.
+    batch_invariant: bool
 
     @property
     def n_past(self) -> int:

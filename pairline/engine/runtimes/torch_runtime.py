@@ -59,6 +59,7 @@ def default_quant(device: str, dtype: torch.dtype) -> str:
 
 class TorchRuntime:
     name = "torch"
+    batch_invariant = True  # verify rows take the decode path, row by row: tests/test_runtime_contract.py
     verify_slope_hint = 0.6  # until measured: a 17-token verify costs ~11x a step here (docs/benchmarks.md)
 
     def __init__(

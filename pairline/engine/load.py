@@ -129,11 +129,14 @@ def load_engine(
         from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
 
         rt = LlamaCppRuntime(path, n_ctx=n_ctx)
+    elif device.startswith("cuda"):
+        rt = _cuda_runtime(path, n_ctx, dtype, device, quant)
     else:
         rt = _torch_runtime(path, n_ctx, dtype, device, quant)
     if rt.vocab_size < tokenizer.vocab_size:
         raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
-    engine = Engine(rt, tokenizer, model_name=model)
+    # on a GPU a 256-token prefill chunk is mostly launch overhead; cancel still lands between chunks
+    engine = Engine(rt, tokenizer, model_name=model, prefill_chunk=2048 if device.startswith("cuda") else 256)
     engine.load_s = time.perf_counter() - t0
     return engine
 
@@ -146,3 +149,14 @@ def _torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str
     if quant in (None, "auto"):
         quant = os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
     return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)
+
+
+def _cuda_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+    """bf16 weights on the GPU, CUDA-graph decode and verify (docs/gpu.md); --quant int8|int4 per model."""
+    from pairline.engine.runtimes.cuda_runtime import CudaRuntime
+
+    torch_dtype = parse_dtype(dtype) or torch.bfloat16
+    cfg, state = load_state(path, torch_dtype)
+    if quant in (None, "auto"):
+        quant = os.environ.get("PAIRLINE_QUANT") or "none"
+    return CudaRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)

@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="KV caches kept resident (least recently used evicted past N or past 1/4 of free RAM)")
     p.add_argument("--ctx", type=int, default=8192, metavar="N", help="context per session, tokens (default 8192)")
     p.add_argument("--max-queue", type=int, default=32, metavar="N", help="waiting requests before 429 (default 32)")
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
+                   help="auto: llama.cpp on the CPU for a GGUF when installed, else torch")
     p.add_argument("--idle-timeout", type=float, default=600.0, metavar="S", help="close idle sessions after S s")
     p.set_defaults(func=cmd_serve)
     return p
@@ -40,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise PairlineError("--max-sessions and --max-queue must be at least 1, --ctx at least 64")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sock = _bind(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
-    engine = load_engine(args.model, n_ctx=args.ctx)
+    engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_sessions=args.max_sessions,
                        max_queue=args.max_queue, idle_timeout_s=args.idle_timeout)
     app = build_app(engine, cfg)

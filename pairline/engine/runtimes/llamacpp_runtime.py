@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,50 @@ def _quiet_logs(llama_cpp) -> None:
         llama_cpp.llama_backend_init()
 
 
+class ThreadTuner:
+    """How many threads a decode step should use, measured rather than assumed. On a quiet machine
+    all cores are fastest; when other work competes for them, every thread must be scheduled at
+    each of the step's barriers, and a 2-thread step on a busy 2-core machine was measured 2-30x
+    slower than a 1-thread step (docs/benchmarks.md). So single-token steps are timed per thread
+    count and the fastest serves. The others are re-probed one step at a time, at intervals that
+    double while probes keep losing, so a bad probe costs little."""
+
+    def __init__(self, counts: list[int], first_probe: int = 2, max_interval: int = 2048, smoothing: float = 0.3):
+        self.counts = counts  # best guess first
+        self.first_probe, self.max_interval, self.smoothing = first_probe, max_interval, smoothing
+        self.seconds: dict[int, float] = {}
+        self.steps = 0
+        self.interval = first_probe
+        self.next_probe = first_probe
+        self.probes = 0
+        self._best = counts[0]
+
+    def best(self) -> int:
+        return self._best
+
+    def choose(self) -> int:
+        others = [c for c in self.counts if c != self._best]
+        if not others or self.steps < self.next_probe:
+            return self._best
+        unmeasured = [c for c in others if c not in self.seconds]
+        return unmeasured[0] if unmeasured else others[self.probes % len(others)]
+
+    def record(self, count: int, seconds: float) -> None:
+        self.steps += 1
+        if count == self._best:
+            old = self.seconds.get(count)
+            self.seconds[count] = seconds if old is None else old + self.smoothing * (seconds - old)
+            return
+        self.seconds[count] = seconds  # a probe: its last figure is stale, this one is news
+        self.probes += 1
+        best = min(self.seconds, key=self.seconds.get)
+        if best != self._best:  # the machine changed: serve the winner, probe again soon
+            self._best, self.interval = best, self.first_probe
+        else:
+            self.interval = min(self.interval * 2, self.max_interval)
+        self.next_probe = self.steps + self.interval
+
+
 class _Model:
     """A loaded GGUF, shared by every context made from it; freed when the last one goes."""
 
@@ -119,6 +164,8 @@ class LlamaCppRuntime:
         self.vocab_size = self.model.n_vocab
         self.n_ctx = min(n_ctx or self.model.n_ctx_train, self.model.n_ctx_train)
         self.threads = threads or cpu_threads()
+        self.tuner = ThreadTuner(sorted({self.threads, max(1, self.threads // 2), 1}, reverse=True))
+        self._applied_threads = self.threads
         params = lib.llama_context_default_params()
         params.n_ctx = self.n_ctx
         params.n_batch = MAX_BATCH
@@ -179,7 +226,14 @@ class LlamaCppRuntime:
             b.logits[i] = rows == "all"
         if rows == "last":
             b.logits[n - 1] = 1
+        threads = self.tuner.best() if n > 1 else self.tuner.choose()
+        if threads != self._applied_threads:
+            self.lib.llama_set_n_threads(self.ctx, threads, threads)
+            self._applied_threads = threads
+        t0 = time.perf_counter()
         status = self.lib.llama_decode(self.ctx, b)
+        if n == 1:
+            self.tuner.record(threads, time.perf_counter() - t0)
         if status != 0:
             # a failed call may leave some of its positions in the cache: drop them
             self.lib.llama_memory_seq_rm(self.memory, 0, base, -1)

@@ -458,6 +458,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("files", nargs="*", metavar="FILE", help="files to put in the chat")
     parser.add_argument("--model", default=DEFAULT_REALTIME, help=f"model name or path (default: {DEFAULT_REALTIME})")
     parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
+    parser.add_argument(
+        "--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
+        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model",
+    )
     parser.add_argument("--no-commit", action="store_true", help="in a git repository, do not commit edits")
     parser.add_argument("--root", default=None, metavar="DIR", help="workspace root (default: git repo or cwd)")
     parser.add_argument("--test-cmd", default="pytest -q", metavar="CMD", help="what /test runs (default: pytest -q)")
@@ -481,7 +485,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise PairlineError(f"{', '.join(missing)} does not exist")
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"[dim]loading {args.model}…[/]")
-    client = open_client(args.model, n_ctx=args.ctx, server=args.server)
+    client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime)
     writer = LineWriter(console)
     session = ChatSession(
         client,
@@ -490,7 +494,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         test_cmd=args.test_cmd,
         max_tokens=args.max_tokens,
         files=[s.real for s in states],
-        open_client=lambda name: open_client(name, n_ctx=args.ctx, server=args.server),
+        open_client=lambda name: open_client(name, n_ctx=args.ctx, server=args.server, runtime=args.runtime),
     )
     where = f"git repository {ws.root}" if ws.git else f"{ws.root} (not git: backups kept for /undo)"
     names = ", ".join(s.shown for s in states) or "none (/add FILE)"

@@ -121,7 +121,9 @@ class InProcessClient:
         return reply
 
 
-def open_client(model: str, *, n_ctx: int | None = None, server: str | None = None) -> Client:
+def open_client(
+    model: str, *, n_ctx: int | None = None, server: str | None = None, runtime: str | None = None
+) -> Client:
     """The in-process engine for `model`, or a `pairline serve` session at `server` (its model is
     the server's; the API key, if any, comes from PAIRLINE_API_KEY)."""
     if server:
@@ -130,7 +132,7 @@ def open_client(model: str, *, n_ctx: int | None = None, server: str | None = No
         return RemoteClient(server, api_key=os.environ.get("PAIRLINE_API_KEY"))
     from pairline.engine.load import load_engine
 
-    return InProcessClient(load_engine(model, runtime="torch", n_ctx=n_ctx))
+    return InProcessClient(load_engine(model, runtime=runtime, n_ctx=n_ctx))
 
 
 # --------------------------------------------------------------------------- remote: a `pairline serve` session

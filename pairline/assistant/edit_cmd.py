@@ -65,6 +65,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
     parser.add_argument(
+        "--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
+        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model",
+    )
+    parser.add_argument(
         "--max-tokens",
         type=int,
         default=None,
@@ -314,7 +318,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
     answer = args.max_tokens or (None if mode == "rewrite" else 1024)
     n_ctx = args.ctx or plan_ctx(chars + 2500, len(args.message), answer)  # 2500: the prompt's rules and example
     out.note(f"loading {args.model}…")
-    client = open_client(args.model, n_ctx=n_ctx, server=args.server)
+    client = open_client(args.model, n_ctx=n_ctx, server=args.server, runtime=args.runtime)
     stats = Stats(load_s=client.load_s, mode=mode)
     out.event("start", files=[f.shown for f in files], new_files=missing, mode=mode, model=args.model)
 

@@ -31,8 +31,9 @@ def test_chat_in_a_terminal_with_smollm2(tmp_path, smollm2_gguf):
     _git(root, "add", "calc.py")
     _git(root, "commit", "-qm", "init")
     env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm", "PAIRLINE_THREADS": "1"}
+    # the torch runtime: these expectations were written against its greedy output on this prompt
     cmd = [
-        "-m", "pairline.cli", "chat", "calc.py", "--model", "smollm2-135m", "--max-tokens", "160",
+        "-m", "pairline.cli", "chat", "calc.py", "--model", "smollm2-135m", "--runtime", "torch", "--max-tokens", "160",
         "--ctx", "2048", "--test-cmd", "echo ran >> test-marker",
     ]
     child = pexpect.spawn(sys.executable, cmd, cwd=root, env=env, encoding="utf-8", timeout=240, dimensions=(40, 160))

@@ -56,16 +56,8 @@ def long_runtime(request) -> Runtime:
 
 def test_verify_rows_at_long_context(long_runtime):
     """As below, past 512 cached positions, where some kernels change their path."""
-    runtime = long_runtime
-    ids = [(i * 7919) % 250 + 3 for i in range(620)]
-    runtime.forward(ids[:600], "none")
-    batched = runtime.forward(ids[600:617], "all")
-    runtime.truncate(600)
-    stepped = torch.cat([runtime.forward([t], "last") for t in ids[600:617]])
-    if runtime.batch_invariant:
-        assert torch.equal(batched, stepped)
-    else:
-        _assert_near_tie_only(batched, stepped)
+    ids = [(i * 7919) % 250 + 3 for i in range(617)]
+    _check_verify_rows(long_runtime, ids[:600], ids[600:])
 
 
 def test_is_a_runtime(runtime):
@@ -106,10 +98,14 @@ def test_chunked_equals_whole(runtime):
 def test_verify_rows_equal_decode_steps(runtime):
     """What makes greedy speculation lossless: a k-token forward gives each row the same logits,
     bit for bit, as k one-token steps."""
-    runtime.forward(TOKENS[:5], "none")
-    batched = runtime.forward(TOKENS[5:10], "all")
-    runtime.truncate(5)
-    stepped = torch.cat([runtime.forward([t], "last") for t in TOKENS[5:10]])
+    _check_verify_rows(runtime, TOKENS[:5], TOKENS[5:10])
+
+
+def _check_verify_rows(runtime: Runtime, context: list[int], drafts: list[int]) -> None:
+    runtime.forward(context, "none")
+    batched = runtime.forward(drafts, "all")
+    runtime.truncate(len(context))
+    stepped = torch.cat([runtime.forward([t], "last") for t in drafts])
     if runtime.batch_invariant:
         assert torch.equal(batched, stepped)
     else:

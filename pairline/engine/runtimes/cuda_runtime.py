@@ -214,6 +214,11 @@ class CudaRuntime:
         self.verify_slope_hint = 0.0 if self.policy.pad_rows else 0.05
 
     @property
+    def batch_invariant(self) -> bool:
+        """The Runtime contract's flag: exact under the padded policy, for calls up to exact_rows."""
+        return self.policy.exact_rows > 0
+
+    @property
     def exact_rows(self) -> int:
         """The widest call whose rows equal one-token steps bit for bit (0: none guaranteed); the
         loop keeps drafts under this so greedy speculation stays lossless."""

@@ -7,6 +7,7 @@ One llama_model holds the weights; each runtime is one llama_context (its own KV
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import threading
 import time
@@ -47,10 +48,19 @@ def _lib():
 
 _log_lock = threading.Lock()
 _log_callback = None  # kept alive for as long as llama.cpp may call it
+_errors: collections.deque[str] = collections.deque(maxlen=8)  # llama.cpp's latest error lines
+
+
+def _llama_errors() -> str:
+    lines = [line for line in _errors if line]
+    _errors.clear()
+    return f" (llama.cpp: {' | '.join(lines[-3:])})" if lines else ""
 
 
 def _quiet_logs(llama_cpp) -> None:
-    """llama.cpp prints pages of load information to stderr; keep only its errors."""
+    """llama.cpp prints pages of load information to stderr, and some GGUFs make it log harmless
+    "errors" (Qwen2.5's files: a token type). Keep its error lines, quietly, and show them only
+    when a load or a call fails (`_llama_errors`)."""
     global _log_callback
     with _log_lock:
         if _log_callback is not None:
@@ -59,9 +69,7 @@ def _quiet_logs(llama_cpp) -> None:
         @llama_cpp.llama_log_callback
         def on_log(level: int, text: bytes, user_data) -> None:
             if level == 3:  # GGML_LOG_LEVEL_ERROR
-                import sys
-
-                print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+                _errors.append(text.decode("utf-8", "replace").strip())
 
         _log_callback = on_log
         llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
@@ -123,7 +131,7 @@ class _Model:
         params.use_extra_bufts = repack
         self.ptr = self.lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
-            raise PairlineError(f"llama.cpp could not load {path} (not a GGUF it supports?)")
+            raise PairlineError(f"llama.cpp could not load {path}: not a GGUF it supports?{_llama_errors()}")
         vocab = self.lib.llama_model_get_vocab(self.ptr)
         self.n_vocab = int(self.lib.llama_vocab_n_tokens(vocab))
         self.n_ctx_train = int(self.lib.llama_model_n_ctx_train(self.ptr))
@@ -177,7 +185,9 @@ class LlamaCppRuntime:
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = lib.llama_init_from_model(self.model.ptr, params)
         if not self.ctx:
-            raise PairlineError(f"llama.cpp could not make a context of {self.n_ctx} positions (out of memory?)")
+            raise PairlineError(
+                f"llama.cpp could not make a context of {self.n_ctx} positions: out of memory?{_llama_errors()}"
+            )
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(MAX_BATCH, 0, 1)
         self._n_past = 0
@@ -239,7 +249,7 @@ class LlamaCppRuntime:
             self.lib.llama_memory_seq_rm(self.memory, 0, base, -1)
             if status == 1:
                 raise ContextFull(f"llama.cpp found no KV slot for {n} tokens at position {base}")
-            raise RuntimeError(f"llama_decode failed with status {status}")
+            raise RuntimeError(f"llama_decode failed with status {status}{_llama_errors()}")
         self._n_past = base + n
         if rows == "none":
             return None

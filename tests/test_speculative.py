@@ -67,6 +67,18 @@ def test_prediction_realigns_after_an_insertion():
     assert drafter.draft(4) == pred[23:27]
 
 
+def test_unaligned_prediction_drafts_by_lookup_over_the_context():
+    """After an edit the output may spell the prediction's text with other tokens, so no n-gram
+    rejoins it; lookup over the prompt (which holds the file) keeps drafting meanwhile."""
+    file = list(range(100, 140))
+    drafter = PredictionDraft([7, 7, 7, *range(300, 340)], context=[1, 2, *file, 3])
+    drafter.accept([100, 101, 102])  # the output follows the file in the prompt, not the prediction
+    assert drafter.draft(4) == [103, 104, 105, 106]
+    assert drafter.source == "prompt_lookup"
+    drafter.accept([103, 104])
+    assert drafter.draft(2) == [105, 106]
+
+
 @pytest.fixture(scope="module")
 def engine(smollm2_gguf):
     from pairline.engine.tokenizer import Tokenizer

@@ -257,7 +257,8 @@ class Engine:
         if g.speculation == "off" or g.draft_max <= 0:
             return None, None
         if g.prediction:
-            return PredictionDraft(g.prediction), DraftPolicy(self.step_costs, prior=0.9, max_len=g.draft_max)
+            drafter = PredictionDraft(g.prediction, context=list(g.prompt))
+            return drafter, DraftPolicy(self.step_costs, prior=0.9, max_len=g.draft_max)
         if g.speculation == "prompt_lookup" or (g.speculation == "auto" and g.params.greedy):
             return PromptLookup(list(g.prompt)), DraftPolicy(self.step_costs, prior=0.5, max_len=g.draft_max)
         return None, None

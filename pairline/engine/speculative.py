@@ -49,9 +49,12 @@ class PromptLookup:
 class PredictionDraft:
     """Drafts from a predicted output, advancing a pointer as the output follows it."""
 
-    source = "prediction"
-
-    def __init__(self, prediction: list[int], ngram: int = 3):
+    def __init__(self, prediction: list[int], ngram: int = 3, context: list[int] | None = None):
+        self.source = "prediction"  # where the latest draft came from
+        # While the output has left the prediction, draft by lookup over the context instead: after
+        # an edit the model may spell the same text with other token boundaries, and then no n-gram
+        # of token ids rejoins the prediction (measured: docs/benchmarks.md, issue 3 quiet rerun).
+        self.lookup = PromptLookup(context) if context is not None else None
         self.pred = prediction
         self.ngram = ngram
         self.pos = 0  # index in pred of the token the output is expected to produce next
@@ -64,9 +67,15 @@ class PredictionDraft:
     def draft(self, k: int) -> list[int]:
         if not self.aligned:
             self._realign()
-        return self.pred[self.pos : self.pos + k] if self.aligned else []
+        if self.aligned:
+            self.source = "prediction"
+            return self.pred[self.pos : self.pos + k]
+        self.source = "prompt_lookup"
+        return self.lookup.draft(k) if self.lookup is not None else []
 
     def accept(self, tokens: list[int]) -> None:
+        if self.lookup is not None:
+            self.lookup.accept(tokens)
         for t in tokens:
             self.output.append(t)
             if self.aligned and self.pos < len(self.pred) and self.pred[self.pos] == t:

@@ -148,6 +148,8 @@ class DraftPolicy:
         self.costs, self.max_len, self.memory, self.probe_every = costs, max_len, memory, probe_every
         self.accepted, self.trials = 2.0 * prior, 2.0  # the prior counts as two observations
         self.idle = 0  # steps since the last draft
+        self.drafts = 0
+        self.stretch_every = 8
 
     @property
     def acceptance(self) -> float:
@@ -169,6 +171,12 @@ class DraftPolicy:
             if self.idle >= self.probe_every:
                 self.idle = 0
                 return min(2, limit)
+            return 0
+        self.drafts += 1
+        if self.drafts % self.stretch_every == 0:
+            # now and then one size up: a wide call's cost measured during a hiccup would otherwise
+            # never be measured again, and the policy would stay on short drafts for good
+            return min(limit, next((c for c in DRAFT_CHOICES if c > best_k), limit))
         return best_k
 
     def update(self, drafted: int, accepted: int) -> None:

@@ -109,7 +109,8 @@ def test_bf16_close_to_float32(smollm2_gguf):
 def smollm2(smollm2_gguf) -> Engine:
     from pairline.engine.load import load_engine
 
-    engine = load_engine(str(smollm2_gguf), n_ctx=2048)
+    # the torch runtime, which is batch-invariant: llama.cpp's speculation is checked in test_llamacpp.py
+    engine = load_engine(str(smollm2_gguf), runtime="torch", n_ctx=2048)
     engine.step_costs = pinned_costs()  # these tests check that verification is lossless: keep drafting
     return engine
 

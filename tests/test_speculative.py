@@ -101,3 +101,17 @@ def test_useless_prediction_costs_little(engine):
     assert g.token_ids == plain.token_ids
     assert g.usage.rejected_prediction_tokens <= 16
     assert sum(1 for drafted, _ in g.steps if drafted) <= 8
+
+
+def test_drafts_stay_within_the_runtimes_exact_width(smollm2_gguf):
+    """The torch runtime is exact for calls of up to 32 tokens: drafts never ask for more."""
+    from pairline.engine.tokenizer import Tokenizer
+
+    from .engine_helpers import tiny_engine
+
+    engine = tiny_engine(Tokenizer.from_gguf(smollm2_gguf), n_ctx=512)
+    params = SamplingParams(max_tokens=120, ignore_eos=True)
+    plain = engine.generate("def f(x):\n", params, speculation="off").run()
+    g = engine.generate("def f(x):\n", params, prediction=plain.token_ids, draft_max=64).run()
+    assert g.token_ids == plain.token_ids
+    assert max(d for d, _ in g.steps) == engine.runtime.exact_rows - 1

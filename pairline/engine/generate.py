@@ -263,6 +263,11 @@ class Engine:
             return PromptLookup(list(g.prompt)), DraftPolicy(self.step_costs, prior=0.5, max_len=g.draft_max)
         return None, None
 
+    def _draft_cap(self) -> int:
+        """A batch-invariant runtime is exact only for calls up to its `exact_rows` tokens."""
+        exact = getattr(self.runtime, "exact_rows", 0)
+        return exact - 1 if exact else 1 << 30
+
     def _verify(self, sampler: Sampler, drafts: list[int], logits: torch.Tensor) -> tuple[int, int]:
         """logits[i] predicts the token after drafts[:i]. Returns (accepted drafts, next token).
         Greedy: accept while the draft is the argmax. Sampling: a draft is one certain proposal,
@@ -340,7 +345,7 @@ class Engine:
                     return
                 drafts = []
                 if drafter is not None:
-                    offered = drafter.draft(min(policy.max_len, room))
+                    offered = drafter.draft(min(policy.max_len, room, self._draft_cap()))
                     drafts = offered[: policy.choose(len(offered))]
                 n_before = self.runtime.n_past
                 t_step = time.perf_counter()

@@ -10,7 +10,7 @@ import torch
 
 from pairline.engine.config import ModelConfig
 from pairline.engine.runtime import ContextFull, Rows
-from pairline.engine.runtimes.torch_model import Transformer, fuse_state_dict, quantize_int8
+from pairline.engine.runtimes.torch_model import EXACT_ROWS, Transformer, fuse_state_dict, quantize_int8
 from pairline.errors import PairlineError
 
 _ROWS = {"none": None, "last": slice(-1, None), "all": slice(None)}
@@ -60,6 +60,7 @@ def default_quant(device: str, dtype: torch.dtype) -> str:
 class TorchRuntime:
     name = "torch"
     batch_invariant = True  # verify rows take the decode path, row by row: tests/test_runtime_contract.py
+    exact_rows = EXACT_ROWS  # wider calls (prefill chunks) take the batched path
     verify_slope_hint = 0.6  # until measured: a 17-token verify costs ~11x a step here (docs/benchmarks.md)
 
     def __init__(

@@ -43,3 +43,11 @@ class Runtime(Protocol):
 
 class ContextFull(Exception):
     """The request does not fit in the runtime's KV cache."""
+
+
+def check_forward(n_past: int, n: int, n_ctx: int) -> None:
+    """What every runtime's forward checks before touching its cache: a refused call changes nothing."""
+    if n == 0:
+        raise ValueError("forward needs at least one token")
+    if n_past + n > n_ctx:
+        raise ContextFull(f"{n_past + n} positions needed, the KV cache holds {n_ctx}")

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from pairline.engine.config import ModelConfig
-from pairline.engine.runtime import ContextFull, Rows
+from pairline.engine.runtime import ContextFull, Rows, check_forward
 from pairline.engine.runtimes.cuda_model import StaticTransformer, quantize
 from pairline.engine.runtimes.torch_model import Linear, fuse_state_dict
 from pairline.engine.runtimes.torch_runtime import native_bf16_cpu
@@ -361,10 +361,7 @@ class CudaRuntime:
 
     def _check(self, tokens: list[int]) -> tuple[int, int] | None:
         n = len(tokens)
-        if n == 0:
-            raise ValueError("forward needs at least one token")
-        if self._n_past + n > self.n_ctx:
-            raise ContextFull(f"{self._n_past + n} positions needed, the KV cache holds {self.n_ctx}")
+        check_forward(self._n_past, n, self.n_ctx)
         return plan_step(self._n_past, n, self.n_ctx, self.policy)
 
     def _stage(self, tokens: list[int], start: int, rows: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pairline.engine.runtime import ContextFull, Rows
+from pairline.engine.runtime import ContextFull, Rows, check_forward
 from pairline.engine.runtimes.torch_runtime import cpu_threads
 from pairline.errors import PairlineError
 
@@ -213,10 +213,7 @@ class LlamaCppRuntime:
 
     def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
         n = len(tokens)
-        if n == 0:
-            raise ValueError("forward needs at least one token")
-        if self._n_past + n > self.n_ctx:
-            raise ContextFull(f"{self._n_past + n} positions needed, the KV cache holds {self.n_ctx}")
+        check_forward(self._n_past, n, self.n_ctx)
         if any(not 0 <= t < self.vocab_size for t in tokens):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
         out = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pairline.engine.config import ModelConfig
-from pairline.engine.runtime import ContextFull, Rows
+from pairline.engine.runtime import Rows, check_forward
 from pairline.engine.runtimes.torch_model import EXACT_ROWS, Transformer, fuse_state_dict, quantize_int8
 from pairline.errors import PairlineError
 
@@ -111,10 +111,7 @@ class TorchRuntime:
     @torch.inference_mode()
     def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
         n = len(tokens)
-        if n == 0:
-            raise ValueError("forward needs at least one token")
-        if self._n_past + n > self.n_ctx:
-            raise ContextFull(f"{self._n_past + n} positions needed, the KV cache holds {self.n_ctx}")
+        check_forward(self._n_past, n, self.n_ctx)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         logits = self.model(ids, self._n_past, _ROWS[rows])
         self._n_past += n

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pairline.assistant import chat as chat_cmd
     from pairline.assistant import edit_cmd
     from pairline.bench import cli as bench_cli
+    from pairline.bench import eval_cli
     from pairline.models import cli as models_cli
     from pairline.server import cli as server_cli
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit_cmd.add_parser(sub)
     chat_cmd.add_parser(sub)
     bench_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
     server_cli.add_parser(sub)
     return parser
 

@@ -1,0 +1,116 @@
+"""`pairline eval ...`: accuracy against wall time.
+
+`humaneval` runs HumanEval problems on one tier's model and writes a JSON of per-task records;
+`plot` draws saved results as accuracy against wall time (one point per run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pairline.errors import PairlineError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="accuracy against wall time: HumanEval pass@1 per tier, plots")
+    sub = parser.add_subparsers(dest="eval_command", metavar="EVAL")
+    sub.required = True
+
+    he = sub.add_parser(
+        "humaneval",
+        help="HumanEval pass@1 and wall time per task, for the real-time or the deep tier",
+        description="Asks the model for each HumanEval problem (greedy, the prompt as prediction), runs the "
+        "problem's test on the first Python block of the answer in pairline's sandbox, prints a table and "
+        "writes JSON.",
+    )
+    he.add_argument("--tier", default="realtime",
+                    help="realtime (Qwen2.5-Coder-0.5B) or deep (Qwen2.5-Coder-1.5B); default realtime")
+    he.add_argument("--model", "-m", default=None, help="registry name or path; overrides the tier's model")
+    he.add_argument("--server", default=None,
+                    help="a running `pairline serve` (ws://HOST:PORT) instead of a local model")
+    he.add_argument("--runtime", default=None, help="auto (default), torch or llamacpp")
+    he.add_argument("--limit", type=int, default=None, help="the first N problems (default: all 164)")
+    he.add_argument("--problems", default=None, help="comma-separated indexes or ids, e.g. 0,5,HumanEval/12")
+    he.add_argument("--max-tokens", type=int, default=512, help="cap on each answer (default 512)")
+    he.add_argument("--n-ctx", type=int, default=2048, help="context size (default 2048)")
+    he.add_argument("--timeout", type=float, default=10.0, help="seconds per check before it counts as a fail")
+    he.add_argument("--speculation", default="prediction",
+                    help="prediction (default: the prompt as prediction), lookup (the engine's prompt lookup "
+                    "only) or off (no drafts; local models only): to measure what the prediction saves")
+    he.add_argument("--canonical", action="store_true",
+                    help="no model: run the dataset's own solutions through the checker (all must pass)")
+    he.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
+    he.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                    help="also draw the run (default: next to the JSON)")
+    he.set_defaults(func=cmd_humaneval)
+
+    pl = sub.add_parser("plot", help="accuracy against wall time from saved humaneval results (one point per file)")
+    pl.add_argument("results", nargs="+", help="JSON files written by `pairline eval humaneval`")
+    pl.add_argument("--out", "-o", default="humaneval.png", help="PNG to write (default humaneval.png)")
+    pl.add_argument("--title", default=None)
+    pl.set_defaults(func=cmd_plot)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise PairlineError("--problems is empty")
+    return items
+
+
+def cmd_humaneval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pairline.bench import humaneval as he
+
+    err = Console(stderr=True)
+
+    def log(msg: str) -> None:
+        err.print(f"[dim]eval:[/] {msg}", highlight=False)
+
+    command = "pairline " + " ".join(sys.argv[1:])
+    if args.canonical:
+        problems = he.select(he.load_problems(), args.limit, _csv(args.problems))
+        result = he.run_canonical(problems, args.timeout, log)
+        result["command"] = command
+        path = Path(args.out) if args.out and args.out.endswith(".json") else None
+        if path:
+            he.write_json(result, path)
+            err.print(f"wrote {path}")
+        print(f"canonical solutions: {result['passed']}/{result['n']} passed in {result['wall_s']} s")
+        return 0 if result["passed"] == result["n"] else 1
+
+    cfg = he.EvalConfig(
+        tier=args.tier, model=args.model, runtime=args.runtime, server=args.server, n_ctx=args.n_ctx,
+        max_tokens=args.max_tokens, limit=args.limit, problems=_csv(args.problems),
+        speculation=args.speculation, timeout_s=args.timeout, command=command, log=log,
+    )
+    he.validate(cfg)  # every argument, before the model loads
+    path = he.default_out_path(args.out, cfg.tier, cfg.model or he.tier_model(cfg.tier))
+    cfg.checkpoint = lambda result: he.write_json(result, path)  # a run stopped halfway keeps its tasks
+    result = he.run_eval(cfg)
+    he.write_json(result, path)
+    he.print_table([result])
+    err.print(f"wrote {path}")
+    if args.plot is not None:
+        from pairline.bench.plot import plot
+
+        png = plot([result], args.plot or path.with_suffix(".png"))
+        err.print(f"wrote {png}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pairline.bench.humaneval import print_table
+    from pairline.bench.plot import load_results, plot
+
+    results = load_results(args.results)
+    print_table(results)
+    png = plot(results, args.out, args.title)
+    Console(stderr=True).print(f"wrote {png}")
+    return 0

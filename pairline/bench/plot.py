@@ -1,0 +1,79 @@
+"""Accuracy against wall time: one point per saved `pairline eval humaneval` run.
+
+x is the median wall time per task (log scale; the bar spans the middle half of the tasks), y is
+pass@1 with a 95% Wilson interval, which at a few dozen problems is wide and worth seeing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pairline.errors import PairlineError
+
+_COLORS = {"realtime": "#1f77b4", "deep": "#d62728"}
+
+
+def load_results(paths: list[str | Path]) -> list[dict]:
+    results = []
+    for p in paths:
+        try:
+            data = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise PairlineError(f"cannot read results {p}: {err}") from None
+        if data.get("kind") != "humaneval" or not (data.get("summary") or {}).get("n"):
+            raise PairlineError(f"{p} is not a `pairline eval humaneval` result with at least one task")
+        results.append(data)
+    return results
+
+
+def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of a proportion, in percent; sane at 0 and n, unlike the normal one."""
+    p = passed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    machines = []
+    for r in results:
+        s = r["summary"]
+        x, y = s["median_wall_s"], s["pass_at_1"]
+        lo, hi = wilson(s["passed"], s["n"])
+        color = _COLORS.get(r.get("tier"), "#555555")
+        ax.errorbar(x, y, yerr=[[y - lo], [hi - y]],
+                    xerr=[[x - s.get("p25_wall_s", x)], [s.get("p75_wall_s", x) - x]],
+                    fmt="o", color=color, ms=9, capsize=4, lw=1.2)
+        drafts = {"prediction": "prompt as prediction", "lookup": "prompt lookup", "off": "no drafts"}.get(
+            r["settings"].get("speculation"), "?")
+        label = (f"{r.get('tier')}: {r['model']}\npass@1 {y:.1f}% ({s['passed']}/{s['n']}), "
+                 f"{x:.1f} s/task\n{r.get('runtime')} ×{r.get('threads')}, {drafts}")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(10, 8), fontsize=8, color=color)
+        machines.append(r.get("machine", {}).get("label", "?"))
+    xs = [r["summary"]["median_wall_s"] for r in results] + [r["summary"].get("p75_wall_s", 0) for r in results]
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlim(min(xs) / 2.5, max(xs) * 4)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("wall time per task, median, s (log scale; bar: 25th-75th percentile)")
+    ax.set_ylabel("HumanEval pass@1, % (greedy; bar: 95% Wilson interval)")
+    ns = sorted({r["summary"]["n"] for r in results})
+    ax.set_title(title or f"Accuracy against wall time, HumanEval (N = {', '.join(map(str, ns))})", fontsize=11)
+    fig.text(0.01, 0.01, "machine: " + "; ".join(sorted(set(machines))), fontsize=7, color="#444444")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

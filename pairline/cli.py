@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    from pairline.assistant import agent as agent_cmd
     from pairline.assistant import chat as chat_cmd
     from pairline.assistant import edit_cmd
     from pairline.bench import cli as bench_cli
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.add_parser(sub)
     edit_cmd.add_parser(sub)
     chat_cmd.add_parser(sub)
+    agent_cmd.add_parser(sub)
     bench_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     server_cli.add_parser(sub)

@@ -151,7 +151,7 @@ def test_commands(tmp_path, monkeypatch):
     session.submit("/clear")
     assert session.history == [] and "conversation cleared" in out.text
     session.submit("/deep")
-    assert "deep tier is not available yet" in out.text
+    assert "/deep needs a task" in out.text  # no task and no instruction yet (tests/test_agent_chat.py)
     session.submit("/model")
     assert "model: scripted" in out.text
     session.submit("/help")

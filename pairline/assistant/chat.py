@@ -11,6 +11,11 @@ answer streams while the prompt stays live:
   is still cached, so only the new message is prefilled (no history resend);
 - /add /drop /clear /diff /undo /test /fix /deep /model /help /quit.
 
+`/deep [TASK]` hands a task to the deep tier (`agent.py`): the agent gets the chat's files and the
+recent conversation, runs in the turn's thread (its progress streams into the chat; Ctrl-C stops
+it), and its result (summary, files changed, diff) comes back into the history. It edits through
+the chat's workspace, so `/undo` reverts its edits one at a time.
+
 `ChatSession` holds the logic (testable without a terminal); `run_repl` is the prompt_toolkit shell.
 """
 
@@ -46,7 +51,8 @@ While an answer streams: Ctrl-C or Esc interrupts it; typing a new message steer
   /test [CMD]      run the tests (only ever when you ask); default command: {test_cmd}
   /fix [NOTE]      send the last /test output to the model and ask for a fix
   /model [NAME]    show the model, or switch to another
-  /deep            hand the task to the deep tier
+  /deep [TASK]     hand a task to the deep tier (multi-step agent: reads, edits, runs tests in a
+                   sandbox); without TASK, the last instruction. Ctrl-C stops it; /undo reverts its edits
   /help            this help
   /quit            leave (Ctrl-D too)"""
 
@@ -80,6 +86,10 @@ class ChatSession:
     turn: Turn | None = None
     open_client: Callable[[str], Client] = field(default=lambda name: open_client(name))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    deep_client: Client | None = None  # the deep tier's model, opened on the first /deep
+    open_deep: Callable[[], Client] | None = None  # how to open it (None: the chat's own model)
+    deep_options: dict = field(default_factory=dict)  # Agent keyword arguments (budgets, n_ctx, ...)
+    last_instruction: str | None = None
 
     # ---------------------------------------------------------------- input
 
@@ -111,7 +121,10 @@ class ChatSession:
         landed = time.perf_counter() - t0
         if not quiet:
             ms = landed * 1000
-            self.write(f"\n[interrupted: stopped in {ms:.0f} ms; the partial answer is kept, nothing written]\n")
+            if turn.instruction.startswith("/deep"):
+                self.write(f"\n[interrupted: the agent stopped in {ms:.0f} ms; edits it applied stay (/undo)]\n")
+            else:
+                self.write(f"\n[interrupted: stopped in {ms:.0f} ms; the partial answer is kept, nothing written]\n")
         return landed
 
     def wait(self) -> None:
@@ -121,6 +134,7 @@ class ChatSession:
     # ---------------------------------------------------------------- turns
 
     def start_turn(self, instruction: str) -> None:
+        self.last_instruction = instruction
         cancel = CancelToken()
         thread = threading.Thread(target=self._turn, args=(instruction, cancel), daemon=True)
         self.turn = Turn(thread, cancel, time.perf_counter(), instruction)
@@ -330,11 +344,94 @@ class ChatSession:
         self.shown.clear()  # a new model has seen nothing
         self.write(f"[model: {self.client.model_name}, loaded in {self.client.load_s:.1f} s]\n")
 
-    def cmd_deep(self, _args: list[str], _raw: str) -> None:
-        self.write(
-            "[the deep tier is not available yet: it arrives with the two-tier router (`pairline route`). "
-            f"Staying on the real-time model, {self.client.model_name}.]\n"
-        )
+    def cmd_deep(self, args: list[str], raw: str) -> None:
+        task = raw.split(None, 1)[1].strip() if args else (self.last_instruction or "")
+        if not task:
+            raise PairlineError("/deep needs a task: /deep TASK (or give an instruction first)")
+        cancel = CancelToken()
+        thread = threading.Thread(target=self._deep, args=(task, cancel), daemon=True)
+        self.turn = Turn(thread, cancel, time.perf_counter(), f"/deep {task}")
+        thread.start()
+
+    def _deep(self, task: str, cancel: CancelToken) -> None:
+        try:
+            self._run_deep(task, cancel)
+        except PairlineError as err:
+            self.write(f"\n[deep mode error: {err}]\n")
+        except Exception as err:  # a bug must not kill the REPL
+            self.write(f"\n[internal error in deep mode: {type(err).__name__}: {err}]\n")
+
+    def _run_deep(self, task: str, cancel: CancelToken) -> None:
+        from pairline.assistant.agent import Agent
+
+        if self.deep_client is None:
+            if self.open_deep is None:
+                self.deep_client = self.client
+            else:
+                self.write("[loading the deep model…]\n")
+                self.deep_client = self.open_deep()
+        options = {"test_cmd": self.test_cmd, **self.deep_options}
+        agent = Agent(self.deep_client, self.ws, task, context=self._deep_context(), on_event=self._on_agent_event,
+                      **options)
+        result = agent.run(cancel)
+        if result.diff:
+            self._print_diff(result.diff.rstrip("\n").splitlines())
+        for line in result.report().splitlines():
+            self.write(f"[{line}]\n")
+        self.write(f"[trajectory: {result.path}]\n")
+        if result.edits:
+            self.write(f"[/undo reverts the agent's edits one at a time ({result.edits} applied)]\n")
+        # what changed comes back into the conversation, so the real-time model knows it; the files
+        # join the chat and are shown to the model again as they are now
+        diff = result.diff if len(result.diff) <= 3000 else result.diff[:3000] + "\n[... diff cut ...]\n"
+        note = result.report() + (f"\n```diff\n{diff}```" if diff else "")
+        with self.lock:
+            self.history += [{"role": "user", "content": f"/deep {task}"}, {"role": "assistant", "content": note}]
+        for path in result.files_changed:
+            real = self.ws.root / path
+            self.shown.pop(real, None)
+            if real.is_file() and real not in self.files:
+                self.files.append(real)
+
+    def _deep_context(self) -> str:
+        """The chat's files (whole, while they are small) and the recent conversation, condensed."""
+        parts = []
+        budget = 6000
+        for real in self.files:
+            try:
+                state = load_file(self.ws, real)
+            except PairlineError:
+                continue
+            text = state.model_text
+            if len(text) <= budget:
+                parts.append(f"{state.shown}\n```\n{text}```")
+                budget -= len(text)
+            else:
+                parts.append(f"{state.shown} (not shown: read it)")
+        out = ["The user is working on these files:\n" + "\n\n".join(parts)] if parts else []
+        recent = []
+        for m in self.history[-6:]:
+            text = m["content"]
+            if m["role"] == "user" and text.startswith("Instruction: "):
+                text = text.splitlines()[0]  # the instruction, without the files shown with it
+            text = " ".join(text.split())
+            recent.append(f"{m['role']}: {text[:300]}{'…' if len(text) > 300 else ''}")
+        if recent:
+            out.append("The conversation so far (condensed):\n" + "\n".join(recent))
+        return "\n\n".join(out)
+
+    def _on_agent_event(self, e: dict) -> None:
+        kind = e["type"]
+        if kind == "run":
+            self.write(f"[deep mode · {e['model']} · run {e['run_id']} · up to {e['budgets']['max_steps']} steps · "
+                       "Ctrl-C stops it]\n")
+        elif kind == "delta":
+            self.write(e["text"])
+        elif kind == "turn":
+            self.write(f"\n[deep step {e['step']} · {e['tokens']} tokens · {e['wall_s']:.1f} s]\n")
+        elif kind == "tool":
+            first = (e.get("observation") or "").splitlines()[:1]
+            self.write(f"[deep · {e['name']}: {first[0][:160] if first else ''}]\n")
 
     def cmd_help(self, _args: list[str], _raw: str) -> None:
         self.write(HELP.format(test_cmd=self.test_cmd) + "\n")
@@ -447,7 +544,7 @@ def run_plain(session: ChatSession, writer: LineWriter) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from pairline.models.registry import DEFAULT_REALTIME
+    from pairline.models.registry import DEFAULT_DEEP, DEFAULT_REALTIME
 
     parser = subparsers.add_parser(
         "chat",
@@ -467,8 +564,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--test-cmd", default="pytest -q", metavar="CMD", help="what /test runs (default: pytest -q)")
     parser.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="cap on each answer (default 1024)")
     parser.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size in tokens (default 8192)")
+    parser.add_argument("--deep-model", default=DEFAULT_DEEP, metavar="NAME",
+                        help=f"the model /deep runs on (default: {DEFAULT_DEEP}; with --server: the deep tier)")
     parser.set_defaults(func=cmd_chat)
     return parser
+
+
+def _open_deep(args: argparse.Namespace, chat_client: Client) -> Client:
+    """The deep tier for /deep: a router's deep mode with --server (a plain `pairline serve` has no
+    tiers: its one model then), else the deep model in this process (the chat's own if the same)."""
+    from pairline.errors import notice
+
+    if args.server:
+        try:
+            return open_client(args.deep_model, server=args.server, mode="deep")
+        except PairlineError as err:
+            notice(f"{err}; /deep runs on the server's model")
+            return open_client(args.deep_model, server=args.server)
+    if args.deep_model == args.model:
+        return chat_client
+    return open_client(args.deep_model, n_ctx=max(args.ctx, 8192), runtime=args.runtime)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -495,6 +610,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         files=[s.real for s in states],
         open_client=lambda name: open_client(name, n_ctx=args.ctx, server=args.server, runtime=args.runtime),
+        open_deep=lambda: _open_deep(args, client),
     )
     where = f"git repository {ws.root}" if ws.git else f"{ws.root} (not git: backups kept for /undo)"
     names = ", ".join(s.shown for s in states) or "none (/add FILE)"

@@ -122,14 +122,20 @@ class InProcessClient:
 
 
 def open_client(
-    model: str, *, n_ctx: int | None = None, server: str | None = None, runtime: str | None = None
+    model: str,
+    *,
+    n_ctx: int | None = None,
+    server: str | None = None,
+    runtime: str | None = None,
+    mode: str | None = None,
 ) -> Client:
     """The in-process engine for `model`, or a `pairline serve` session at `server` (its model is
-    the server's; the API key, if any, comes from PAIRLINE_API_KEY)."""
+    the server's; the API key, if any, comes from PAIRLINE_API_KEY). `mode` (deep, realtime, auto)
+    asks a `pairline route` router for a tier; None sends nothing, as a plain server expects."""
     if server:
         import os
 
-        return RemoteClient(server, api_key=os.environ.get("PAIRLINE_API_KEY"))
+        return RemoteClient(server, api_key=os.environ.get("PAIRLINE_API_KEY"), mode=mode)
     from pairline.engine.load import load_engine
 
     return InProcessClient(load_engine(model, runtime=runtime, n_ctx=n_ctx))
@@ -149,12 +155,14 @@ class RemoteClient:
 
     supports_prefix = False
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
+                 mode: str | None = None) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise PairlineError(f"--server takes a ws:// or wss:// URL, got {url!r}")
         self.url = url if url.rstrip("/").endswith("/v1/responses") else url.rstrip("/") + "/v1/responses"
         self.api_key = api_key
         self.timeout = timeout
+        self.mode = mode  # a router's tier, sent in session.update; None: not sent at all
         self.ws = None
         self.session: list[dict] = []  # the conversation the server holds, as messages
         self.instructions: str | None = None
@@ -176,6 +184,8 @@ class RemoteClient:
             raise PairlineError(f"cannot reach pairline serve at {self.url}: {err}") from None
         if created.get("type") != "session.created":
             raise PairlineError(f"pairline serve refused the session: {created.get('error', created)}")
+        if self.mode is not None:
+            self._send_mode()
         self.load_s = time.perf_counter() - t0
         model = created["session"].get("model") or "remote"
         self.model_name = model
@@ -186,6 +196,18 @@ class RemoteClient:
         except PairlineError:
             self.family = "llama" if "smol" in model.lower() or "llama" in model.lower() else "qwen2"
         self.session, self.instructions = [], None
+
+    def _send_mode(self) -> None:
+        self.ws.send(json.dumps({"type": "session.update", "session": {"mode": self.mode}}))
+        try:
+            answer = json.loads(self.ws.recv(timeout=10))
+        except (OSError, TimeoutError) as err:
+            raise PairlineError(f"{self.url} did not answer the mode request: {err}") from None
+        if answer.get("type") != "session.updated":
+            err = answer.get("error") or {}
+            self.close()
+            raise PairlineError(f"{self.url} does not take mode {self.mode!r} ({err.get('message', answer)}); "
+                                "--mode needs a `pairline route` router")
 
     def close(self) -> None:
         if self.ws is not None:

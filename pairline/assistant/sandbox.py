@@ -51,11 +51,12 @@ class Limits:
 @dataclass(slots=True)
 class RunResult:
     command: str
-    exit_code: int | None  # None when killed for running past the time limit
+    exit_code: int | None  # None when killed for running past the time limit, or cancelled
     output: str  # stdout and stderr, interleaved as written
     timed_out: bool
     truncated: bool
     wall_s: float
+    cancelled: bool = False  # stopped by the caller's cancel
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,8 @@ class RunResult:
         """One line for a log or a model: how it ended."""
         if self.timed_out:
             return f"`{self.command}` timed out after {self.wall_s:.1f}s"
+        if self.cancelled:
+            return f"`{self.command}` was stopped after {self.wall_s:.1f}s"
         return f"`{self.command}` exited {self.exit_code} in {self.wall_s:.1f}s"
 
 
@@ -132,8 +135,10 @@ class Sandbox:
         env.update(self.extra_env)
         return env
 
-    def run(self, command: str | Sequence[str], timeout_s: float | None = None, stdin: str | None = None) -> RunResult:
-        """Run `command` (a shell string, run by /bin/sh, or an argv list) inside the sandbox."""
+    def run(self, command: str | Sequence[str], timeout_s: float | None = None, stdin: str | None = None,
+            cancel=None) -> RunResult:
+        """Run `command` (a shell string, run by /bin/sh, or an argv list) inside the sandbox. `cancel`
+        (anything with a `cancelled` property, e.g. a CancelToken) stops it early, like the time limit."""
         if isinstance(command, str):
             if not command.strip():
                 raise SandboxError("empty command")
@@ -158,10 +163,10 @@ class Sandbox:
                 "file_bytes": self.limits.file_bytes,
             }
             launcher = [sys.executable, "-I", str(_CONFINE), json.dumps(spec)] if sys.platform == "linux" else []
-            return self._supervise(launcher + argv, shown, timeout, stdin, spec["env"])
+            return self._supervise(launcher + argv, shown, timeout, stdin, spec["env"], cancel)
 
     def _supervise(self, argv: list[str], shown: str, timeout: float, stdin: str | None,
-                   env: dict[str, str]) -> RunResult:
+                   env: dict[str, str], cancel=None) -> RunResult:
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(argv, cwd=self.root, env=env,
@@ -178,16 +183,29 @@ class Sandbox:
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-        timed_out = False
+        timed_out = cancelled = False
+        deadline = t0 + timeout
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        _kill_group(proc.pid)  # also reaps anything the command left running in the background
-        proc.wait()
+            while True:  # short waits, so a cancel lands within 50 ms
+                try:
+                    proc.wait(timeout=max(0.0, min(0.05, deadline - time.perf_counter())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.cancelled:
+                        cancelled = True
+                        break
+                    if time.perf_counter() >= deadline:
+                        timed_out = True
+                        break
+        finally:
+            # also on Ctrl-C in this process: the command runs in its own session, so the terminal's
+            # SIGINT never reaches it, and it would go on running unsupervised
+            _kill_group(proc.pid)  # also reaps anything the command left running in the background
+            proc.wait()
         reader.join(timeout=2.0)  # a daemonised grandchild may hold the pipe open: stop reading anyway
-        return RunResult(command=shown, exit_code=None if timed_out else proc.returncode, output=capture.text(),
-                         timed_out=timed_out, truncated=capture.dropped > 0, wall_s=time.perf_counter() - t0)
+        return RunResult(command=shown, exit_code=None if timed_out or cancelled else proc.returncode,
+                         output=capture.text(), timed_out=timed_out, truncated=capture.dropped > 0,
+                         wall_s=time.perf_counter() - t0, cancelled=cancelled)
 
 
 def _kill_group(pgid: int) -> None:

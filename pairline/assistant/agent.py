@@ -1,0 +1,827 @@
+"""Deep mode: `pairline agent "task"` and `/deep` in the chat.
+
+A loop on the deep tier: the model replies with one action (`agent_format`), the action runs
+(`agent_tools`: files through the sandbox's path checks, edits through the same applier and
+workspace as the real-time assistant, commands and tests in the sandbox), and its result goes back
+as the next user turn. It stops when the model calls `done`, when a budget (steps, wall time,
+generated tokens) is used up, on Ctrl-C, or when the context cannot hold the next turn, and always
+ends with a summary and the combined diff since the run's start.
+
+Every run writes a JSONL trajectory under `cache_dir()/runs`, one event a line, flushed and synced
+as it goes, so a crash leaves a usable file; `--resume` rebuilds the conversation from it and goes
+on with the budgets' used amounts. docs/agent.md describes the events and the sandbox's limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pairline.assistant import agent_format as fmt
+from pairline.assistant.agent_tools import GitTampered, ToolResult, Tools, repo_files
+from pairline.assistant.client import Client
+from pairline.assistant.coder import LinkedCancel
+from pairline.assistant.edit_cmd import unified_diff
+from pairline.assistant.sandbox import Limits, Sandbox
+from pairline.assistant.workspace import Workspace
+from pairline.engine.generate import CancelToken
+from pairline.errors import PairlineError
+
+DEFAULT_TEST_CMD = "python -m pytest -q -p no:cacheprovider"  # no .pytest_cache left in the user's repo
+TRAJECTORY_VERSION = 1
+OBS_KEEP_FULL = 2  # the latest observations are never condensed
+EXIT_DONE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 130
+
+REASONS = {
+    "done": "the model finished",
+    "max_steps": "the step budget is used up",
+    "max_time": "the time budget is used up",
+    "max_tokens": "the token budget is used up",
+    "context_full": "the conversation no longer fits the model's context",
+    "interrupted": "interrupted",
+    "git_tampered": "a command replaced .git",
+    "error": "an error stopped it",
+}
+
+
+@dataclass(slots=True)
+class Budgets:
+    max_steps: int = 20  # model turns, malformed ones included
+    max_time_s: float = 600.0  # wall time, model and commands together, across resumes
+    max_tokens: int = 20_000  # tokens the model generates
+
+    def check(self) -> None:
+        if self.max_steps < 1:
+            raise PairlineError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.max_time_s <= 0:
+            raise PairlineError(f"--max-time must be positive, got {self.max_time_s}")
+        if self.max_tokens < 16:
+            raise PairlineError(f"--max-tokens must be at least 16, got {self.max_tokens}")
+
+
+@dataclass(slots=True)
+class Used:
+    steps: int = 0
+    tokens: int = 0  # generated
+    prompt_tokens: int = 0
+    time_s: float = 0.0  # spent in earlier sessions of the run (resume)
+
+
+@dataclass(slots=True)
+class Msg:
+    role: str
+    content: str
+    short: str | None = None  # what an observation shrinks to when the context fills up
+    condensed: bool = False
+    tokens: int = -1  # counted lazily
+    short_tokens: int = -1
+
+    @property
+    def text(self) -> str:
+        return self.short if self.condensed and self.short is not None else self.content
+
+
+@dataclass(slots=True)
+class AgentResult:
+    run_id: str
+    path: Path
+    reason: str
+    summary: str
+    diff: str
+    files_changed: list[str]
+    commits: list[str]
+    steps: int
+    tokens: int
+    wall_s: float
+    edits: int
+    last_test: dict | None = None
+    uncommitted: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": EXIT_DONE, "interrupted": EXIT_INTERRUPTED}.get(self.reason, EXIT_STOPPED)
+
+    def report(self) -> str:
+        """The summary as text (the CLI prints it, the chat keeps it in the history)."""
+        lines = [f"Deep mode ended: {REASONS.get(self.reason, self.reason)} ({self.reason}). {self.summary}".strip(),
+                 f"{self.steps} steps, {self.tokens} tokens, {self.wall_s:.0f} s; {self.edits} edits applied."]
+        if self.files_changed:
+            lines.append(f"Files changed: {', '.join(self.files_changed)}.")
+        if self.commits:
+            lines.append(f"Commits: {', '.join(c[:10] for c in self.commits)}.")
+        if self.last_test:
+            lines.append(f"Last test run: `{self.last_test['command']}` exit {self.last_test['exit_code']}.")
+        if self.uncommitted:
+            lines.append(f"Changed by commands, not committed: {', '.join(self.uncommitted[:20])}.")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the trajectory
+
+
+def runs_dir() -> Path:
+    from pairline.models.fetch import cache_dir
+
+    return cache_dir() / "runs"
+
+
+class Trajectory:
+    """An append-only JSONL file; every line is flushed and synced before the run goes on."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        except OSError as err:
+            raise PairlineError(f"cannot write the trajectory {path}: {err.strerror or err}") from None
+
+    @staticmethod
+    def repair(path: Path) -> None:
+        """Drop a last line a crash cut short, so that appending starts on a line of its own."""
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, event: dict) -> None:
+        self.f.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def find_run(ref: str) -> Path:
+    """A trajectory by path, or by run id under the runs folder."""
+    p = Path(ref).expanduser()
+    if p.is_file():
+        return p
+    by_id = runs_dir() / f"{ref.removesuffix('.jsonl')}.jsonl"
+    if ref.strip() and "/" not in ref and by_id.is_file():
+        return by_id
+    raise PairlineError(f"--resume {ref}: no such run (neither a file nor a run id in {runs_dir()})")
+
+
+def load_trajectory(path: Path) -> list[dict]:
+    """The events of a trajectory; a last line cut by a crash is dropped, any other bad line refused."""
+    try:
+        raw = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise PairlineError(f"cannot read the trajectory {path}: {err}") from None
+    events = []
+    for i, line in enumerate(raw, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+            if not isinstance(event, dict):
+                raise ValueError("not an object")
+            events.append(event)
+        except ValueError:
+            if i == len(raw):
+                break  # the line being written when the run died
+            raise PairlineError(f"{path} is not a pairline trajectory (line {i} is not a JSON event)") from None
+    if not events or events[0].get("type") != "run":
+        raise PairlineError(f"{path} is not a pairline trajectory (it does not start with a run event)")
+    return events
+
+
+def _git(root: Path, *args: str, check: bool = True) -> str:
+    try:
+        proc = subprocess.run(["git", "-c", "core.fsmonitor=false", *args], cwd=root, capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise PairlineError(f"git {args[0]} failed: {err}") from None
+    if check and proc.returncode != 0:
+        raise PairlineError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _head(root: Path) -> str | None:
+    out = _git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
+    return out or None
+
+
+def _status(root: Path) -> set[str]:
+    out = _git(root, "status", "--porcelain", "-z", "--untracked-files=all", check=False)
+    return {entry[3:] for entry in out.split("\0") if len(entry) > 3}
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class Agent:
+    """One run. `run()` loops until the model is done or a budget is; it returns the result and
+    leaves the trajectory complete. `on_event` sees every trajectory event, plus `delta` events
+    (the model's text as it streams) that the trajectory does not keep."""
+
+    def __init__(
+        self,
+        client: Client,
+        ws: Workspace,
+        task: str,
+        *,
+        budgets: Budgets | None = None,
+        test_cmd: str = DEFAULT_TEST_CMD,
+        context: str = "",
+        n_ctx: int = 8192,
+        turn_tokens: int = 1024,
+        cmd_timeout: float = 120.0,
+        on_event: Callable[[dict], None] | None = None,
+        sandbox: Sandbox | None = None,
+        example: bool = True,
+        info: dict | None = None,
+    ):
+        if not task.strip():
+            raise PairlineError("the task is empty; say what the agent should do")
+        self.client = client
+        self.ws = ws
+        self.task = task.strip()
+        self.budgets = budgets or Budgets()
+        self.budgets.check()
+        self.test_cmd = test_cmd
+        self.n_ctx = _model_ctx(client, n_ctx)
+        self.turn_tokens = turn_tokens
+        self.on_event = on_event or (lambda e: None)
+        self.sandbox = sandbox or Sandbox(ws.root, Limits(timeout_s=cmd_timeout, output_bytes=64_000))
+        self.tools = Tools(ws, self.sandbox, test_cmd, cmd_timeout=cmd_timeout)
+        self.example = example
+        self.info = info or {}
+        self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        self.path = runs_dir() / f"{self.run_id}.jsonl"
+        self.used = Used()
+        self.convo: list[Msg] = [Msg("user", self._first_message(context))]
+        self.start_commit = _head(ws.root) if ws.git else None
+        self.start_status = _status(ws.root) if ws.git else set()
+        self.commits: list[str] = []
+        self.edits = 0
+        self.last_test: dict | None = None
+        self.done_summary: str | None = None
+        self.resumed_from: int | None = None  # events already in the file (a resumed run)
+        self.tampered = False
+        self._session_t0 = 0.0
+        self._traj: Trajectory | None = None
+        self._base = fmt.base_messages(test_cmd, example)
+        self._base_tokens = -1
+
+    # ---------------------------------------------------------------- the first message
+
+    def _first_message(self, context: str) -> str:
+        files = repo_files(self.ws.root, self.ws.git)
+        listing = "\n".join(files[:60]) + (f"\n[... and {len(files) - 60} more]" if len(files) > 60 else "")
+        parts = [f"Task: {self.task}", f"The repository has {len(files)} files:\n{listing}",
+                 f"The tests run with `{self.test_cmd}`."]
+        if context.strip():
+            parts.append(context.strip())
+        return "\n\n".join(parts)
+
+    # ---------------------------------------------------------------- events
+
+    def elapsed(self) -> float:
+        return self.used.time_s + (time.perf_counter() - self._session_t0 if self._session_t0 else 0.0)
+
+    def emit(self, kind: str, **fields) -> dict:
+        event = {"type": kind, **fields, "elapsed_s": round(self.elapsed(), 3), "time": time.time()}
+        if self._traj is not None:
+            self._traj.write(event)
+        self.on_event(event)
+        return event
+
+    def _header(self) -> dict:
+        return {
+            "version": TRAJECTORY_VERSION, "run_id": self.run_id, "trajectory": str(self.path), "task": self.task,
+            "model": getattr(self.client, "model_name", "?"), **self.info,
+            "repo": str(self.ws.root), "git": self.ws.git, "start_commit": self.start_commit,
+            "start_dirty": sorted(self.start_status), "budgets": asdict(self.budgets),
+            "sandbox": list(self.sandbox.protections), "test_cmd": self.test_cmd, "n_ctx": self.n_ctx,
+            "turn_tokens": self.turn_tokens, "example": self.example, "first_message": self.convo[0].content,
+        }
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, cancel: CancelToken | None = None) -> AgentResult:
+        cancel = cancel or CancelToken()
+        self._session_t0 = time.perf_counter()
+        if self.resumed_from is not None:
+            Trajectory.repair(self.path)
+        self._traj = Trajectory(self.path)
+        reason, summary = "error", ""
+        try:
+            if self.resumed_from is None:
+                self.emit("run", **self._header())
+            else:
+                self.emit("resume", run_id=self.run_id, trajectory=str(self.path), budgets=asdict(self.budgets),
+                          head=_head(self.ws.root) if self.ws.git else None, used_steps=self.used.steps,
+                          used_tokens=self.used.tokens)
+            reason, summary = self._loop(cancel)
+        except GitTampered as err:
+            self.tampered = True
+            reason, summary = "git_tampered", str(err)
+        except PairlineError as err:
+            reason, summary = "error", str(err)
+        except KeyboardInterrupt:
+            reason, summary = "interrupted", ""
+        try:
+            return self._finish(reason, summary)
+        finally:
+            self._traj.close()
+
+    def _budget_reason(self, cancel: CancelToken) -> str | None:
+        if cancel.cancelled:
+            return "interrupted"
+        if self.used.steps >= self.budgets.max_steps:
+            return "max_steps"
+        if self.elapsed() >= self.budgets.max_time_s:
+            return "max_time"
+        if self.budgets.max_tokens - self.used.tokens < 16:
+            return "max_tokens"
+        return None
+
+    def _loop(self, cancel: CancelToken) -> tuple[str, str]:
+        while True:
+            reason = self._budget_reason(cancel)
+            if reason:
+                return reason, ""
+            fitted = self._fit()
+            if fitted is None:
+                return "context_full", f"the conversation needs more than the model's {self.n_ctx} tokens"
+            messages, room = fitted
+            step = self.used.steps + 1
+            text, stats, stop = self._ask(messages, room, cancel, step)
+            self.used.steps += 1
+            self.used.tokens += stats["tokens"]
+            self.used.prompt_tokens += stats.get("prompt_tokens", 0)
+            try:
+                action, error = fmt.parse_reply(text), None
+            except fmt.ActionError as err:
+                action, error = None, str(err)
+            kept = fmt.kept_text(text, action)
+            self.emit("turn", step=step, text=kept, raw_chars=len(text), **stats)
+            if stop == "interrupted":
+                return "interrupted", ""
+            if stop == "max_time":
+                return "max_time", ""
+            body, short, finished = self._act(step, action, error, cancel)
+            obs = fmt.observation(body, self.budgets.max_steps - self.used.steps)
+            short_obs = fmt.observation(short, self.budgets.max_steps - self.used.steps)
+            self.convo += [Msg("assistant", kept), Msg("user", obs, short=short_obs)]
+            self.emit("observation", step=step, content=obs, short=short_obs)
+            if finished:
+                return "done", self.done_summary or ""
+            if cancel.cancelled:
+                return "interrupted", ""
+
+    def _ask(self, messages: list[dict], room: int, cancel: CancelToken, step: int) -> tuple[str, dict, str | None]:
+        """One model turn, streamed; stopped early once its action is complete, and at the time
+        budget (a timer cancels it, so even a long prefill stops on time)."""
+        max_new = max(1, min(self.turn_tokens, self.budgets.max_tokens - self.used.tokens, room))
+        inner = LinkedCancel(cancel)
+        deadline = threading.Event()
+
+        def times_up() -> None:
+            deadline.set()
+            inner.cancel()
+
+        timer = threading.Timer(max(0.0, self.budgets.max_time_s - self.elapsed()), times_up)
+        timer.daemon = True
+        timer.start()
+        # the engine can stop at a string (and re-use the KV); the remote protocol cannot, so there
+        # the stream is cancelled by hand once the action is complete
+        stop = fmt.STOPS if getattr(self.client, "supports_prefix", False) else ()
+        t0 = time.perf_counter()
+        text, early = "", False
+        try:
+            reply = self.client.stream(messages, max_tokens=max_new, stop=stop, cancel=inner)
+            try:
+                for delta in reply:
+                    if early:
+                        continue  # cancelled: it stops within a step; drain it so the engine is released
+                    text += delta
+                    self.on_event({"type": "delta", "step": step, "text": delta})
+                    if fmt.stop_point(text):
+                        early = True
+                        inner.cancel()
+            finally:
+                reply.close()
+        finally:
+            timer.cancel()
+        t = reply.timings
+        stats = {
+            "tokens": max(reply.tokens, reply.usage.completion_tokens),
+            "prompt_tokens": reply.usage.prompt_tokens, "cached_tokens": reply.usage.cached_tokens,
+            "max_tokens": max_new, "finish_reason": "stop" if early else reply.finish_reason,
+            "ttft_s": round(t.ttft_s, 3) if t.ttft_s else None, "decode_tok_s": round(t.decode_tokens_per_s, 1),
+            "wall_s": round(time.perf_counter() - t0, 3),
+        }
+        stop_reason = "interrupted" if cancel.cancelled else "max_time" if deadline.is_set() else None
+        return text, stats, stop_reason
+
+    def _act(self, step: int, action: fmt.Action | None, error: str | None,
+             cancel: CancelToken) -> tuple[str, str, bool]:
+        """Run the action; (observation body, its condensed form, finished)."""
+        if action is None:
+            self.emit("tool", step=step, name="invalid", args={}, ok=False, observation=error)
+            return f"error: {error}", f"error: {error[:300]}", False
+        parts, shorts, finished, ok = [], [], False, True
+        todo = [action]
+        if action.name == "edit" and action.then is not None:
+            todo.append(action.then)
+        for i, act in enumerate(todo):
+            if i and not ok:
+                parts.append(f"Your {act.name} call after the edit was not run: the edit did not fully apply.")
+                break
+            result = self._tool(act, step, cancel)
+            ok = result.ok
+            parts.append(result.observation)
+            first = result.observation.splitlines()[0] if result.observation else ""
+            shorts.append(f"[{act.describe()}: {first[:200]} (output dropped to save room)]")
+            if act.name == "done":
+                finished = True
+        notes = action.notes + (action.then.notes if action.then else [])
+        if notes:
+            parts.append("Note: " + " ".join(notes))
+        return "\n\n".join(parts), "\n".join(shorts), finished
+
+    def _tool(self, act: fmt.Action, step: int, cancel: CancelToken) -> ToolResult:
+        remaining = max(1.0, self.budgets.max_time_s - self.elapsed())
+        a = act.args
+        if act.name == "read":
+            r = self.tools.read(a["path"], a.get("start"), a.get("end"))
+        elif act.name == "list":
+            r = self.tools.list(a.get("path", "."))
+        elif act.name == "search":
+            r = self.tools.search(a["pattern"], a.get("path", "."))
+        elif act.name == "run":
+            r = self.tools.run(a["command"], timeout=remaining, cancel=cancel)
+        elif act.name == "test":
+            r = self.tools.test(a.get("args", ""), timeout=remaining, cancel=cancel)
+        elif act.name == "done":
+            self.done_summary = str(a.get("summary", "")).strip()
+            r = ToolResult("finished", True)
+        else:  # edit
+            before = dict(self.tools.originals)
+            r = self.tools.edit(act, f"agent: {self.task.splitlines()[0][:50]} (step {step})")
+            if r.data.get("files"):
+                self.edits += 1
+                if r.data.get("commit"):
+                    self.commits.append(r.data["commit"])
+                r.data["originals"] = {p: t for p, t in self.tools.originals.items() if p not in before}
+        if act.name == "test":
+            self.last_test = {"command": r.data.get("command"), "exit_code": r.data.get("exit_code")}
+        args = {"blocks": len(act.blocks)} if act.name == "edit" else a
+        self.emit("tool", step=step, name=act.name, args=args, ok=r.ok,
+                  observation=fmt.truncate_middle(r.observation, 4000), output=r.output, **r.data)
+        return r
+
+    # ---------------------------------------------------------------- the context
+
+    def _count(self, text: str) -> int:
+        return self.client.count_tokens(text) + 4  # the turn's own markers
+
+    def _fit(self) -> tuple[list[dict], int] | None:
+        """The messages for the next turn, inside the context with room for the answer: the oldest
+        observations shrink to one line first (the latest few stay whole). None if even that fails."""
+        if self._base_tokens < 0:
+            self._base_tokens = sum(self._count(m["content"]) for m in self._base)
+        for m in self.convo:
+            if m.tokens < 0:
+                m.tokens = self._count(m.content)
+                m.short_tokens = self._count(m.short) if m.short is not None else m.tokens
+        want = min(self.turn_tokens, 512)  # at least this much room to answer
+        limit = self.n_ctx - want - 16
+
+        def total() -> int:
+            return self._base_tokens + sum(m.short_tokens if m.condensed else m.tokens for m in self.convo)
+
+        if total() > limit:
+            observations = [m for m in self.convo[1:] if m.short is not None and not m.condensed]
+            shrinkable = observations[:-OBS_KEEP_FULL] if len(observations) > OBS_KEEP_FULL else []
+            n = 0
+            # shrink well below the limit at once: every shrink changes the history, and the engine
+            # must then prefill from there on, so it should not happen every turn
+            for m in shrinkable:
+                if total() <= limit * 0.7:
+                    break
+                m.condensed, n = True, n + 1
+            for m in observations[-OBS_KEEP_FULL:]:
+                if total() <= limit:
+                    break
+                m.condensed, n = True, n + 1
+            if n:
+                self.emit("condense", observations=n, tokens=total())
+        used = total()
+        if used > limit:
+            return None
+        messages = self._base + [{"role": m.role, "content": m.text} for m in self.convo]
+        return messages, self.n_ctx - used - 16
+
+    # ---------------------------------------------------------------- the end
+
+    def _finish(self, reason: str, summary: str) -> AgentResult:
+        diff, files, uncommitted = self._final_diff()
+        if reason == "done":
+            summary = summary or "(the model gave no summary)"
+        wall = self.elapsed()
+        result = AgentResult(self.run_id, self.path, reason, summary, diff, files, list(self.commits),
+                             self.used.steps, self.used.tokens, wall, self.edits, self.last_test, uncommitted)
+        self.emit("end", reason=reason, summary=summary, steps=self.used.steps, tokens=self.used.tokens,
+                  prompt_tokens=self.used.prompt_tokens, wall_s=round(wall, 3), edits=self.edits,
+                  commits=self.commits, files_changed=files, uncommitted=uncommitted, last_test=self.last_test,
+                  diff=fmt.truncate_middle(diff, 100_000), report=result.report())
+        return result
+
+    def _final_diff(self) -> tuple[str, list[str], list[str]]:
+        """Everything the run changed: `git diff START HEAD` in git (commits, the agent's and any a
+        command made), else the workspace's record of each file's text before the run first wrote it."""
+        root = self.ws.root
+        if self.ws.git and self.ws.commit and not self.tampered and self.start_commit:
+            try:
+                head = _head(root)
+                diff, files = "", []
+                if head and head != self.start_commit:
+                    diff = _git(root, "diff", "--no-ext-diff", "--no-textconv", "--no-color", self.start_commit, head)
+                    files = _git(root, "diff", "--name-only", "--no-ext-diff", self.start_commit, head).split()
+                uncommitted = sorted(_status(root) - self.start_status)
+                return diff, files, uncommitted
+            except PairlineError:
+                pass  # fall back to the record below
+        lines: list[str] = []
+        files = []
+        for path, before in self.tools.originals.items():
+            real = root / path
+            try:
+                now = real.read_bytes().decode("utf-8", "replace") if real.is_file() else None
+            except OSError:
+                now = None
+            if now == before:
+                continue
+            files.append(path)
+            lines += unified_diff(before or "", now or "", path)
+        return "\n".join(lines) + ("\n" if lines else ""), files, []
+
+    # ---------------------------------------------------------------- resume
+
+    @classmethod
+    def resume(cls, ref: str, client: Client, *, budgets: dict | None = None, test_cmd: str | None = None,
+               repo: str | None = None, **kw) -> Agent:
+        """The run recorded in `ref` (a path or a run id), ready to go on from its last complete step.
+        `budgets` overrides the recorded ones; the used amounts carry over. Refuses (PairlineError)
+        when the run is finished, or the repository moved on in a way that conflicts with it."""
+        path = find_run(ref)
+        events = load_trajectory(path)
+        head = events[0]
+        ends = [e for e in events if e.get("type") == "end"]
+        if ends and ends[-1].get("reason") == "done":
+            raise PairlineError(f"run {head.get('run_id')} is finished (the model called done); start a new run")
+        root = Path(head["repo"])
+        if repo is not None and Path(repo).resolve() != root and Workspace.open(repo).root != root:
+            raise PairlineError(f"run {head.get('run_id')} is on {root}, not {repo}")
+        if not root.is_dir():
+            raise PairlineError(f"run {head.get('run_id')} is on {root}, which no longer exists")
+        ws = Workspace.open(root)
+        if ws.root != root or ws.git != bool(head.get("git")):
+            raise PairlineError(f"{root} is no longer the repository run {head.get('run_id')} worked on")
+        tools = [e for e in events if e.get("type") == "tool"]
+        _check_unchanged(ws, head, tools)
+        b = Budgets(**{**head["budgets"], **{k: v for k, v in (budgets or {}).items() if v is not None}})
+        agent = cls(client, ws, head["task"], budgets=b, test_cmd=test_cmd or head["test_cmd"],
+                    n_ctx=kw.pop("n_ctx", head.get("n_ctx", 8192)), turn_tokens=head.get("turn_tokens", 1024),
+                    example=head.get("example", True), **kw)
+        agent.run_id, agent.path = head["run_id"], path
+        agent.start_commit = head.get("start_commit")
+        agent.start_status = set(head.get("start_dirty", []))
+        agent.convo = [Msg("user", head["first_message"])]
+        agent.resumed_from = len(events)
+        turns = {e["step"]: e for e in events if e.get("type") == "turn"}
+        observations = {e["step"]: e for e in events if e.get("type") == "observation"}
+        for step in sorted(turns):
+            obs = observations.get(step)
+            if obs is None:
+                done = [t.get("observation", "") for t in tools if t.get("step") == step]
+                if not done:
+                    continue  # the run died before this step's action ran: the step is spent, not kept
+                left = b.max_steps - step
+                obs = {"content": fmt.observation("\n\n".join(done), left),
+                       "short": fmt.observation("[output dropped]", left)}
+            agent.convo += [Msg("assistant", turns[step]["text"]), Msg("user", obs["content"], short=obs["short"])]
+        agent.used = Used(steps=len(turns), tokens=sum(t.get("tokens", 0) for t in turns.values()),
+                          prompt_tokens=sum(t.get("prompt_tokens", 0) for t in turns.values()),
+                          time_s=max(e.get("elapsed_s", 0.0) for e in events))
+        for t in tools:
+            if t.get("name") == "edit" and t.get("files"):
+                agent.edits += 1
+                if t.get("commit"):
+                    agent.commits.append(t["commit"])
+                for p, text in (t.get("originals") or {}).items():
+                    agent.tools.originals.setdefault(p, text)
+            if t.get("name") == "test":
+                agent.last_test = {"command": t.get("command"), "exit_code": t.get("exit_code")}
+        return agent
+
+
+def _check_unchanged(ws: Workspace, head: dict, tools: list[dict]) -> None:
+    """Refuse to resume when the files the run edited are not as it left them, or (in git) its last
+    commit is gone from HEAD's history or a later commit touched those files."""
+    run_id = head.get("run_id")
+    after: dict[str, str] = {}
+    for t in tools:
+        after.update(t.get("after_sha256") or {})
+    if ws.git:
+        commits = [t["commit"] for t in tools if t.get("commit")]
+        last = commits[-1] if commits else head.get("start_commit")
+        now = _head(ws.root)
+        if last and now != last:
+            if now is None or subprocess.run(["git", "merge-base", "--is-ancestor", last, now], cwd=ws.root,
+                                             capture_output=True).returncode != 0:
+                raise PairlineError(f"cannot resume run {run_id}: the repository moved on (HEAD is "
+                                    f"{(now or 'empty')[:10]}, and the run's last commit {last[:10]} is no longer "
+                                    "in its history); start a new run")
+            moved = set(_git(ws.root, "diff", "--name-only", last, now).split())
+            clash = sorted(moved & set(after))
+            if clash:
+                raise PairlineError(f"cannot resume run {run_id}: commits after it changed {', '.join(clash)}, "
+                                    "which the run edited; start a new run")
+    for path, sha in after.items():
+        real = ws.root / path
+        now_sha = hashlib.sha256(real.read_bytes()).hexdigest() if real.is_file() else None
+        if now_sha != sha:
+            raise PairlineError(f"cannot resume run {run_id}: {path} changed since the run edited it; "
+                                "start a new run")
+
+
+def _model_ctx(client: Client, asked: int) -> int:
+    """The context to plan for: what was asked, never more than the engine's KV cache holds."""
+    runtime = getattr(getattr(client, "engine", None), "runtime", None)
+    n = getattr(runtime, "n_ctx", None)
+    return min(asked, n) if isinstance(n, int) and n > 0 else asked
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pairline.models.registry import DEFAULT_DEEP
+
+    b = Budgets()
+    parser = subparsers.add_parser(
+        "agent",
+        help="deep mode: a multi-step agent that reads, edits, runs tests (sandboxed) and reports a diff",
+        description="Work on TASK in the repository for several steps on the deep-tier model: read and search "
+        "files, edit them (one git commit per edit), run commands and tests in a sandbox. Ends with a summary "
+        "and the combined diff. Every run leaves a JSONL trajectory; --resume goes on from one.",
+        epilog="exit codes: 0 the model finished, 1 stopped by a budget or the context, 2 usage error, "
+        "130 interrupted. docs/agent.md says what the sandbox does and does not protect against.",
+    )
+    parser.add_argument("task", nargs="?", default=None, help="what to do (omit with --resume)")
+    parser.add_argument("--repo", default=None, metavar="DIR", help="the repository (default: the current folder's)")
+    parser.add_argument("--model", default=DEFAULT_DEEP, help=f"model name or path (default: {DEFAULT_DEEP})")
+    parser.add_argument("--server", default=None, metavar="URL", help="a `pairline serve` or `pairline route` (ws://...)")
+    parser.add_argument("--mode", default=None, choices=["deep", "realtime", "auto"],
+                        help="with --server on a router: the tier to ask for")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
+                        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N", help=f"model turns (default {b.max_steps})")
+    parser.add_argument("--max-time", type=float, default=None, metavar="S",
+                        help=f"wall-clock seconds (default {b.max_time_s:.0f})")
+    parser.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                        help=f"tokens the model may generate in all (default {b.max_tokens})")
+    parser.add_argument("--turn-tokens", type=int, default=1024, metavar="N", help="cap on one reply (default 1024)")
+    parser.add_argument("--test-cmd", default=None, metavar="CMD", help=f"the test tool's command ({DEFAULT_TEST_CMD})")
+    parser.add_argument("--cmd-timeout", type=float, default=120.0, metavar="S", help="limit for one command")
+    parser.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size in tokens (default 8192)")
+    parser.add_argument("--resume", default=None, metavar="RUN", help="go on with a run (its id or trajectory path)")
+    parser.add_argument("--json", action="store_true", help="print the trajectory's events as JSONL on stdout")
+    parser.set_defaults(func=cmd_agent)
+    return parser
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from pairline.assistant.client import open_client
+
+    overrides = {"max_steps": args.max_steps, "max_time_s": args.max_time, "max_tokens": args.max_tokens}
+    if args.mode and not args.server:
+        raise PairlineError("--mode picks a tier on a router; it needs --server")
+    if args.turn_tokens < 16:
+        raise PairlineError(f"--turn-tokens must be at least 16, got {args.turn_tokens}")
+    if args.ctx < 1024:
+        raise PairlineError(f"--ctx must be at least 1024, got {args.ctx}")
+    if args.repo is not None and not Path(args.repo).is_dir():
+        raise PairlineError(f"--repo {args.repo}: no such directory")
+    info = {"server": args.server, "mode": args.mode, "runtime": args.runtime}
+    if args.resume is not None:
+        if args.task:
+            raise PairlineError("give either a task or --resume, not both (a resumed run keeps its task)")
+        find_run(args.resume)  # fail fast, before loading a model
+        load_trajectory(find_run(args.resume))
+    else:
+        if args.task is None or not args.task.strip():
+            raise PairlineError('the task is empty; say what the agent should do: pairline agent "TASK"')
+        Budgets(**{k: v for k, v in overrides.items() if v is not None}).check()
+    out = _Printer(args.json)
+    out.note(f"loading {args.model if not args.server else args.server}…")
+    client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime, mode=args.mode)
+    common = {"n_ctx": args.ctx, "cmd_timeout": args.cmd_timeout, "on_event": out.event, "info": info}
+    if args.resume is not None:
+        agent = Agent.resume(args.resume, client, budgets=overrides, test_cmd=args.test_cmd, repo=args.repo, **common)
+    else:
+        ws = Workspace.open(args.repo or None)
+        budgets = Budgets(**{k: v for k, v in overrides.items() if v is not None})
+        agent = Agent(client, ws, args.task, budgets=budgets, test_cmd=args.test_cmd or DEFAULT_TEST_CMD,
+                      turn_tokens=args.turn_tokens, **common)
+    result = run_in_thread(agent)
+    out.final(result)
+    return result.exit_code
+
+
+def run_in_thread(agent: Agent) -> AgentResult:
+    """Run the agent off the main thread, so Ctrl-C only asks it to stop: the model's answer is
+    cancelled within a step, a command's process group is killed, and the trajectory gets its end."""
+    cancel = CancelToken()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["result"] = agent.run(cancel)
+        except BaseException as err:  # re-raised in the main thread
+            box["error"] = err
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    while t.is_alive():
+        try:
+            t.join(0.2)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            print("\npairline: stopping the agent…", file=sys.stderr)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class _Printer:
+    """The run on the terminal: the model's text as it streams, one line per tool, then the report
+    and the colored diff. With --json, the trajectory's events instead."""
+
+    def __init__(self, as_json: bool):
+        from rich.console import Console
+
+        self.json = as_json
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.max_steps = 0
+
+    def note(self, text: str) -> None:
+        self.err.print(text, markup=False, style="dim")
+
+    def event(self, e: dict) -> None:
+        kind = e["type"]
+        if self.json:
+            if kind != "delta":
+                sys.stdout.write(json.dumps(e, ensure_ascii=False, default=str) + "\n")
+                sys.stdout.flush()
+            return
+        if kind in ("run", "resume"):
+            self.max_steps = e["budgets"]["max_steps"]
+            if kind == "run":
+                self.note(f"run {e['run_id']} · {e['model']} · {e['repo']} · sandbox: {', '.join(e['sandbox'])}")
+            else:
+                self.note(f"resuming run {e['run_id']} after {e['used_steps']} steps")
+            self.note(f"trajectory: {e['trajectory']}")
+        elif kind == "delta":
+            self.out.file.write(e["text"])
+            self.out.file.flush()
+        elif kind == "turn":
+            self.out.print(f"\n[step {e['step']}/{self.max_steps} · {e['tokens']} tokens · {e['wall_s']:.1f} s]",
+                           style="dim", markup=False)
+        elif kind == "tool":
+            first = (e.get("observation") or "").splitlines()[:1]
+            self.out.print(f"[{e['name']}] {first[0] if first else ''}", style="cyan" if e["ok"] else "yellow",
+                           markup=False)
+        elif kind == "condense":
+            self.note(f"[context: {e['observations']} older results shortened]")
+
+    def final(self, r: AgentResult) -> None:
+        if self.json:
+            return
+        from pairline.assistant.edit_cmd import print_diff
+
+        if r.diff:
+            self.out.print()
+            print_diff(self.out, r.diff.splitlines())
+        self.out.print("\n" + r.report(), markup=False)
+        tail = f"trajectory: {r.path}"
+        if r.reason != "done":
+            tail += f"\nto go on: pairline agent --resume {r.run_id} (raise the budget that stopped it)"
+        self.note(tail)

@@ -1,0 +1,358 @@
+"""The deep-mode agent's tools: read, list and search files, edit them, run commands and tests.
+
+Paths go through `Sandbox.resolve` (nothing outside the repository) and, for writes, through
+`Workspace.resolve` too (no `.git/`). Edits use the same applier as the real-time assistant
+(`edits.apply_block`) and `Workspace.apply`: atomic writes, refused if a file changed under us, one
+git commit per edit, undoable. Commands run in the `Sandbox`.
+
+Two guards keep the agent's own git calls, which run outside the sandbox, from running code a
+sandboxed command planted: `GitGuard` puts `.git/config`, hooks and `info/` back as they were
+after every command, and `hooks_off` turns off hooks and fsmonitor for the commits it makes (see
+docs/agent.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pairline.assistant.agent_format import Action, truncate_middle
+from pairline.assistant.coder import load_file
+from pairline.assistant.edit_cmd import unified_diff
+from pairline.assistant.edits import EditError, apply_block
+from pairline.assistant.rewrite import restore_layout
+from pairline.assistant.sandbox import RunResult, Sandbox, SandboxError
+from pairline.assistant.workspace import FileChangedError, Workspace, read_text_file
+from pairline.errors import PairlineError
+
+READ_LINES = 250  # one read shows at most this many lines ...
+READ_CHARS = 8000  # ... and characters
+RUN_CHARS = 3000  # of a command's output, for the model (its end matters most: the verdict)
+LIST_MAX = 200
+SEARCH_MAX = 50
+RECORD_CHARS = 8000  # of a command's output, for the trajectory
+_SKIP_DIRS = {".git", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cache", ".pytest_cache",
+              ".ruff_cache", ".tox", "dist", "build", ".eggs"}
+
+
+@dataclass(slots=True)
+class ToolResult:
+    observation: str  # what the model is told
+    ok: bool
+    output: str = ""  # a longer record, for the trajectory
+    data: dict = field(default_factory=dict)  # more fields for the trajectory (exit code, commit, diff, ...)
+
+
+def repo_files(root: Path, git: bool, limit: int = 20000) -> list[str]:
+    """The repository's files, relative, sorted: git's view (tracked plus untracked, not ignored)
+    in a git repository, else a walk that skips the usual tool and cache folders."""
+    if git:
+        try:
+            proc = subprocess.run(["git", "-c", "core.fsmonitor=false", "ls-files", "-z", "--cached", "--others",
+                                   "--exclude-standard"], cwd=root, capture_output=True, timeout=30)
+            if proc.returncode == 0:
+                names = sorted({n for n in proc.stdout.decode("utf-8", "replace").split("\0") if n})
+                return [n for n in names if (root / n).is_file()][:limit]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            out.append((Path(dirpath) / name).relative_to(root).as_posix())
+            if len(out) >= limit:
+                return out
+    return out
+
+
+class Tools:
+    """One run's tools over a workspace and a sandbox rooted at the same folder."""
+
+    def __init__(self, ws: Workspace, sandbox: Sandbox, test_cmd: str, *, cmd_timeout: float = 120.0):
+        self.ws = ws
+        self.sandbox = sandbox
+        self.test_cmd = test_cmd
+        self.cmd_timeout = cmd_timeout
+        self.guard = GitGuard(ws.root) if ws.git else None
+        self.originals: dict[str, str | None] = {}  # path -> text before the run first edited it
+
+    # ---------------------------------------------------------------- files
+
+    def _rel(self, path: str) -> tuple[Path, str]:
+        real = self.sandbox.resolve(str(path).strip().strip("`'\"") or ".")
+        return real, real.relative_to(self.sandbox.root).as_posix() or "."
+
+    def read(self, path: str, start: int | None = None, end: int | None = None) -> ToolResult:
+        try:
+            real, rel = self._rel(path)
+            if real.is_dir():
+                return self.list(path)
+            text, _ = read_text_file(real)
+        except PairlineError as err:
+            return ToolResult(f"read {path}: {err}", False)
+        lines = text.splitlines()
+        n = len(lines)
+        first = max(1, start or 1)
+        if n and first > n:
+            return ToolResult(f"read {rel}: the file has {n} lines; start must be at most {n}", False)
+        stop = min(n, end if end is not None and end >= first else n, first + READ_LINES - 1)
+        out: list[str] = []
+        size = 0
+        for line in lines[first - 1:stop]:
+            size += len(line) + 1
+            if out and size > READ_CHARS:
+                break
+            out.append(line)
+        last = first + len(out) - 1
+        shown = "\n".join(out)
+        head = f"{rel} (lines {first}-{last} of {n}):" if n else f"{rel} (empty file)"
+        more = ""
+        if last < n:
+            more = f'\n[lines {last + 1}-{n} not shown; read with "start": {last + 1} for more]'
+        return ToolResult(f"{head}\n{shown}{more}", True, data={"path": rel, "lines": [first, last], "of": n})
+
+    def list(self, path: str = ".") -> ToolResult:
+        try:
+            real, rel = self._rel(path or ".")
+        except SandboxError as err:
+            return ToolResult(f"list {path}: {err}", False)
+        if not real.is_dir():
+            return ToolResult(f"list {rel}: not a folder" if real.exists() else f"list {rel}: does not exist", False)
+        prefix = "" if rel == "." else rel + "/"
+        names = [n for n in repo_files(self.ws.root, self.ws.git) if n.startswith(prefix)]
+        shown = names[:LIST_MAX]
+        more = f"\n[... and {len(names) - LIST_MAX} more files]" if len(names) > LIST_MAX else ""
+        where = "the repository" if rel == "." else rel
+        body = "\n".join(shown) if shown else "(no files)"
+        return ToolResult(f"{len(names)} files under {where}:\n{body}{more}", True, data={"count": len(names)})
+
+    def search(self, pattern: str, path: str = ".") -> ToolResult:
+        try:
+            real, rel = self._rel(path or ".")
+        except SandboxError as err:
+            return ToolResult(f"search {path}: {err}", False)
+        note = ""
+        try:
+            rx = re.compile(pattern)
+        except re.error as err:
+            rx = re.compile(re.escape(pattern))
+            note = f"[not a valid regular expression ({err}); searched for the literal text]\n"
+        if real.is_file():
+            names = [rel]
+        else:
+            prefix = "" if rel == "." else rel + "/"
+            names = [n for n in repo_files(self.ws.root, self.ws.git) if n.startswith(prefix)]
+        hits: list[str] = []
+        total = 0
+        for name in names:
+            f = self.ws.root / name
+            try:
+                if f.stat().st_size > 1 << 20:
+                    continue
+                data = f.read_bytes()
+            except OSError:
+                continue
+            if b"\0" in data:
+                continue
+            for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+                if rx.search(line):
+                    total += 1
+                    if len(hits) < SEARCH_MAX:
+                        hits.append(f"{name}:{i}: {line.strip()[:200]}")
+        if not hits:
+            return ToolResult(f"{note}no matches for {pattern!r} under {rel}", True, data={"matches": 0})
+        more = f"\n[... {total - len(hits)} more matches]" if total > len(hits) else ""
+        return ToolResult(f"{note}{total} matches for {pattern!r}:\n" + "\n".join(hits) + more, True,
+                          data={"matches": total})
+
+    # ---------------------------------------------------------------- edits
+
+    def edit(self, action: Action, message: str) -> ToolResult:
+        """Apply the blocks that apply (one commit for all of them); report the others precisely.
+        Blocks are applied in order, each to the text the ones before it left."""
+        states: dict[Path, object] = {}
+        texts: dict[Path, str] = {}
+        problems: list[str] = list(action.malformed)
+        applied = 0
+        for i, block in enumerate(action.blocks, 1):
+            name = (block.path or "").strip().removeprefix("./")
+            try:
+                real = self.ws.resolve(self.sandbox.resolve(name))
+                if real not in states:
+                    state = load_file(self.ws, real)
+                    if state.text is None and any(s.strip() for s in block.search):
+                        raise EditError(f"{state.shown} does not exist; to create it, leave SEARCH empty")
+                    states[real], texts[real] = state, state.model_text
+                texts[real], _ = apply_block(texts[real], block, path=states[real].shown)
+                applied += 1
+            except PairlineError as err:  # EditError, SandboxError, unreadable files
+                problems.append(f"block {i} ({name or 'no file name'}): {err}")
+        writes, diffs = [], []
+        for real, new_model in texts.items():
+            state = states[real]
+            new = new_model if state.text is None else restore_layout(state.text, new_model)
+            if state.text is None or new != state.text:
+                writes.append((real, new, state.fingerprint))
+                diffs += unified_diff(state.text or "", new, state.shown)
+        data: dict = {"blocks": len(action.blocks), "applied": applied, "errors": problems}
+        if not writes:
+            if problems:
+                return ToolResult(_edit_failed(problems, applied), False, data=data)
+            return ToolResult("the edit changes nothing: the new lines equal the old ones", False, data=data)
+        try:
+            with hooks_off():
+                entry = self.ws.apply(writes, message)
+        except FileChangedError as err:
+            return ToolResult(f"{err}. Read the file again and redo the edit.", False, data=data)
+        for c in entry.changes:
+            if c.path not in self.originals:
+                self.originals[c.path] = None if c.before is None else c.before.decode("utf-8", "replace")
+        diff = "\n".join(diffs)
+        files = [c.path for c in entry.changes]
+        data.update(files=files, commit=entry.commit, diff=truncate_middle(diff, RECORD_CHARS),
+                    after_sha256={c.path: hashlib.sha256(c.after).hexdigest() for c in entry.changes})
+        where = f" (commit {entry.commit[:10]})" if entry.commit else ""
+        obs = f"edit applied to {', '.join(files)}{where}:\n{truncate_middle(diff, 1500)}"
+        if problems:
+            obs += "\n" + _edit_failed(problems, applied)
+        return ToolResult(obs, not problems, output=diff, data=data)
+
+    # ---------------------------------------------------------------- commands
+
+    def run(self, command: str, *, timeout: float, cancel=None, kind: str = "run") -> ToolResult:
+        try:
+            r = self.sandbox.run(command, timeout_s=max(1.0, min(timeout, self.cmd_timeout)), cancel=cancel)
+        except SandboxError as err:
+            return ToolResult(f"{kind}: {err}", False)
+        restored = self.check_git()
+        obs = _run_observation(r)
+        if restored:
+            obs += f"\n[the command changed git's own files ({', '.join(restored)}); they were put back]"
+        return ToolResult(obs, r.ok, output=truncate_middle(r.output, RECORD_CHARS), data={
+            "command": r.command, "exit_code": r.exit_code, "timed_out": r.timed_out, "cancelled": r.cancelled,
+            "wall_s": round(r.wall_s, 3), "truncated": r.truncated, "git_restored": restored})
+
+    def test(self, args: str = "", *, timeout: float, cancel=None) -> ToolResult:
+        command = f"{self.test_cmd} {args}".strip() if args else self.test_cmd
+        return self.run(command, timeout=timeout, cancel=cancel, kind="test")
+
+    def check_git(self) -> list[str]:
+        return self.guard.restore() if self.guard is not None else []
+
+
+def _edit_failed(problems: list[str], applied: int) -> str:
+    done = f"{applied} other block(s) applied; do not repeat them. " if applied else "Nothing was written. "
+    return ("Some edit blocks failed:\n" + "\n".join(problems) + f"\n{done}"
+            "Send corrected blocks for the failed changes only, with SEARCH lines copied exactly from the file.")
+
+
+def _run_observation(r: RunResult) -> str:
+    out = r.output.rstrip() or "(no output)"
+    return f"{r.summary()}\n{truncate_middle(out, RUN_CHARS)}"
+
+
+# --------------------------------------------------------------------------- git safety
+
+
+@contextlib.contextmanager
+def hooks_off() -> Iterator[None]:
+    """Git run by this process meanwhile (the workspace's commits) runs no hooks and no fsmonitor:
+    the repository's files are the model's to change, and a hook it wrote (say through a
+    `core.hooksPath` inside the worktree, as husky sets) must not run outside the sandbox."""
+    old = {k: os.environ.get(k) for k in ("GIT_CONFIG_COUNT", *_keys(8))}
+    n = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
+    for i, (k, v) in enumerate({"core.hooksPath": os.devnull, "core.fsmonitor": "false"}.items(), n):
+        os.environ[f"GIT_CONFIG_KEY_{i}"], os.environ[f"GIT_CONFIG_VALUE_{i}"] = k, v
+    os.environ["GIT_CONFIG_COUNT"] = str(n + 2)
+    try:
+        yield
+    finally:
+        for i in (n, n + 1):
+            os.environ.pop(f"GIT_CONFIG_KEY_{i}", None)
+            os.environ.pop(f"GIT_CONFIG_VALUE_{i}", None)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _keys(n: int) -> list[str]:
+    return [f"GIT_CONFIG_{kind}_{i}" for i in range(n) for kind in ("KEY", "VALUE")]
+
+
+class GitGuard:
+    """What git runs on its own: `.git/config` (fsmonitor, filters, hooksPath, includes), hooks and
+    `info/`. A sandboxed command may write inside `.git` (the sandbox cannot carve it out of the
+    writable repository), so after each command these are compared with the snapshot taken at the
+    start and put back. A `.git` that stopped being the same folder stops the run."""
+
+    WATCHED = ("config", "config.worktree", "commondir", "hooks", "info")
+
+    def __init__(self, root: Path):
+        self.git = root / ".git"
+        self.snapshot = self._take()
+
+    def _kind(self) -> str:
+        if self.git.is_symlink():
+            return "link:" + os.readlink(self.git)
+        if self.git.is_dir():
+            return f"dir:{self.git.stat().st_ino}"
+        if self.git.is_file():
+            return "file:" + hashlib.sha256(self.git.read_bytes()).hexdigest()
+        return "missing"
+
+    def _take(self) -> dict[str, tuple[int, bytes] | str]:
+        snap: dict[str, tuple[int, bytes] | str] = {"": self._kind()}
+        if not snap[""].startswith("dir:"):
+            return snap
+        for name in self.WATCHED:
+            p = self.git / name
+            if p.is_file() and not p.is_symlink():
+                snap[name] = (p.stat().st_mode & 0o7777, p.read_bytes())
+            elif p.is_symlink():
+                snap[name] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                for dirpath, _dirs, files in os.walk(p):
+                    for f in files:
+                        q = Path(dirpath) / f
+                        rel = q.relative_to(self.git).as_posix()
+                        snap[rel] = ("link:" + os.readlink(q)) if q.is_symlink() else (
+                            q.stat().st_mode & 0o7777, q.read_bytes())
+        return snap
+
+    def restore(self) -> list[str]:
+        """Put the watched files back; the paths that had changed. Raises PairlineError if `.git`
+        itself was replaced (nothing sensible to put back: the run must stop)."""
+        now = self._take()
+        if now[""] != self.snapshot[""]:
+            raise GitTampered(".git was replaced by a command; the agent stopped before running git again")
+        changed = sorted(k for k in set(now) | set(self.snapshot) if k and now.get(k) != self.snapshot.get(k))
+        for rel in changed:
+            p = self.git / rel
+            want = self.snapshot.get(rel)
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+            elif p.is_dir():
+                import shutil
+
+                shutil.rmtree(p)
+            if want is None:
+                continue
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(want, str):
+                os.symlink(want.removeprefix("link:"), p)
+            else:
+                p.write_bytes(want[1])
+                os.chmod(p, want[0])
+        return [f".git/{c}" for c in changed]
+
+
+class GitTampered(PairlineError):
+    """A command replaced `.git`: the run stops before git runs again."""

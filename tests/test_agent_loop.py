@@ -1,0 +1,321 @@
+"""Deep mode's loop with a scripted client: tools, edits, tests, budgets, trajectory, resume, diff."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pairline.assistant.agent import Agent, Budgets, find_run, load_trajectory
+from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+from pairline.assistant.workspace import Workspace
+from pairline.errors import PairlineError
+from tests.assistant_helpers import ScriptedClient
+
+BUG = "def add(a, b):\n    return a - b\n"
+TEST = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+# a test command without pytest's start-up cost: exit 1 while add is wrong
+CHECK = "python -c 'import calc, sys; sys.exit(0 if calc.add(2, 3) == 5 else 1)'"
+
+
+def call(name: str, **args) -> str:
+    return f"Next.\n<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
+
+
+def block(search: str, replace: str, path: str = "calc.py") -> str:
+    return f"{path}\n```python\n{HEAD}\n{search}{DIVIDER}\n{replace}{TAIL}\n```\n"
+
+
+FIX = block("    return a - b\n", "    return a + b\n")
+
+
+def git(root, *args) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "calc.py").write_text(BUG)
+    (root / "test_calc.py").write_text(TEST)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@e.com")
+    git(root, "config", "user.name", "T")
+    git(root, "add", ".")
+    git(root, "commit", "-qm", "init")
+    return root
+
+
+def make(root, answers, budgets=None, **kw):
+    client = ScriptedClient(answers)
+    agent = Agent(client, Workspace.open(root), "make add add", budgets=budgets or Budgets(max_steps=10),
+                  test_cmd=CHECK, **kw)
+    return agent, client
+
+
+def events(agent):
+    return load_trajectory(agent.path)
+
+
+def observations(client):
+    """What the model was told after each of its turns (the last user message of each later call)."""
+    return [c["messages"][-1]["content"] for c in client.calls[1:]]
+
+
+def test_read_search_list_failing_test_fix_done(repo):
+    answers = [
+        call("list", path="."),
+        call("search", pattern=r"def \w+\("),
+        call("read", path="calc.py"),
+        call("test"),
+        "Fix it.\n" + FIX + call("test").removeprefix("Next.\n"),
+        call("done", summary="add adds now"),
+    ]
+    agent, client = make(repo, answers)
+    result = agent.run()
+    assert result.reason == "done" and result.summary == "add adds now" and result.exit_code == 0
+    assert (repo / "calc.py").read_text() == BUG.replace("-", "+")
+    obs = observations(client)
+    assert "calc.py\ntest_calc.py" in obs[0]
+    assert "calc.py:1: def add(a, b):" in obs[1] and "test_calc.py:4: def test_add():" in obs[1]
+    assert "calc.py (lines 1-2 of 2):\ndef add(a, b):\n    return a - b" in obs[2]
+    assert "exited 1" in obs[3]
+    assert "edit applied to calc.py (commit" in obs[4] and "exited 0" in obs[4]
+    assert "(5 steps left)" in obs[4]
+    # one commit for the edit, on top of the start; the final diff is start..HEAD
+    log = git(repo, "log", "--format=%s").splitlines()
+    assert log == ["pairline: agent: make add add (step 5)", "init"]
+    assert result.commits and result.files_changed == ["calc.py"]
+    assert "-    return a - b\n+    return a + b" in result.diff
+    assert result.last_test == {"command": CHECK, "exit_code": 0}
+    # the history keeps each reply up to its action, and the system prompt and example come first
+    last = client.calls[-1]["messages"]
+    assert last[0]["role"] == "system" and "<tool_call>" in last[0]["content"]
+    assert all(m["content"].rstrip().endswith("</tool_call>") for m in last if m["role"] == "assistant")
+
+
+def test_edit_that_fails_is_fed_back_then_undo(repo):
+    wrong = block("    return a * b\n", "    return a + b\n")
+    agent, client = make(repo, [wrong, FIX, call("done", summary="ok")])
+    result = agent.run()
+    obs = observations(client)
+    assert "does not match any lines" in obs[0] and "Did you mean these lines (2-2)?" in obs[0]
+    assert "Nothing was written" in obs[0]
+    assert result.edits == 1 and len(result.commits) == 1
+    # the edit is undoable through the workspace (what /undo in the chat calls)
+    entry = agent.ws.undo()
+    assert entry.commit == result.commits[0]
+    assert (repo / "calc.py").read_text() == BUG and git(repo, "log", "--format=%s").splitlines() == ["init"]
+
+
+def test_tool_after_a_failed_edit_is_not_run_and_new_file(repo):
+    wrong = block("nothing like this\n", "x\n") + call("test").removeprefix("Next.\n")
+    new = block("", "def sub(a, b):\n    return a - b\n", path="pkg/ops.py")
+    agent, client = make(repo, [wrong, new, call("done", summary="ok")])
+    agent.run()
+    obs = observations(client)
+    assert "test call after the edit was not run" in obs[0]
+    assert (repo / "pkg" / "ops.py").read_text() == "def sub(a, b):\n    return a - b\n"
+    tools = [e for e in events(agent) if e["type"] == "tool"]
+    assert [t["name"] for t in tools] == ["edit", "edit", "done"]
+
+
+def test_malformed_replies_count_as_steps(repo):
+    answers = [
+        "I think we should fix it.",
+        '<tool_call>\n{"name": "read", "arguments": {"path": }\n</tool_call>',
+        call("frobnicate", x=1),
+        call("read"),
+        f"calc.py\n```python\n{HEAD}\n    return a - b\n```\n",
+        call("done", summary="gave up"),
+    ]
+    agent, client = make(repo, answers)
+    result = agent.run()
+    obs = observations(client)
+    assert "No action found" in obs[0] and "<tool_call>" in obs[0]
+    assert "not valid JSON" in obs[1]
+    assert "unknown tool 'frobnicate'" in obs[2]
+    assert 'read needs "path"' in obs[3]
+    assert "malformed" in obs[4] and "ended inside an edit block" in obs[4]
+    assert result.steps == 6 and result.reason == "done"
+    invalid = [e for e in events(agent) if e["type"] == "tool" and e["name"] == "invalid"]
+    assert len(invalid) == 5
+
+
+def test_lenient_forms(repo):
+    answers = [
+        "```bash\necho hi-from-bash\n```",
+        '```json\n{"name": "read_file", "parameters": {"file": "calc.py"}}\n```',
+        '<tool_call>{"name": "grep", "arguments": "{\\"query\\": \\"return\\"}"}</tool_call>'
+        '<tool_call>{"name": "done", "arguments": {}}</tool_call>',
+        call("done", summary="ok"),
+    ]
+    agent, client = make(repo, answers)
+    agent.run()
+    obs = observations(client)
+    assert "hi-from-bash" in obs[0] and "next time use a <tool_call>" in obs[0]
+    assert "return a - b" in obs[1] and "wrap the tool call" in obs[1]
+    assert "calc.py:2:" in obs[2]
+    # the stream stopped at the first </tool_call>: the second call was never read, nor kept
+    turn = [e for e in events(agent) if e["type"] == "turn"][2]
+    assert turn["text"].count("<tool_call>") == 1 and turn["finish_reason"] == "stop"
+
+
+def test_sandbox_refuses_paths_outside_the_repo(repo, tmp_path):
+    (tmp_path / "secret.txt").write_text("top secret")
+    escape = block("", "pwned\n", path="../evil.py")
+    answers = [call("read", path="../secret.txt"), call("read", path=str(tmp_path / "secret.txt")),
+               call("list", path=".."), escape, block("", "x\n", path=".git/config"),
+               call("run", command=f"echo x > {tmp_path}/outside.txt; cat ../secret.txt"),
+               call("done", summary="-")]
+    agent, client = make(repo, answers)
+    agent.run()
+    obs = observations(client)
+    assert "outside the repository" in obs[0] and "outside the repository" in obs[1]
+    assert "outside the repository" in obs[2] and "outside the repository" in obs[3]
+    assert "inside .git" in obs[4]
+    assert not (tmp_path / "evil.py").exists()
+    if "no-writes-outside" in agent.sandbox.protections:
+        assert not (tmp_path / "outside.txt").exists()
+    # documented weakness: reads of what the user can read are not confined
+    assert "top secret" in obs[5]
+
+
+def test_command_changing_git_config_is_put_back(repo):
+    before = (repo / ".git" / "config").read_bytes()
+    answers = [call("run", command="git config core.fsmonitor 'touch /tmp/x' && "
+                                   "printf '#!/bin/sh\\n' > .git/hooks/post-commit && chmod +x .git/hooks/post-commit"),
+               FIX, call("done", summary="ok")]
+    agent, client = make(repo, answers)
+    result = agent.run()
+    assert "were put back" in observations(client)[0]
+    assert (repo / ".git" / "config").read_bytes() == before
+    assert not (repo / ".git" / "hooks" / "post-commit").exists()
+    assert result.edits == 1
+
+
+@pytest.mark.parametrize("which", ["steps", "tokens", "time"])
+def test_each_budget_stops_the_run(repo, which):
+    loop = [call("read", path="calc.py")] * 50
+    budgets = {"steps": Budgets(max_steps=3), "tokens": Budgets(max_steps=50, max_tokens=60),
+               "time": Budgets(max_steps=50, max_time_s=0.6)}[which]
+    agent, client = make(repo, loop, budgets)
+    if which == "time":
+        client.delay = 0.02  # every chunk takes a while: the time budget cancels a reply in flight
+    result = agent.run()
+    assert result.reason == {"steps": "max_steps", "tokens": "max_tokens", "time": "max_time"}[which]
+    assert result.exit_code == 1 and "budget is used up" in result.report()
+    if which == "steps":
+        assert result.steps == 3
+    if which == "tokens":
+        assert result.tokens <= 60 and all(c["max_tokens"] <= 60 for c in client.calls)
+    if which == "time":
+        assert result.wall_s < 2.0
+    end = events(agent)[-1]
+    assert end["type"] == "end" and end["reason"] == result.reason
+
+
+def test_interrupt_mid_command_stops_cleanly(repo):
+    agent, _ = make(repo, [call("run", command="sleep 30"), call("done", summary="-")])
+    cancel_at = threading.Timer(0.5, lambda: token.cancel())
+    from pairline.engine.generate import CancelToken
+
+    token = CancelToken()
+    cancel_at.start()
+    t0 = time.perf_counter()
+    result = agent.run(token)
+    assert result.reason == "interrupted" and result.exit_code == 130
+    assert time.perf_counter() - t0 < 5
+    kinds = [e["type"] for e in events(agent)]
+    assert kinds[0] == "run" and kinds[-1] == "end"
+
+
+def test_trajectory_contents(repo):
+    agent, _ = make(repo, [call("read", path="calc.py"), FIX, call("done", summary="fixed")])
+    result = agent.run()
+    ev = events(agent)
+    assert [e["type"] for e in ev] == ["run", "turn", "tool", "observation", "turn", "tool", "observation",
+                                        "turn", "tool", "observation", "end"]
+    head = ev[0]
+    assert head["task"] == "make add add" and head["model"] == "scripted" and head["repo"] == str(repo)
+    assert head["start_commit"] == git(repo, "rev-list", "--max-parents=0", "HEAD").strip()
+    assert head["budgets"] == {"max_steps": 10, "max_time_s": 600.0, "max_tokens": 20000}
+    assert "workdir" in head["sandbox"] and head["first_message"].startswith("Task: make add add")
+    turn = ev[1]
+    assert turn["tokens"] > 0 and "wall_s" in turn and turn["text"].endswith("</tool_call>")
+    edit = ev[5]
+    assert edit["name"] == "edit" and edit["commit"] == result.commits[0] and edit["files"] == ["calc.py"]
+    assert edit["originals"] == {"calc.py": BUG} and "+    return a + b" in edit["diff"]
+    end = ev[-1]
+    assert end["reason"] == "done" and end["summary"] == "fixed" and end["files_changed"] == ["calc.py"]
+    assert "+    return a + b" in end["diff"] and end["steps"] == 3
+    assert all("elapsed_s" in e for e in ev)
+    assert find_run(agent.run_id) == agent.path == result.path
+
+
+def test_resume_after_an_interrupted_run(repo):
+    agent, _ = make(repo, [call("read", path="calc.py"), FIX, call("test")], Budgets(max_steps=3))
+    first = agent.run()
+    assert first.reason == "max_steps"
+    # simulate a crash: drop the end event and leave half a line
+    lines = agent.path.read_text().splitlines()
+    agent.path.write_text("\n".join(lines[:-1]) + '\n{"type": "tu')
+    client = ScriptedClient([call("done", summary="all good")])
+    resumed = Agent.resume(agent.run_id, client, budgets={"max_steps": 5})
+    assert resumed.used.steps == 3 and resumed.used.tokens == first.tokens
+    result = resumed.run()
+    assert result.reason == "done" and result.steps == 4 and result.summary == "all good"
+    assert result.files_changed == ["calc.py"] and "+    return a + b" in result.diff
+    # the conversation was rebuilt: the model sees its own three steps and their results
+    msgs = client.calls[0]["messages"]
+    assert sum(m["role"] == "assistant" for m in msgs) == 3 + 3  # the example's three, then the run's
+    assert "exited 0" in msgs[-1]["content"]
+    ev = load_trajectory(agent.path)
+    assert [e["type"] for e in ev].count("resume") == 1 and ev[-1]["type"] == "end"
+
+
+def test_resume_refuses_when_the_repo_moved_on(repo):
+    agent, _ = make(repo, [FIX], Budgets(max_steps=1))
+    agent.run()
+    (repo / "calc.py").write_text("def add(a, b):\n    return 0\n")
+    with pytest.raises(PairlineError, match="calc.py changed since the run edited it"):
+        Agent.resume(agent.run_id, ScriptedClient([]))
+    git(repo, "checkout", "-q", "calc.py")
+    git(repo, "reset", "-q", "--hard", "HEAD~1")
+    with pytest.raises(PairlineError, match="moved on"):
+        Agent.resume(str(agent.path), ScriptedClient([]))
+    done, _ = make(repo, [call("done", summary="x")])
+    done.run()
+    with pytest.raises(PairlineError, match="is finished"):
+        Agent.resume(done.run_id, ScriptedClient([]))
+    with pytest.raises(PairlineError, match="no such run"):
+        Agent.resume("nope-123", ScriptedClient([]))
+
+
+def test_outside_git_the_diff_comes_from_the_originals(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "plain"
+    root.mkdir()
+    (root / "calc.py").write_text(BUG)
+    agent, _ = make(root, [FIX, call("done", summary="x")])
+    result = agent.run()
+    assert not agent.ws.git and result.commits == [] and result.files_changed == ["calc.py"]
+    assert "-    return a - b\n+    return a + b" in result.diff
+
+
+def test_old_observations_are_condensed_to_fit(repo):
+    (repo / "big.py").write_text("".join(f"x_{i} = {i}  # some padding text here\n" for i in range(240)))
+    reads = [call("read", path="big.py")] * 5 + [call("done", summary="x")]
+    agent, client = make(repo, reads, n_ctx=6000, example=False)
+    result = agent.run()
+    assert result.reason == "done"
+    assert any(e["type"] == "condense" for e in events(agent))
+    last = client.calls[-1]["messages"]
+    assert sum(client.count_tokens(m["content"]) + 4 for m in last) < 6000
+    assert "output dropped to save room" in last[3]["content"]  # the oldest result shrank
+    assert "x_215 = 215" in last[-1]["content"]  # the latest stayed whole

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pairline.bench import cli as bench_cli
     from pairline.bench import eval_cli
     from pairline.models import cli as models_cli
+    from pairline.router import cli as router_cli
     from pairline.server import cli as server_cli
 
     models_cli.add_parser(sub)
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     server_cli.add_parser(sub)
+    router_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,650 @@
+"""A WebSocket session at the router: the same protocol as `pairline serve` (docs/protocol.md) plus
+`mode`, in front of whichever backend serves each turn.
+
+The router keeps the conversation as text (every turn's input and answer), so a turn can go to any
+backend:
+- a pairline server (or an in-process engine) gets a backend session of its own, held open per
+  tier so its KV stays warm; the turn is forwarded with only what that backend session has not
+  seen yet (`WsLink.synced`), and the backend's events come back re-numbered;
+- an OpenAI-compatible server gets the whole conversation each turn over /v1/chat/completions
+  (SSE), translated into the session's events.
+Until a turn's first token, its events are held back: a backend that fails by then is replaced
+unseen (retry, then the other tier); after it, the client gets an `error` event and
+`response.failed`, never a hang or a silently truncated answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pairline.router.app import Attempt, Ledger, Router, check_mode, served_by
+from pairline.router.backends import (
+    RETRY_CODES,
+    TERMINAL,
+    Backend,
+    Retryable,
+    WsLink,
+    chunk_finish,
+    chunk_text,
+    error_code,
+    send_request,
+    sse_events,
+)
+from pairline.router.classify import Route
+from pairline.server.protocol import (
+    CANCEL_FIELDS,
+    CLIENT_EVENTS,
+    SAMPLING_FIELDS,
+    SESSION_FIELDS,
+    STEER_FIELDS,
+    ProtocolError,
+    ResponseState,
+    Sampling,
+    check_fields,
+    new_id,
+    parse_create,
+    parse_input,
+    parse_sampling,
+)
+
+log = logging.getLogger("pairline.router")
+
+MAX_TOKENS = 4096  # checked here like the server does; each backend applies its own limit too
+_OUTCOME = {"response.completed": "completed", "response.incomplete": "completed", "response.cancelled": "cancelled",
+            "response.failed": "errored"}
+
+
+@dataclass(slots=True, eq=False)
+class Turn:
+    """One response.create at the router: one accepted request, however many backend responses
+    (steers) and attempts it takes."""
+
+    ledger: Ledger
+    mode: str
+    route: Route
+    new_msgs: list[dict]  # the input not yet in the router's history
+    sampling: dict  # instructions, max_output_tokens, temperature, top_p, seed (session defaults merged)
+    prediction: dict | None
+    metadata: dict
+    event_id: str | None
+    previous: str | None  # the response this turn continues
+    steer: list[dict] = field(default_factory=list)  # steer input not yet sent to a backend
+    steer_sent: list[dict] = field(default_factory=list)  # steer input a backend is acting on
+    cancel: bool = False
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # emulated turns: cut the HTTP stream
+    link: WsLink | None = None
+    sent: bool = False  # the current attempt's request has gone out
+    backend: Backend | None = None  # the attempt in flight (begun at the router)
+    response_id: str | None = None  # the response the client knows of, once shown
+    concluded: bool = False
+
+
+class RouterSession:
+    def __init__(self, ws: WebSocket, router: Router):
+        self.ws, self.r = ws, router
+        self.id = new_id("sess")
+        self.key = ws.headers.get("x-pairline-session") or self.id  # affinity: a client may bring its own
+        self.seq = 0
+        self.send_lock = asyncio.Lock()
+        self.defaults: dict = {}
+        self.model: str | None = None
+        self.mode: str | None = None
+        self.history: list[dict] = []  # user and assistant messages, in order
+        self.last_response_id: str | None = None
+        self.links: dict[str, WsLink] = {}
+        self.turn: Turn | None = None
+        self.turn_task: asyncio.Task | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------ sending
+
+    async def send(self, type_: str, **fields) -> None:
+        await self.forward({"type": type_, **fields})
+
+    async def forward(self, ev: dict) -> None:
+        """Any event to the client, stamped with this session's own sequence numbers."""
+        if self.closed:
+            return
+        async with self.send_lock:
+            ev["sequence_number"] = self.seq
+            self.seq += 1
+            try:
+                await self.ws.send_text(json.dumps(ev))
+            except Exception:
+                self.closed = True
+
+    async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
+        self.r.metrics.inc("ws_errors_total", f'code="{err.code}"')
+        body = err.to_error()
+        body["event_id"] = event_id
+        await self.send("error", status=err.status, error=body)
+
+    def describe(self) -> dict:
+        d = self.defaults
+        return {"id": self.id, "object": "realtime.session", "model": self.model, "instructions": d.get("instructions"),
+                "max_output_tokens": d.get("max_output_tokens"), "temperature": d.get("temperature"),
+                "top_p": d.get("top_p"), "mode": self.mode or self.r.cfg.default_mode}
+
+    # ------------------------------------------------------------ receiving
+
+    async def run(self) -> None:
+        await self.send("session.created", session=self.describe())
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            raw = msg.get("text")
+            if raw is None and msg.get("bytes") is not None:
+                raw = msg["bytes"].decode("utf-8", errors="replace")
+            await self.handle(raw or "")
+
+    async def handle(self, raw: str) -> None:
+        event_id = None
+        try:
+            limit = self.r.cfg.max_message_bytes
+            if len(raw) * 4 > limit and len(raw.encode("utf-8", errors="replace")) > limit:
+                raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of {limit} bytes",
+                                    code="message_too_large")
+            try:
+                ev = json.loads(raw)
+            except ValueError as err:
+                raise ProtocolError(f"message is not valid JSON: {err}", code="invalid_json") from None
+            if not isinstance(ev, dict):
+                raise ProtocolError("a client event must be a JSON object", code="invalid_event")
+            event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+            kind = ev.get("type")
+            if kind not in CLIENT_EVENTS:
+                raise ProtocolError(f"unknown event type {kind!r}; expected one of {', '.join(CLIENT_EVENTS)}",
+                                    code="unknown_event_type", param="type")
+            await getattr(self, "on_" + kind.replace(".", "_"))(ev)
+        except ProtocolError as err:
+            await self.send_error(err, event_id)
+
+    async def on_session_update(self, ev: dict) -> None:
+        check_fields(ev, frozenset({"type", "event_id", "session"}), "session.update")
+        body = ev.get("session")
+        if not isinstance(body, dict):
+            raise ProtocolError("session.update needs a 'session' object", code="invalid_type", param="session")
+        check_fields(body, SESSION_FIELDS | {"mode"}, "session")
+        mode = check_mode(body.get("mode"), "session.mode")
+        parse_sampling(body, MAX_TOKENS)  # the same checks as the server's, before anything is kept
+        self.defaults.update({k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None})
+        self.mode = mode or self.mode
+        self.model = body.get("model") or self.model
+        await self.send("session.updated", session=self.describe())
+
+    async def on_response_create(self, ev: dict) -> None:
+        ev = dict(ev)
+        mode = check_mode(ev.pop("mode", None))
+        req = parse_create(ev, MAX_TOKENS)
+        if self.turn is not None:
+            raise ProtocolError("a response is already in progress on this session; cancel or steer it",
+                                code="conversation_already_has_active_response")
+        if req.previous_response_id is not None and req.previous_response_id != self.last_response_id:
+            raise ProtocolError(f"previous_response_id {req.previous_response_id!r} is not the latest response of "
+                                "this session", code="previous_response_not_found", param="previous_response_id")
+        sampling = {k: ev[k] if ev.get(k) is not None else self.defaults.get(k) for k in SAMPLING_FIELDS}
+        system = [{"role": "system", "content": sampling["instructions"]}] if sampling["instructions"] else []
+        mode, route = self.r.decide(mode or self.mode, system + self.history + req.messages)
+        ledger = self.r.admit(route.tier)
+        if ledger is None:
+            raise self.r.busy_error(route.tier)
+        self.turn = Turn(ledger, mode, route, req.messages, sampling, ev.get("prediction"), req.metadata,
+                         req.event_id, self.last_response_id)
+        self.turn_task = asyncio.create_task(self.run_turn(self.turn))
+
+    def _active(self, response_id, code: str) -> Turn:
+        turn = self.turn
+        if turn is None or turn.concluded or (turn.cancel and not turn.steer and not turn.steer_sent):
+            raise ProtocolError("there is no response in progress", code=code)
+        if response_id is not None and response_id != turn.response_id:
+            raise ProtocolError(f"response {response_id!r} is not in progress", code=code, param="response_id")
+        return turn
+
+    async def on_response_cancel(self, ev: dict) -> None:
+        check_fields(ev, CANCEL_FIELDS, "response.cancel")
+        turn = self._active(ev.get("response_id"), "response_cancel_not_active")
+        turn.cancel = True
+        turn.steer.clear()
+        if turn.link is not None and turn.sent:
+            with contextlib.suppress(ConnectionError):
+                await turn.link.send({"type": "response.cancel"})
+        turn.stop.set()
+
+    async def on_response_steer(self, ev: dict) -> None:
+        check_fields(ev, STEER_FIELDS, "response.steer")
+        if "input" not in ev:
+            raise ProtocolError("response.steer needs 'input'", code="missing_required_parameter", param="input")
+        messages = parse_input(ev["input"])
+        turn = self._active(ev.get("response_id") or ev.get("previous_response_id"), "response_steer_not_active")
+        if turn.link is not None and turn.sent and not turn.link.closed:
+            turn.steer_sent += messages
+            with contextlib.suppress(ConnectionError):
+                await turn.link.send({"type": "response.steer", "input": ev["input"]})
+        else:
+            turn.steer += messages
+            turn.stop.set()
+
+    # ------------------------------------------------------------ turns
+
+    def conclude(self, turn: Turn, outcome: str, ok: bool | None) -> None:
+        """The turn is over: counted, its backend released, the session free for the next turn.
+        Runs before the final event goes out, so a client may send its next turn the moment it
+        arrives (and /metrics already counts this one)."""
+        if turn.concluded:
+            return
+        turn.concluded = True
+        if turn.backend is not None:
+            self.r.end(turn.backend, ok)
+            turn.backend = None
+        turn.ledger.finish(outcome)
+        if self.turn is turn:
+            self.turn = None
+
+    def prefer(self, tier: str) -> Backend | None:
+        link = self.links.get(tier)
+        return link.backend if link is not None and not link.closed else None
+
+    async def run_turn(self, turn: Turn) -> None:
+        last: Retryable | None = None
+        try:
+            async for att in self.r.attempts(turn.route.tier, self.key, self.prefer):
+                if turn.cancel:
+                    await self._cancelled_unseen(turn)
+                    return
+                turn.new_msgs, turn.steer = turn.new_msgs + turn.steer, []
+                b = att.backend
+                self.r.begin(b)
+                turn.backend, turn.sent = b, False
+                try:
+                    if b.speaks_ws:
+                        await self.turn_ws(turn, att)
+                    else:
+                        await self.turn_http(turn, att)
+                    return
+                except Retryable as err:
+                    turn.backend = None
+                    self.r.failed(b, err)
+                    last = err
+                    turn.steer, turn.steer_sent = turn.steer_sent + turn.steer, []
+            if last is not None and last.code == "rate_limit_exceeded":
+                err = ProtocolError(f"every backend is busy ({last}); retry shortly", code="rate_limit_exceeded",
+                                    status=429, type_="rate_limit_error")
+            else:
+                why = f": {last}" if last else " (none is healthy)"
+                err = ProtocolError(f"no backend could take the response{why}", code="backend_unavailable",
+                                    status=503, type_="server_error")
+            self.conclude(turn, "errored", None)
+            await self.send_error(err, turn.event_id)
+        except asyncio.CancelledError:
+            self.conclude(turn, "cancelled", None)
+            raise
+        except Exception as err:  # a bug here must still end the turn, visibly
+            log.exception("router: session %s: turn failed", self.id)
+            self.conclude(turn, "errored", None)
+            await self.send_error(ProtocolError(f"router error: {type(err).__name__}", code="server_error",
+                                                status=500, type_="server_error"), turn.event_id)
+        finally:
+            self.conclude(turn, "cancelled", None)
+
+    async def _cancelled_unseen(self, turn: Turn) -> None:
+        """Cancelled while no backend had shown anything: a response that never ran."""
+        state = ResponseState(self.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
+        state.status = "cancelled"
+        self.conclude(turn, "cancelled", None)
+        await self.send("response.created", response={**state.to_dict(), "status": "in_progress"})
+        await self.send("response.cancelled", response=state.to_dict())
+
+    def _commit(self, turn: Turn, text: str, response_id: str) -> None:
+        self.history += turn.new_msgs + [{"role": "assistant", "content": text}]
+        self.last_response_id = response_id
+
+    async def _broken(self, turn: Turn, info: dict, response: dict | None, text: str, why: str) -> None:
+        """A backend died after the client saw part of the answer: say so, end the response as failed."""
+        b = info["backend"]
+        log.info("router: session %s: backend %s failed mid-response: %s", self.id, b, why)
+        err = ProtocolError(f"backend {b} ({info['tier']}) failed mid-response ({why}); the answer is incomplete",
+                            code="backend_failed", status=502, type_="server_error")
+        self.conclude(turn, "errored", False)
+        await self.send_error(err, turn.event_id)
+        resp = dict(response or {})
+        resp.update(status="failed", output_text=text, error={"code": err.code, "message": err.message})
+        await self.send("response.failed", response=resp, pairline=info)
+
+    # -------- a pairline backend: its own session, events relayed
+
+    async def turn_ws(self, turn: Turn, att: Attempt) -> None:
+        r, b = self.r, att.backend
+        link = self.links.get(att.tier)
+        if link is None or link.backend is not b or not link.usable():
+            if link is not None:
+                asyncio.create_task(link.close())
+            self.links.pop(att.tier, None)
+            link = await WsLink.open(b, r.cfg.connect_timeout_s)
+            self.links[att.tier] = link
+        turn.link = link
+        missed = self.history[link.synced:]  # turns served elsewhere since (all of them on a new link)
+        ev = {"type": "response.create", "input": _items(missed + turn.new_msgs),
+              **{k: v for k, v in turn.sampling.items() if v is not None}}
+        if turn.prediction is not None and b.prediction:
+            ev["prediction"] = turn.prediction
+        if turn.metadata:
+            ev["metadata"] = turn.metadata
+        if turn.event_id:
+            ev["event_id"] = turn.event_id
+        info = served_by(att, turn.mode, turn.route)
+        t0 = time.perf_counter()
+        try:
+            await link.send(ev)
+        except ConnectionError:
+            self.links.pop(att.tier, None)
+            raise Retryable(f"{b.name}: the session closed") from None
+        turn.sent = True
+        if turn.cancel:
+            with contextlib.suppress(ConnectionError):
+                await link.send({"type": "response.cancel"})
+        head: list[dict] = []
+        started, text, last_t, response, first = False, "", 0.0, None, True
+        cfg = r.cfg
+        while True:
+            msg = await link.recv(cfg.idle_timeout_s if started else cfg.first_token_timeout_s)
+            if msg is None:
+                self.links.pop(att.tier, None)
+                asyncio.create_task(link.close())
+                if not started:
+                    raise Retryable(f"{b.name}: the session closed or went silent before the first token")
+                await self._broken(turn, info, response, text, "its session closed or went silent")
+                return
+            t = msg.get("type")
+            if not started:
+                err = msg.get("error") if t == "error" else None
+                code = err.get("code") if isinstance(err, dict) else None
+                if code in RETRY_CODES:
+                    raise Retryable(f"{b.name}: {code} before the first token", broken=code == "server_error",
+                                    code="rate_limit_exceeded" if code == "rate_limit_exceeded" else
+                                    "backend_unavailable")
+                head.append(msg)
+                if t not in ("response.output_text.delta", "error") and t not in TERMINAL:
+                    continue
+                started = True
+                last_t = time.perf_counter()
+                r.ttft(b, last_t - t0)
+                batch, head = head, []
+            else:
+                batch = [msg]
+            for m in batch:
+                t = m.get("type")
+                if t == "response.created":
+                    response = m.get("response") or {}
+                    if first and response.get("previous_response_id") is None:
+                        response["previous_response_id"] = turn.previous  # a fresh backend session knows none
+                    turn.response_id = response.get("id")
+                    m["pairline"] = info
+                elif t == "response.output_text.delta":
+                    text += m.get("delta") or ""
+                    now = time.perf_counter()
+                    if now > last_t:
+                        r.itl(b, now - last_t)
+                    last_t = now
+                elif t in TERMINAL:
+                    resp = m.get("response") or {}
+                    if first and resp.get("previous_response_id") is None:
+                        resp["previous_response_id"] = turn.previous
+                    m["pairline"] = info
+                    if resp.get("usage") is not None:  # the backend kept this turn: so does the router
+                        self._commit(turn, resp.get("output_text") or "", resp.get("id"))
+                        link.synced = len(self.history)
+                    steered = (resp.get("incomplete_details") or {}).get("reason") == "steered"
+                    if steered:  # a successor follows on the same backend session
+                        turn.new_msgs, turn.steer_sent, text, first = turn.steer_sent, [], "", False
+                        await self.forward(m)
+                        continue
+                    self.conclude(turn, _OUTCOME[t], True)
+                    await self.forward(m)
+                    return
+                await self.forward(m)
+
+    # -------- an OpenAI-compatible backend: the conversation resent, SSE translated
+
+    async def turn_http(self, turn: Turn, att: Attempt) -> None:
+        r, b = self.r, att.backend
+        info = served_by(att, turn.mode, turn.route)
+        shown = False  # has the client seen a response of this turn yet (then failures are visible)
+        while True:
+            messages = ([{"role": "system", "content": turn.sampling["instructions"]}]
+                        if turn.sampling.get("instructions") else []) + self.history + turn.new_msgs
+            body = {"model": b.model or "default", "messages": messages, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            s = turn.sampling
+            for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
+                                 ("top_p", "top_p"), ("seed", "seed")):
+                if s.get(ours) is not None:
+                    body[theirs] = s[ours]
+            if turn.prediction is not None and b.prediction:
+                body["prediction"] = turn.prediction
+            t0 = time.perf_counter()
+            try:
+                resp = await send_request(r.client, b, "/chat/completions", body, stream=True)
+            except Retryable as err:
+                if not shown:
+                    raise
+                await self._broken(turn, info, None, "", str(err))
+                return
+            turn.sent = True
+            if resp.status_code != 200:  # the request itself was refused (400...): the client's to fix
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    await resp.aread()
+                await resp.aclose()
+                self.conclude(turn, "errored", True)
+                await self.send_error(_http_error(resp), turn.event_id)
+                return
+            again = await self._relay_sse(turn, att, info, resp, t0, shown)
+            if again is None:
+                return
+            shown = shown or again
+
+    async def _relay_sse(self, turn: Turn, att: Attempt, info: dict, resp: httpx.Response, t0: float,
+                         shown: bool) -> bool | None:
+        """One backend response as the session's events. Returns None when the turn is over, or
+        whether the client has seen a response when a steer asks for a successor."""
+        r, b = self.r, att.backend
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in sse_events(resp):
+                    await queue.put(item)
+                await queue.put(("eof", None))
+            except httpx.HTTPError as err:
+                await queue.put(("broken", f"{type(err).__name__}"))
+
+        pump_task = asyncio.create_task(pump())
+        state = ResponseState(b.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
+        pos = {"item_id": state.item_id, "output_index": 0, "content_index": 0}
+        started, finish, usage, timings, last_t = False, None, None, None, 0.0
+        try:
+            while True:
+                kind, obj = await self._next(queue, turn, r.cfg.idle_timeout_s if started
+                                             else r.cfg.first_token_timeout_s)
+                if kind == "stop":
+                    break
+                if kind in ("broken", "timeout", "eof") or (kind == "done" and finish is None):
+                    why = obj or ("the stream ended without its final chunk" if kind != "timeout" else "silent")
+                    if not started and not shown:
+                        raise Retryable(f"{b.name}: {why} before the first token")
+                    await self._broken(turn, info, state.to_dict(), state.text, why)
+                    return None
+                if kind == "done":
+                    break
+                code = error_code(obj)
+                if code:
+                    if not started and not shown and code in RETRY_CODES:
+                        raise Retryable(f"{b.name}: {code} before the first token", broken=code == "server_error",
+                                        code="rate_limit_exceeded" if code == "rate_limit_exceeded" else
+                                        "backend_unavailable")
+                    if not started:  # refused before it began (context too long...): as the server says it
+                        self.conclude(turn, "errored", True)
+                        e = obj["error"]
+                        await self.send_error(ProtocolError(str(e.get("message") or code), code=code,
+                                                            param=e.get("param")), turn.event_id)
+                        return None
+                    await self._broken(turn, info, state.to_dict(), state.text, f"error {code}")
+                    return None
+                delta, fin = chunk_text(obj), chunk_finish(obj)
+                usage = obj.get("usage") or usage
+                timings = obj.get("timings") or timings
+                finish = fin or finish
+                if not started and (delta or fin):
+                    started = True
+                    last_t = time.perf_counter()
+                    r.ttft(b, last_t - t0)
+                    turn.response_id = state.id
+                    await self.send("response.created", response=state.to_dict(), pairline=info)
+                    await self.send("response.output_item.added", output_index=0,
+                                    item=state.message_item("in_progress"))
+                    await self.send("response.content_part.added", **pos,
+                                    part={"type": "output_text", "text": "", "annotations": []})
+                if delta:
+                    now = time.perf_counter()
+                    r.itl(b, now - last_t)
+                    last_t = now
+                    state.text += delta
+                    await self.send("response.output_text.delta", **pos, delta=delta, logprobs=[])
+        finally:
+            pump_task.cancel()
+            with contextlib.suppress(BaseException):
+                await resp.aclose()
+        steered = kind == "stop" and bool(turn.steer)
+        if kind == "stop" and not started:  # cut before anything showed
+            if steered:
+                turn.new_msgs, turn.steer = turn.new_msgs + turn.steer, []
+                turn.stop = asyncio.Event()
+                return shown
+            await self._cancelled_unseen(turn)
+            return None
+        state.usage = _usage(usage) if usage else None
+        state.timings = {**(timings or {}), "router_total_s": time.perf_counter() - t0}
+        if steered:
+            state.status, state.incomplete_reason = "incomplete", "steered"
+        elif kind == "stop":
+            state.status = "cancelled"
+        elif finish == "length":
+            state.status, state.incomplete_reason = "incomplete", "max_output_tokens"
+        else:
+            state.status = "completed"
+        # the router's copy keeps what was said, cut or not, as a pairline server does
+        self._commit(turn, state.text, state.id)
+        await self.send("response.output_text.done", **pos, text=state.text, logprobs=[])
+        await self.send("response.content_part.done", **pos, part=state.text_part())
+        await self.send("response.output_item.done", output_index=0,
+                        item=state.message_item("completed" if state.status == "completed" else "incomplete"))
+        final = {"completed": "response.completed", "incomplete": "response.incomplete",
+                 "cancelled": "response.cancelled"}[state.status]
+        if steered:
+            await self.send(final, response=state.to_dict(), pairline=info)
+            turn.new_msgs, turn.steer, turn.previous = turn.steer, [], state.id
+            turn.stop = asyncio.Event()
+            return True
+        self.conclude(turn, _OUTCOME[final], True)
+        await self.send(final, response=state.to_dict(), pairline=info)
+        return None
+
+    async def _next(self, queue: asyncio.Queue, turn: Turn, timeout: float) -> tuple[str, object]:
+        get = asyncio.ensure_future(queue.get())
+        stop = asyncio.ensure_future(turn.stop.wait())
+        try:
+            done, _ = await asyncio.wait({get, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if get in done:
+            return get.result()
+        get.cancel()
+        return ("stop", None) if stop in done else ("timeout", None)
+
+    # ------------------------------------------------------------ end of the session
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        if self.turn_task is not None:
+            self.turn_task.cancel()
+        for link in self.links.values():
+            await link.close()
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    async def cleanup(self) -> None:
+        self.closed = True
+        turn = self.turn
+        if turn is not None and turn.link is not None and turn.sent:
+            with contextlib.suppress(ConnectionError):
+                await turn.link.send({"type": "response.cancel"})
+        if self.turn_task is not None and not self.turn_task.done():
+            self.turn_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.turn_task
+        for link in list(self.links.values()):
+            await link.close()
+
+
+def _items(messages: list[dict]) -> list[dict]:
+    return [{"type": "message", "role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _sampling(s: dict) -> Sampling:
+    return Sampling(s.get("instructions"), s.get("max_output_tokens"), s.get("temperature"), s.get("top_p"),
+                    s.get("seed"))
+
+
+def _usage(u: dict) -> dict:
+    """Chat Completions usage -> the Responses API's names, prediction counts kept."""
+    pt, ct = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
+    cd = u.get("completion_tokens_details") or {}
+    return {"input_tokens": pt, "input_tokens_details": {"cached_tokens": (u.get("prompt_tokens_details") or {})
+                                                         .get("cached_tokens") or 0},
+            "output_tokens": ct, "output_tokens_details": {
+                "reasoning_tokens": cd.get("reasoning_tokens") or 0,
+                "accepted_prediction_tokens": cd.get("accepted_prediction_tokens") or 0,
+                "rejected_prediction_tokens": cd.get("rejected_prediction_tokens") or 0},
+            "total_tokens": pt + ct}
+
+
+def _http_error(resp: httpx.Response) -> ProtocolError:
+    try:
+        e = resp.json().get("error") or {}
+    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        e = {}
+    if not isinstance(e, dict):
+        e = {"message": str(e)}
+    return ProtocolError(str(e.get("message") or f"the backend answered HTTP {resp.status_code}"),
+                         code=str(e.get("code") or "invalid_request_error"), param=e.get("param"),
+                         status=resp.status_code)
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    router: Router = ws.app.state.router
+    await ws.accept()
+    sess = RouterSession(ws, router)
+    if not router.authorized(ws.headers.get("authorization")):
+        await sess.send_error(ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                            code="invalid_api_key", status=401, type_="authentication_error"))
+        sess.closed = True
+        with contextlib.suppress(Exception):
+            await ws.close(1008, "invalid API key")
+        return
+    router.connections.add(sess)
+    try:
+        await sess.run()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        router.connections.discard(sess)
+        await sess.cleanup()

@@ -1,0 +1,235 @@
+"""The router's pure parts: the auto-mode classifier, consistent hashing, backend choice, the
+circuit breaker (on a fake clock), config validation and admission control."""
+
+from __future__ import annotations
+
+import pytest
+
+from pairline.errors import PairlineError
+from pairline.router.app import Router
+from pairline.router.balance import CircuitBreaker, HashRing, Target, choose
+from pairline.router.classify import classify, classify_messages, count_files
+from pairline.router.config import ClassifyConfig, parse_config
+from pairline.router.metrics import RouterMetrics
+
+pytestmark = pytest.mark.timeout(30)
+
+# ---------------------------------------------------------------- classifier
+
+
+@pytest.mark.parametrize("instruction", [
+    "Refactor the session handling into its own module",
+    "Rename Config to Settings across files",
+    "Fix the failing import, then run the tests",
+    "Update the license header in all files",
+    "Migrate the settings loader from configparser to tomllib",
+    "Implement a retry helper and write tests for it",
+    "Apply black to the whole codebase",
+])
+def test_deep_cues(instruction):
+    assert classify(instruction, len(instruction), 0).tier == "deep"
+
+
+@pytest.mark.parametrize("instruction", [
+    "rename greet to welcome",
+    "fix this line",
+    "add a docstring to parse_config",
+    "There is a typo in the error message",
+    "What does greet return?",
+])
+def test_targeted_edits_stay_realtime(instruction):
+    assert classify(instruction, len(instruction), 1).tier == "realtime"
+
+
+def test_size_and_files_decide_when_no_cue_does():
+    cfg = ClassifyConfig(deep_context_chars=1000, deep_files=3)
+    assert classify("explain this", 5000, 0, cfg) == classify("explain this", 5000, 0, cfg)  # pure
+    assert classify("explain this", 5000, 0, cfg).tier == "deep"
+    assert classify("explain this", 5000, 0, cfg).reason.startswith("context")
+    assert classify("explain these", 100, 3, cfg).tier == "deep"
+    assert classify("explain these", 100, 2, cfg).tier == "realtime"
+    # a targeted-edit cue beats the file count (a rename with three files open is still one edit),
+    # but not a context too long for the real-time tier
+    assert classify("rename foo to bar", 100, 5, cfg).tier == "realtime"
+    assert classify("rename foo to bar", 5000, 0, cfg).tier == "deep"
+
+
+def test_files_are_counted_from_paths_and_fences():
+    assert count_files("change a.py and pkg/b.py, then docs/c.md; a.py again") == 3
+    assert count_files("```python\nx = 1\n```\n```js\ny\n```") == 2
+    assert count_files("version 1.2 and e.g. this") == 0
+    route = classify_messages([{"role": "system", "content": "be brief"},
+                               {"role": "user", "content": "see a.py b.py c.py d.py"},
+                               {"role": "assistant", "content": "ok"},
+                               {"role": "user", "content": "now explain"}])
+    assert route.tier == "deep" and route.reason == "4 files"
+
+
+# ---------------------------------------------------------------- consistent hashing
+
+
+def test_ring_is_stable_and_moves_only_the_removed_nodes_keys():
+    nodes = ["a", "b", "c", "d"]
+    ring = HashRing(nodes, vnodes=64)
+    keys = [f"sess_{i}" for i in range(2000)]
+    before = {k: ring.lookup(k) for k in keys}
+    assert before == {k: HashRing(list(reversed(nodes)), 64).lookup(k) for k in keys}  # order-independent
+    share = {n: sum(1 for v in before.values() if v == n) / len(keys) for n in nodes}
+    assert all(0.15 < s < 0.35 for s in share.values()), share  # virtual nodes spread the load
+    after = {k: HashRing(["a", "b", "d"], 64).lookup(k) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert moved and all(before[k] == "c" for k in moved)  # only c's sessions moved
+    # skipping an unavailable node is the same as removing it
+    assert all(ring.lookup(k, lambda n: n != "c") == after[k] for k in keys)
+
+
+# ---------------------------------------------------------------- choice
+
+
+def test_least_outstanding_weighted_by_ttft():
+    fast, slow = Target("fast", ewma_ttft=0.1), Target("slow", ewma_ttft=1.0)
+    assert choose([slow, fast]) is fast
+    fast.outstanding = 12  # 13 * 0.1 > 1 * 1.0
+    assert choose([slow, fast]) is slow
+    fresh = Target("fresh")  # never measured: scored at the tier's best TTFT, so it gets tried
+    assert choose([slow, fast, fresh]) is fresh
+    slow.healthy = False
+    assert choose([slow]) is None
+    assert choose([slow, fast], exclude=[fast]) is None
+
+
+def test_affinity_sticks_until_the_backend_is_much_busier():
+    ts = [Target(n, ewma_ttft=0.2) for n in "abc"]
+    ring = HashRing([t.name for t in ts])
+    home = choose(ts, "sess_42", ring, slack=2)
+    assert all(choose(ts, "sess_42", ring, slack=2) is home for _ in range(5))
+    home.outstanding = 2
+    assert choose(ts, "sess_42", ring, slack=2) is home
+    home.outstanding = 3  # three more in flight than the idlest: the session moves
+    assert choose(ts, "sess_42", ring, slack=2) is not home
+    home.outstanding = 0
+    home.breaker.failure(), home.breaker.failure(), home.breaker.failure()  # circuit open
+    other = choose(ts, "sess_42", ring, slack=2)
+    assert other is not home and other.name == ring.lookup("sess_42", lambda n: n != home.name)
+
+
+# ---------------------------------------------------------------- circuit breaker
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_state_machine():
+    clock = Clock()
+    br = CircuitBreaker(failures_to_open=3, cooldown_s=10, clock=clock)
+    br.failure(), br.failure()
+    assert br.current() == "closed" and br.available()
+    br.success()  # a success resets the count: failures must be consecutive
+    br.failure(), br.failure()
+    assert br.current() == "closed"
+    br.failure()
+    assert br.current() == "open" and not br.available() and br.gauge() == 2
+    clock.t = 9.9
+    assert br.current() == "open"
+    clock.t = 10.0
+    assert br.current() == "half_open" and br.available()
+    assert br.acquire()  # the one probe
+    assert not br.available() and not br.acquire()
+    br.failure()  # the probe failed: open again for a full cooldown
+    assert br.current() == "open"
+    clock.t = 20.0
+    assert br.acquire()
+    br.release()  # the probe's client left: another may probe
+    assert br.acquire()
+    br.success()
+    assert br.current() == "closed" and br.failures == 0 and br.gauge() == 0
+
+
+# ---------------------------------------------------------------- config
+
+
+GOOD = """
+[router]
+port = 8780
+default_mode = "auto"
+
+[tiers.realtime]
+max_outstanding = 16
+backends = [{ kind = "pairline", url = "http://127.0.0.1:8765" }]
+
+[tiers.deep]
+backends = [{ kind = "openai", url = "http://gpu-box:8000/v1/", model = "Qwen/Coder-7B", api_key_env = "VLLM_KEY" },
+            { kind = "inprocess", model = "qwen2.5-coder-1.5b" }]
+"""
+
+
+def test_config_parses():
+    cfg = parse_config(GOOD, "tiers.toml", env={"VLLM_KEY": "secret"})
+    rt, deep = cfg.tiers["realtime"], cfg.tiers["deep"]
+    assert rt.max_outstanding == 16 and rt.backends[0].name == "realtime-0"
+    assert deep.backends[0].url == "http://gpu-box:8000/v1" and deep.backends[0].api_key == "secret"
+    assert deep.backends[1].kind == "inprocess" and cfg.default_mode == "auto"
+    assert "secret" not in repr(cfg)  # the key never shows in logs
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('default_mode = "auto"', 'default_mode = "fast"'),
+     "tiers.toml:4: router.default_mode: must be one of realtime, deep, auto, got 'fast'"),
+    (lambda s: s.replace("port = 8780", 'port = "8780"'), "tiers.toml:3: router.port: must be an integer"),
+    (lambda s: s.replace("max_outstanding = 16", "max_outstandin = 16"),
+     "tiers.toml:7: tiers.realtime.max_outstandin: unknown key"),
+    (lambda s: s.replace('{ kind = "inprocess"', '{ kind = "vllm"'),
+     "tiers.toml:12: tiers.deep.backends[1].kind: must be one of pairline, openai, inprocess, got 'vllm'"),
+    (lambda s: s.replace('model = "qwen2.5-coder-1.5b"', 'modle = "x"'),
+     "tiers.toml:12: tiers.deep.backends[1].modle: unknown key"),
+    (lambda s: s.replace('url = "http://127.0.0.1:8765"', 'url = "127.0.0.1:8765"'),
+     "tiers.toml:8: tiers.realtime.backends[0].url: must be an http:// or https:// URL"),
+    (lambda s: s.replace("[tiers.deep]", "[tiers.deeper]"), "tiers.deeper: unknown tier"),
+    (lambda s: s.replace("[router]", "[routr]"), "tiers.toml:2: routr: unknown table"),
+    (lambda s: s.replace("port = 8780", "port = 8780 8781"), "tiers.toml: not valid TOML"),
+    (lambda s: s.replace('"VLLM_KEY"', '"NO_SUCH_KEY"'),
+     "tiers.toml:11: tiers.deep.backends[0].api_key_env: the environment variable NO_SUCH_KEY is not set"),
+    (lambda s: s.replace('"VLLM_KEY"', '"sk-123 secret"'), "must name an environment variable"),
+])
+def test_config_errors_name_the_key_and_line(edit, message):
+    with pytest.raises(PairlineError) as info:
+        parse_config(edit(GOOD), "tiers.toml", env={"VLLM_KEY": "k"})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)  # one line, no traceback
+
+
+def test_config_needs_both_tiers():
+    with pytest.raises(PairlineError, match=r"missing \[tiers.deep\]"):
+        parse_config('[tiers.realtime]\nbackends = [{kind = "pairline", url = "http://h:1"}]\n', "t.toml")
+    with pytest.raises(PairlineError, match="needs a non-empty `backends`"):
+        parse_config("[tiers.realtime]\nbackends = []\n[tiers.deep]\n", "t.toml")
+
+
+# ---------------------------------------------------------------- admission
+
+
+def test_admission_and_the_request_ledger():
+    cfg = parse_config(GOOD.replace("max_outstanding = 16", "max_outstanding = 2"), "t.toml", env={"VLLM_KEY": "k"})
+    r = Router(cfg)
+    a, b = r.admit("realtime"), r.admit("realtime")
+    assert a and b and r.admit("realtime") is None  # the third waits for a slot: 429 / rate_limit_exceeded
+    assert r.busy_error("realtime").status == 429
+    a.finish("completed")
+    a.finish("errored")  # a request ends once
+    c = r.admit("realtime")
+    assert c is not None
+    b.finish("cancelled"), c.finish("errored")
+    m: RouterMetrics = r.metrics
+    accepted = m.get("requests_accepted_total", 'tier="realtime"')
+    finished = sum(m.get("requests_finished_total", f'tier="realtime",outcome="{o}"')
+                   for o in ("completed", "errored", "cancelled"))
+    assert accepted == finished == 3 and r.outstanding["realtime"] == 0
+    assert m.get("requests_rejected_total", 'tier="realtime",reason="rate_limited"') == 1
+    text = m.render(r.backends, r.outstanding)
+    assert 'pairline:router_requests_accepted_total{tier="realtime"} 3' in text
+    assert 'pairline:router_backend_circuit_state{tier="deep",backend="deep-0"} 0' in text

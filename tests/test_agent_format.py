@@ -1,0 +1,62 @@
+"""Deep mode's action format: what a reply's action is, and the errors that go back to the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from pairline.assistant.agent_format import ActionError, kept_text, parse_reply, stop_point
+from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+
+BLOCK = f"calc.py\n```python\n{HEAD}\n    return a - b\n{DIVIDER}\n    return a + b\n{TAIL}\n```\n"
+
+
+def test_hermes_tool_call():
+    text = 'Look.\n<tool_call>\n{"name": "read", "arguments": {"path": "a.py", "start": "3"}}\n</tool_call>\nbla'
+    a = parse_reply(text)
+    assert (a.name, a.args) == ("read", {"path": "a.py", "start": 3})
+    assert kept_text(text, a) == text[: text.index("</tool_call>") + len("</tool_call>")]
+
+
+def test_two_calls_take_the_first_and_say_so():
+    a = parse_reply('<tool_call>{"name": "list", "arguments": {}}</tool_call><tool_call>{"name": "test"}</tool_call>')
+    assert a.name == "list" and "Only your first tool call was run" in a.notes[0]
+
+
+def test_cut_by_the_stop_string_is_closed_in_the_history():
+    text = '<tool_call>\n{"name": "run", "arguments": {"command": "ls"}}\n'
+    a = parse_reply(text)
+    assert a.args == {"command": "ls"} and kept_text(text, a).endswith("</tool_call>")
+
+
+def test_edit_then_tool_call():
+    a = parse_reply(BLOCK + '<tool_call>{"name": "run_tests", "arguments": {}}</tool_call>')
+    assert a.name == "edit" and len(a.blocks) == 1 and a.then.name == "test"
+    assert a.describe() == "edit calc.py, then test"
+
+
+def test_aliases_and_string_arguments():
+    a = parse_reply('<tool_call>{"name": "bash", "arguments": "{\\"cmd\\": \\"ls -la\\"}"}</tool_call>')
+    assert (a.name, a.args) == ("run", {"command": "ls -la"})
+    assert parse_reply('<tool_call>{"name": "finish", "parameters": {"message": "ok"}}</tool_call>').args == {
+        "summary": "ok"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Sure, I will fix it.", "No action found"),
+    ('<tool_call>{"name": "read", "arguments": {"path": "a.py"</tool_call>', "not valid JSON"),
+    ('<tool_call>{"arguments": {}}</tool_call>', 'has no "name"'),
+    ('<tool_call>{"name": "delete", "arguments": {}}</tool_call>', "unknown tool 'delete'"),
+    ('<tool_call>{"name": "search", "arguments": {}}</tool_call>', 'search needs "pattern"'),
+    ('<tool_call>{"name": "read", "arguments": {"path": "a", "start": "x"}}</tool_call>', "must be a line number"),
+    (f"calc.py\n```python\n{HEAD}\nx\n```", "malformed"),
+    ("```bash\nls\n```\n```bash\npwd\n```", "2 shell blocks"),
+])
+def test_errors_say_what_to_write(text, message):
+    with pytest.raises(ActionError, match=message):
+        parse_reply(text)
+
+
+def test_stop_point():
+    assert stop_point('<tool_call>{"name": "list"}</tool_call>')
+    assert stop_point("edit done\n<tool_response>\nfake")
+    assert not stop_point('<tool_call>{"name": "list"')

@@ -3,6 +3,7 @@ and lossless speculation on real weights."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,9 +79,10 @@ def _compare(path, check_tokens: int):
         got = ours.runtime.forward(ids, "all")
         ours.cached = list(ids)
         # same weights, float32 both sides: only summation order differs
-        err = (got - ref).abs().max().item()
+        ref = ref.numpy()
+        err = np.abs(got - ref).max()
         assert err < 2e-2, f"max |logit difference| {err:.4f} on {prompt!r}"
-        assert torch.equal(got.argmax(-1), ref.argmax(-1))
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
         want = _hf_greedy(hf, ids, check_tokens)
         ours.reset()
         g = ours.generate(ids, SamplingParams(max_tokens=check_tokens, ignore_eos=True), speculation="off").run()
@@ -101,7 +103,7 @@ def test_bf16_close_to_float32(smollm2_gguf):
     ids = f32.tokenizer.encode(PROMPTS[0])
     a = f32.runtime.forward(ids, "all")
     b = b16.runtime.forward(ids, "all")
-    corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+    corr = np.corrcoef(a.flatten(), b.flatten())[0, 1]
     assert corr > 0.995
 
 

@@ -336,7 +336,7 @@ def replay(rt: Any, prompt_tokens: int, steps: list, chunk: int, use_argmax: boo
         n0 = rt.n_past
         tokens = ids[: 1 + drafted]
         rows = "all" if drafted else "last"
-        rt.argmax(tokens, rows) if use_argmax else rt.forward(tokens, rows).argmax(dim=-1)
+        rt.argmax(tokens, rows) if use_argmax else rt.forward(tokens, rows).argmax(-1)
         rt.truncate(n0 + 1 + accepted)
         completion += accepted + 1
     wall = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import torch
+import numpy as np
 
 from pairline.engine.runtime import Runtime
 from pairline.engine.sampling import Sampler, SamplingParams
@@ -220,7 +220,7 @@ class Engine:
         self.runtime.truncate(n)
         del self.cached[n:]
 
-    def _forward(self, tokens: list[int], rows) -> torch.Tensor | None:
+    def _forward(self, tokens: list[int], rows) -> np.ndarray | None:
         try:
             out = self.runtime.forward(tokens, rows)
         except BaseException:
@@ -231,7 +231,7 @@ class Engine:
         self.cached.extend(tokens)
         return out
 
-    def _prefill(self, g: Generation) -> torch.Tensor | None:
+    def _prefill(self, g: Generation) -> np.ndarray | None:
         """Evaluate the prompt's uncached suffix in chunks; returns the last position's logits."""
         prompt = g.prompt
         common = 0
@@ -268,12 +268,12 @@ class Engine:
         exact = getattr(self.runtime, "exact_rows", 0)
         return exact - 1 if exact else 1 << 30
 
-    def _verify(self, sampler: Sampler, drafts: list[int], logits: torch.Tensor) -> tuple[int, int]:
+    def _verify(self, sampler: Sampler, drafts: list[int], logits: np.ndarray) -> tuple[int, int]:
         """logits[i] predicts the token after drafts[:i]. Returns (accepted drafts, next token).
         Greedy: accept while the draft is the argmax. Sampling: a draft is one certain proposal,
         so accept it with probability p(draft), else draw from p without it (lossless)."""
         if sampler.params.greedy:
-            best = torch.argmax(logits, dim=-1).tolist()
+            best = np.argmax(logits, axis=-1).tolist()
             n = 0
             while n < len(drafts) and drafts[n] == best[n]:
                 n += 1

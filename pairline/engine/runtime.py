@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
-import torch
+import numpy as np
+
+from pairline.errors import PairlineError
 
 Rows = Literal["none", "last", "all"]
 
@@ -26,9 +28,10 @@ class Runtime(Protocol):
         """Tokens currently in the KV cache."""
         ...
 
-    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+    def forward(self, tokens: list[int], rows: Rows = "last") -> np.ndarray | None:
         """Evaluate `tokens` at positions n_past.. and append them to the cache.
-        Returns float32 logits on the CPU: [1, V] for "last", [len(tokens), V] for "all", None for "none"."""
+        Returns float32 logits as a numpy array: [1, V] for "last", [len(tokens), V] for "all", None for
+        "none". numpy, not torch, so the loop on the llama.cpp runtime never imports torch."""
         ...
 
     def truncate(self, n: int) -> None:
@@ -51,3 +54,16 @@ def check_forward(n_past: int, n: int, n_ctx: int) -> None:
         raise ValueError("forward needs at least one token")
     if n_past + n > n_ctx:
         raise ContextFull(f"{n_past + n} positions needed, the KV cache holds {n_ctx}")
+
+
+def cpu_threads() -> int:
+    """All cores unless PAIRLINE_THREADS says otherwise (on a busy 2-core machine, 1 is steadier)."""
+    import os
+
+    want = os.environ.get("PAIRLINE_THREADS", "")
+    if want:
+        try:
+            return max(1, int(want))
+        except ValueError:
+            raise PairlineError(f"PAIRLINE_THREADS must be a number, got {want!r}") from None
+    return os.cpu_count() or 1

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from pairline.engine.config import ModelConfig
@@ -288,17 +289,17 @@ class CudaRuntime:
         return other
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+    def forward(self, tokens: list[int], rows: Rows = "last") -> np.ndarray | None:
         plan = self._check(tokens)
         n = len(tokens)
         if plan is None:
             logits = self._prefill(tokens, rows)
-            return None if logits is None else logits.cpu()
+            return None if logits is None else logits.float().cpu().numpy()
         self._static(tokens, plan)
         if rows == "none":
             return None
         out = self.graphs.logits[n - 1 : n] if rows == "last" else self.graphs.logits[:n]
-        return out.to("cpu", copy=True)  # a copy: the buffer belongs to the next step
+        return out.float().to("cpu", copy=True).numpy()  # a copy: the buffer belongs to the next step
 
     @torch.inference_mode()
     def argmax(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor:

@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pairline.engine.runtime import ContextFull, Rows, check_forward
-from pairline.engine.runtimes.torch_runtime import cpu_threads
+from pairline.engine.runtime import ContextFull, Rows, check_forward, cpu_threads
 from pairline.errors import PairlineError
 
 # The largest batch one llama_decode call takes; longer inputs are fed in pieces. Prefill chunks
@@ -211,7 +209,7 @@ class LlamaCppRuntime:
     def n_past(self) -> int:
         return self._n_past
 
-    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+    def forward(self, tokens: list[int], rows: Rows = "last") -> np.ndarray | None:
         n = len(tokens)
         check_forward(self._n_past, n, self.n_ctx)
         if any(not 0 <= t < self.vocab_size for t in tokens):
@@ -224,9 +222,9 @@ class LlamaCppRuntime:
             logits = self._decode(piece, want)
             if logits is not None:
                 out.append(logits)
-        return torch.cat(out) if len(out) > 1 else (out[0] if out else None)
+        return np.concatenate(out) if len(out) > 1 else (out[0] if out else None)
 
-    def _decode(self, tokens: list[int], rows: Rows) -> torch.Tensor | None:
+    def _decode(self, tokens: list[int], rows: Rows) -> np.ndarray | None:
         b, n, base = self.batch, len(tokens), self._n_past
         b.n_tokens = n
         for i, t in enumerate(tokens):
@@ -257,7 +255,7 @@ class LlamaCppRuntime:
         n_out = n if rows == "all" else 1
         ptr = self.lib.llama_get_logits(self.ctx)
         logits = np.ctypeslib.as_array(ptr, shape=(n_out, self.vocab_size))
-        return torch.from_numpy(logits.copy())
+        return logits.copy()  # the buffer belongs to the next call
 
     def truncate(self, n: int) -> None:
         if not 0 <= n <= self._n_past:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pairline.engine.config import ModelConfig
-from pairline.engine.runtime import Rows, check_forward
+from pairline.engine.runtime import Rows, check_forward, cpu_threads
 from pairline.engine.runtimes.torch_model import EXACT_ROWS, Transformer, fuse_state_dict, quantize_int8
 from pairline.errors import PairlineError
 
@@ -35,17 +35,6 @@ def native_bf16_cpu() -> bool:
 # Inputs wider than this many rows (prefill chunks) run in float32 where bf16 is emulated;
 # decode and verify steps (at most draft length + 1 rows) stay in bf16.
 UPCAST_ROWS = 32
-
-
-def cpu_threads() -> int:
-    """All cores unless PAIRLINE_THREADS says otherwise (on a busy 2-core machine, 1 is steadier)."""
-    want = os.environ.get("PAIRLINE_THREADS", "")
-    if want:
-        try:
-            return max(1, int(want))
-        except ValueError:
-            raise PairlineError(f"PAIRLINE_THREADS must be a number, got {want!r}") from None
-    return os.cpu_count() or 1
 
 
 QUANTS = ("none", "int8")
@@ -109,13 +98,13 @@ class TorchRuntime:
         return self._n_past
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor | None:
+    def forward(self, tokens: list[int], rows: Rows = "last") -> np.ndarray | None:
         n = len(tokens)
         check_forward(self._n_past, n, self.n_ctx)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         logits = self.model(ids, self._n_past, _ROWS[rows])
         self._n_past += n
-        return None if logits is None else logits.cpu()
+        return None if logits is None else logits.float().cpu().numpy()
 
     def fork(self) -> TorchRuntime:
         """Another runtime on the same weights with its own empty KV cache (one per session)."""

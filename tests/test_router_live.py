@@ -62,17 +62,22 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def backends():
-    """Two real servers: the real-time tier's and the deep tier's."""
-    ports = free_port(), free_port()
-    procs = [start_serve(p) for p in ports]
+def servers():
+    """Real servers, started together: the real-time tier's, the deep tier's, and one to kill."""
+    ports = [free_port() for _ in range(3)]
+    procs = {p: start_serve(p) for p in ports}
     try:
-        for p, proc in zip(ports, procs, strict=True):
-            wait_healthy(p, proc)
-        yield ports
+        for p in ports:
+            wait_healthy(p, procs[p])
+        yield ports, procs
     finally:
-        for proc in procs:
+        for proc in procs.values():
             stop(proc)
+
+
+@pytest.fixture(scope="module")
+def backends(servers):
+    return servers[0][:2]
 
 
 def router(toml: str) -> RouterThread:
@@ -330,13 +335,11 @@ backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep"
 
 
 @pytest.mark.timeout(150)
-def test_backend_killed_mid_stream_failover_and_recovery(backends):
-    _, deep = backends
-    port = free_port()
-    victim = start_serve(port)
+def test_backend_killed_mid_stream_failover_and_recovery(servers):
+    (_, deep, port), procs = servers
+    victim = procs[port]
     r = None
     try:
-        wait_healthy(port, victim)
         r = router(two_tiers(port, deep, router_extra="breaker_failures = 2\nbreaker_cooldown_s = 1.5\nretries = 1"))
         client = sdk(r)
         long_ask = {"role": "user", "content": "Write a very long story about a robot who learns to paint."}
@@ -377,7 +380,7 @@ def test_backend_killed_mid_stream_failover_and_recovery(backends):
         assert 'pairline:router_failovers_total{from="realtime",to="deep"}' in httpx.get(r.base_url + "/metrics").text
 
         # it comes back: health checks close its circuit after the cooldown, and it serves again
-        victim = start_serve(port)
+        victim = procs[port] = start_serve(port)
         wait_healthy(port, victim)
         deadline = time.monotonic() + 20
         while True:
@@ -398,4 +401,31 @@ def test_backend_killed_mid_stream_failover_and_recovery(backends):
     finally:
         if r is not None:
             r.stop()
-        stop(victim)
+
+
+@pytest.mark.timeout(120)
+def test_inprocess_backend(backends, smollm2_gguf):
+    """`kind = "inprocess"`: the router loads the model and serves it with the server's scheduler."""
+    _, deep = backends
+    r = router(f"""
+[[tiers.realtime.backends]]
+kind = "inprocess"
+model = "{smollm2_gguf}"
+ctx = 1024
+max_sessions = 2
+runtime = "torch"
+name = "local"
+[tiers.deep]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep" }}]
+""")
+    try:
+        body = sdk(r).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
+                                              max_tokens=4, extra_body={"mode": "realtime"})
+        assert body.choices[0].message.content and body.model_extra["pairline"]["backend"] == "local"
+        ws = ws_client(r)
+        evs = turn(ws, input="Say hi.", max_output_tokens=4, mode="realtime")
+        assert evs[-1]["pairline"]["backend"] == "local" and evs[-1]["response"]["output_text"]
+        ws.close()
+        assert_none_lost(r)
+    finally:
+        r.stop()

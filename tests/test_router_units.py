@@ -3,6 +3,9 @@ circuit breaker (on a fake clock), config validation and admission control."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from pairline.errors import PairlineError
@@ -233,3 +236,28 @@ def test_admission_and_the_request_ledger():
     text = m.render(r.backends, r.outstanding)
     assert 'pairline:router_requests_accepted_total{tier="realtime"} 3' in text
     assert 'pairline:router_backend_circuit_state{tier="deep",backend="deep-0"} 0' in text
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from pairline.cli import main
+
+    bad = tmp_path / "tiers.toml"
+    bad.write_text(GOOD.replace('kind = "pairline"', 'kind = "pairlin"'))
+    assert main(["route", "-c", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == (f"pairline: error: {bad}:8: tiers.realtime.backends[0].kind: must be "
+                                               "one of pairline, openai, inprocess, got 'pairlin'")
+    assert main(["route", "-c", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read the router config" in capsys.readouterr().err
+    good = tmp_path / "ok.toml"
+    good.write_text(GOOD.replace('api_key_env = "VLLM_KEY"', 'name = "vllm"').replace(
+        '{ kind = "inprocess", model = "qwen2.5-coder-1.5b" }', '{ kind = "pairline", url = "http://127.0.0.1:9" }'))
+    with socket.socket() as taken:  # a taken port fails at once, before anything loads or serves
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        t0 = time.monotonic()
+        assert main(["route", "-c", str(good), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err and time.monotonic() - t0 < 10

@@ -261,3 +261,48 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert main(["route", "-c", str(good), "--port", str(taken.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert "cannot listen on 127.0.0.1" in err and "Traceback" not in err and time.monotonic() - t0 < 10
+
+
+def test_auth_and_nothing_to_route_to():
+    """No backend is up (nothing listens on their ports): requests are refused clearly and counted."""
+    import json
+
+    import httpx
+    from websockets.sync.client import connect
+
+    from pairline.router.app import RouterThread
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cfg = parse_config(f"""
+[router]
+api_key_env = "ROUTER_KEY"
+[tiers.realtime]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{ports[0]}" }}]
+[tiers.deep]
+backends = [{{ kind = "openai", url = "http://127.0.0.1:{ports[1]}/v1", model = "m" }}]
+""", "t.toml", env={"ROUTER_KEY": "s3cret"})
+    with RouterThread(cfg) as r:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        res = httpx.post(r.base_url + "/v1/chat/completions", json=body)
+        assert res.status_code == 401 and res.json()["error"]["code"] == "invalid_api_key"
+        auth = {"Authorization": "Bearer s3cret"}
+        res = httpx.post(r.base_url + "/v1/chat/completions", json=body, headers=auth)
+        assert res.status_code == 503 and res.json()["error"]["code"] == "backend_unavailable"
+        health = httpx.get(r.base_url + "/health")  # no key needed
+        assert health.status_code == 503 and health.json()["status"] == "down"
+        with connect(r.ws_url, open_timeout=10) as ws:
+            ev = json.loads(ws.recv(timeout=10))
+            assert ev["type"] == "error" and ev["error"]["code"] == "invalid_api_key"
+        with connect(r.ws_url, open_timeout=10, additional_headers=auth) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+            ws.send(json.dumps({"type": "response.create", "input": "hi", "mode": "deep"}))
+            ev = json.loads(ws.recv(timeout=10))
+            assert ev["type"] == "error" and ev["error"]["code"] == "backend_unavailable"
+        m = r.router.metrics
+        assert m.get("requests_accepted_total", 'tier="realtime"') == 1
+        assert m.get("requests_finished_total", 'tier="realtime",outcome="errored"') == 1
+        assert m.get("requests_finished_total", 'tier="deep",outcome="errored"') == 1

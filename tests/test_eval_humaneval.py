@@ -121,6 +121,21 @@ def test_the_models_own_test_code_is_dropped():
     assert passes(program).passed
 
 
+def test_tests_cut_off_by_the_token_budget_leave_the_solution():
+    cut = BODY0 + "\n# Check function\ndef check_solution():\n    cases = [\n" \
+                  "        ([1.0, 2.0], 0.5, True),\n        ([1.0, "
+    program = he.extract_program(f"```python\n{P0.prompt}{cut}", P0)
+    assert "check_solution" not in program and passes(program).passed
+    # the same for a body-only answer
+    program = he.extract_program(f"```python\n{cut}", P0)
+    assert "check_solution" not in program and passes(program).passed
+
+
+def test_a_solution_that_does_not_parse_is_still_a_syntax_failure():
+    program = he.extract_program(f"```python\n{P0.prompt}    return (numbers\n```", P0)
+    assert passes(program).kind == "syntax"
+
+
 def test_a_non_python_block_first_is_skipped():
     answer = "```text\nsome output\n```\n" + full_def_answer()
     assert passes(he.extract_program(answer, P0)).passed
@@ -231,6 +246,18 @@ def test_a_scripted_run_scores_stops_and_summarizes(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert 400 <= width <= 3000 and 300 <= height <= 2000 and len(data) > 10_000
+
+
+def test_rescore_checks_saved_answers_again_and_keeps_the_timings(tmp_path):
+    client = Scripted([full_def_answer(), "```python\n    return 1\n```"])
+    result = he.run_eval(he.EvalConfig(limit=2, client=client, log=lambda m: None))
+    result["records"][1]["answer"] = full_def_answer(problem=PROBLEMS[1], body="    return []\n")
+    result["records"][0]["passed"] = False  # as if an older extractor had failed it
+    out = he.rescore(result)
+    assert [r["passed"] for r in out["records"]] == [True, False]
+    assert out["records"][0]["wall_s"] == result["records"][0]["wall_s"]
+    assert out["rescored"][-1]["changed"] == ["HumanEval/0: fail -> pass"]
+    assert out["summary"]["passed"] == 1
 
 
 def test_wilson_interval_is_sane():

@@ -45,6 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="also draw the run (default: next to the JSON)")
     he.set_defaults(func=cmd_humaneval)
 
+    rs = sub.add_parser("rescore", help="check saved answers again with this version's extractor and checker")
+    rs.add_argument("result", help="a JSON file written by `pairline eval humaneval`")
+    rs.add_argument("--out", "-o", default=None, help="JSON to write (default: RESULT-rescored.json)")
+    rs.set_defaults(func=cmd_rescore)
+
     pl = sub.add_parser("plot", help="accuracy against wall time from saved humaneval results (one point per file)")
     pl.add_argument("results", nargs="+", help="JSON files written by `pairline eval humaneval`")
     pl.add_argument("--out", "-o", default="humaneval.png", help="PNG to write (default humaneval.png)")
@@ -113,4 +118,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     print_table(results)
     png = plot(results, args.out, args.title)
     Console(stderr=True).print(f"wrote {png}")
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pairline.bench import humaneval as he
+    from pairline.bench.plot import load_results
+
+    (result,) = load_results([args.result])
+    out = he.rescore(result, command="pairline " + " ".join(sys.argv[1:]))
+    src = Path(args.result)
+    path = he.write_json(out, Path(args.out) if args.out else src.with_name(src.stem + "-rescored.json"))
+    he.print_table([out])
+    err = Console(stderr=True)
+    for line in out["rescored"][-1]["changed"] or ["no task changed outcome"]:
+        err.print(line, highlight=False)
+    err.print(f"wrote {path}")
     return 0

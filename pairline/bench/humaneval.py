@@ -145,6 +145,28 @@ def _defines(code: str, name: str) -> bool:
     return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
 
 
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _parseable_head(code: str, name: str, start: int = 0) -> str:
+    """`code` if it parses; else its longest head, cut where a top-level statement begins after
+    `start`, that parses and still defines `name`. An answer often ends with the model's own
+    tests, cut off by the token budget: the solution before them is whole."""
+    if _parses(code):
+        return code
+    cuts = [m.start() for m in re.finditer(r"^\S", code, re.M) if m.start() > start]
+    for cut in reversed(cuts):
+        head = code[:cut]
+        if _defines(head, name) and _parses(head):
+            return head
+    return code
+
+
 def _drop_test_code(code: str) -> str:
     """Top-level statements that only exercise the function (prints, asserts, `if __name__ ...`,
     doctest runs) go: they are the model's own tests, not the solution. Definitions, imports and
@@ -170,18 +192,20 @@ def extract_program(answer: str, problem: Problem) -> str:
 
     The first Python block (or, without a fence, the whole answer) is either the whole function (it
     defines the entry point): it then follows the prompt's preamble (imports, helper functions), so
-    names the prompt provides stay defined; or the body alone, which continues the prompt."""
+    names the prompt provides stay defined; or the body alone, which continues the prompt. Code
+    after the solution that does not parse (tests cut off by the token budget) is dropped."""
     found = first_python_block(answer)
     code = found[0] if found else answer
-    if _defines(code, problem.entry_point):
-        m = re.search(rf"^def\s+{re.escape(problem.entry_point)}\s*\(", problem.prompt, re.M)
+    name = problem.entry_point
+    if _defines(code, name):
+        m = re.search(rf"^def\s+{re.escape(name)}\s*\(", problem.prompt, re.M)
         preamble = problem.prompt[: m.start()] if m else ""
-        return preamble + _drop_test_code(code).rstrip() + "\n"
+        return preamble + _drop_test_code(_parseable_head(code, name)).rstrip() + "\n"
     body = code.strip("\n")
     first = next((line for line in body.splitlines() if line.strip()), "")
     if first and not first[0].isspace():  # a body written at column 0
         body = "\n".join("    " + line if line.strip() else line for line in body.splitlines())
-    return problem.prompt + body + "\n"
+    return _parseable_head(problem.prompt + body + "\n", name, start=len(problem.prompt))
 
 
 # --------------------------------------------------------------------------- running the check
@@ -475,6 +499,29 @@ def _quantile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def rescore(result: dict, timeout_s: float | None = None, command: str = "") -> dict:
+    """The saved answers read and checked again with this version's extractor and checker; the
+    timings, tokens and answers stay as measured. Says which tasks changed outcome."""
+    by_id = {p.task_id: p for p in load_problems()}
+    timeout_s = timeout_s or result.get("settings", {}).get("timeout_s", 10.0)
+    records, changed = [], []
+    for old in result["records"]:
+        problem = by_id[old["task_id"]]
+        program = extract_program(old["answer"], problem)
+        c = run_check(problem, program, timeout_s)
+        rec = TaskRecord(**{**old, "passed": c.passed, "failure": c.kind, "message": c.message,
+                            "check_s": c.check_s, "program": program})
+        if rec.passed != old["passed"]:
+            verdict = {True: "pass", False: "fail"}
+            changed.append(f"{rec.task_id}: {verdict[old['passed']]} -> {verdict[rec.passed]}")
+        records.append(rec)
+    out = {**result, "records": [asdict(r) for r in records], "summary": summarize(records)}
+    out.setdefault("rescored", []).append({
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
+        "git": _git_state(), "changed": changed, "pass_at_1_before": result["summary"]["pass_at_1"]})
+    return out
 
 
 def run_canonical(problems: list[Problem], timeout_s: float = 10.0, log=print) -> dict:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,23 +127,30 @@ def load_engine(
     t0 = time.perf_counter()
     path = resolve(model)
     chosen = choose_runtime(runtime, path, device)
-    tokenizer = Tokenizer.load(path)
-    if chosen == "llamacpp":
-        if quant not in (None, "auto") or dtype not in (None, "auto"):
-            raise PairlineError("the llamacpp runtime computes with the GGUF's own quantization; drop --dtype/--quant")
-        from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
-
-        rt = LlamaCppRuntime(path, n_ctx=n_ctx)
-    elif device.startswith("cuda"):
-        rt = _cuda_runtime(path, n_ctx, dtype, device, quant)
-    else:
-        rt = _torch_runtime(path, n_ctx, dtype, device, quant)
+    # The tokenizer (a 150k-token BPE built in Python, ~0.5 s) is built on a second thread while the
+    # runtime loads: llama.cpp's load runs in C without the GIL, so the two overlap on two cores.
+    with ThreadPoolExecutor(1, thread_name_prefix="pairline-tokenizer") as pool:
+        pending_tokenizer = pool.submit(Tokenizer.load, path)
+        rt = _runtime(chosen, path, n_ctx, dtype, device, quant)
+        tokenizer = pending_tokenizer.result()
     if rt.vocab_size < tokenizer.vocab_size:
         raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
     # on a GPU a 256-token prefill chunk is mostly launch overhead; cancel still lands between chunks
     engine = Engine(rt, tokenizer, model_name=model, prefill_chunk=2048 if device.startswith("cuda") else 256)
     engine.load_s = time.perf_counter() - t0
     return engine
+
+
+def _runtime(chosen: str, path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+    if chosen == "llamacpp":
+        if quant not in (None, "auto") or dtype not in (None, "auto"):
+            raise PairlineError("the llamacpp runtime computes with the GGUF's own quantization; drop --dtype/--quant")
+        from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
+
+        return LlamaCppRuntime(path, n_ctx=n_ctx)
+    if device.startswith("cuda"):
+        return _cuda_runtime(path, n_ctx, dtype, device, quant)
+    return _torch_runtime(path, n_ctx, dtype, device, quant)
 
 
 def _torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):

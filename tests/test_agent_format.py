@@ -60,3 +60,12 @@ def test_stop_point():
     assert stop_point('<tool_call>{"name": "list"}</tool_call>')
     assert stop_point("edit done\n<tool_response>\nfake")
     assert not stop_point('<tool_call>{"name": "list"')
+
+
+def test_looping():
+    from pairline.assistant.agent_format import looping
+
+    assert looping("I will run the tests.\n" + "$ pytest\n3 passed\n" * 5)
+    assert looping("x\n" * 9) and not looping("x\n" * 8)
+    assert not looping("".join(f"line {i}\n" for i in range(30)))
+    assert not looping("\n" * 20)  # blank lines are not a loop

@@ -132,9 +132,10 @@ def test_malformed_replies_count_as_steps(repo):
         call("frobnicate", x=1),
         call("read"),
         f"calc.py\n```python\n{HEAD}\n    return a - b\n```\n",
+        "Run the tests.\n" + "python -m pytest\n1 passed\n" * 200,
         call("done", summary="gave up"),
     ]
-    agent, client = make(repo, answers)
+    agent, client = make(repo, answers, nudge=False)
     result = agent.run()
     obs = observations(client)
     assert "No action found" in obs[0] and "<tool_call>" in obs[0]
@@ -142,9 +143,12 @@ def test_malformed_replies_count_as_steps(repo):
     assert "unknown tool 'frobnicate'" in obs[2]
     assert 'read needs "path"' in obs[3]
     assert "malformed" in obs[4] and "ended inside an edit block" in obs[4]
-    assert result.steps == 6 and result.reason == "done"
+    assert "repeated the same lines over and over" in obs[5]
+    loop_turn = [e for e in events(agent) if e["type"] == "turn"][5]
+    assert loop_turn["finish_reason"] == "loop" and loop_turn["tokens"] < 100  # cut early: 200 repeats are ~1700
+    assert result.steps == 7 and result.reason == "done"
     invalid = [e for e in events(agent) if e["type"] == "tool" and e["name"] == "invalid"]
-    assert len(invalid) == 5
+    assert len(invalid) == 6
 
 
 def test_lenient_forms(repo):
@@ -319,3 +323,43 @@ def test_old_observations_are_condensed_to_fit(repo):
     assert sum(client.count_tokens(m["content"]) + 4 for m in last) < 6000
     assert "output dropped to save room" in last[3]["content"]  # the oldest result shrank
     assert "x_215 = 215" in last[-1]["content"]  # the latest stayed whole
+
+
+def test_a_thought_without_action_is_continued_with_a_tool_call(repo):
+    # the scripted continuation comes after the prefix the agent opened: `<tool_call>\n`
+    answers = ["I will read the file first.", '{"name": "read", "arguments": {"path": "calc.py"}}\n</tool_call>',
+               "Still thinking.", "nothing", call("done", summary="x")]
+    agent, client = make(repo, answers)
+    result = agent.run()
+    assert client.calls[1]["prefix"] == "I will read the file first.\n<tool_call>\n"
+    obs = observations(client)
+    assert "return a - b" in obs[1] and "continued with a tool call" in obs[1]
+    assert "the tool call has no JSON object" in obs[3]  # the continuation failed too: the error goes back
+    turns = [e for e in events(agent) if e["type"] == "turn"]
+    assert turns[0]["nudged"] and turns[0]["text"].startswith("I will read the file first.\n<tool_call>")
+    assert result.steps == 3  # a nudge is part of its step
+
+
+def test_files_named_in_the_task_are_shown_up_front(repo):
+    agent, client = make(repo, [call("done", summary="x")])
+    agent.run()
+    first = client.calls[0]["messages"][-1]["content"]
+    assert first.startswith("Task: make add add")
+    assert "Files named in the task" not in first  # "add" names no file
+    agent2 = Agent(ScriptedClient([call("done", summary="x")]), Workspace.open(repo), "fix calc.py please",
+                   test_cmd=CHECK)
+    assert "Files named in the task, as they are now:\n\ncalc.py\n```python\n" + BUG in agent2.convo[0].content
+    assert "test_calc.py\n```" not in agent2.convo[0].content
+
+
+def test_a_hook_the_model_wrote_does_not_run_on_its_commits(repo, tmp_path):
+    # husky-style: the user's config points hooks at a folder in the worktree, which the model may edit
+    git(repo, "config", "core.hooksPath", "hooks")
+    marker = tmp_path / "hook-ran"
+    hook = block("", f"#!/bin/sh\ntouch {marker}\n", path="hooks/post-commit")
+    answers = [hook, call("run", command="chmod +x hooks/post-commit"), FIX, call("done", summary="x")]
+    agent, _ = make(repo, answers)
+    result = agent.run()
+    assert result.edits == 2 and not marker.exists()
+    git(repo, "commit", "--allow-empty", "-qm", "the user's own commit")
+    assert marker.exists()  # the hook is live for the user: what the agent wrote runs when *you* run git

@@ -242,6 +242,7 @@ class Agent:
         on_event: Callable[[dict], None] | None = None,
         sandbox: Sandbox | None = None,
         example: bool = True,
+        nudge: bool = True,
         info: dict | None = None,
     ):
         if not task.strip():
@@ -258,6 +259,7 @@ class Agent:
         self.sandbox = sandbox or Sandbox(ws.root, Limits(timeout_s=cmd_timeout, output_bytes=64_000))
         self.tools = Tools(ws, self.sandbox, test_cmd, cmd_timeout=cmd_timeout)
         self.example = example
+        self.nudge = nudge
         self.info = info or {}
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         self.path = runs_dir() / f"{self.run_id}.jsonl"
@@ -283,9 +285,37 @@ class Agent:
         listing = "\n".join(files[:60]) + (f"\n[... and {len(files) - 60} more]" if len(files) > 60 else "")
         parts = [f"Task: {self.task}", f"The repository has {len(files)} files:\n{listing}",
                  f"The tests run with `{self.test_cmd}`."]
+        named = self._named_files(files, context)
+        if named:
+            parts.append("Files named in the task, as they are now:\n\n" + "\n\n".join(named))
         if context.strip():
             parts.append(context.strip())
         return "\n\n".join(parts)
+
+    def _named_files(self, files: list[str], context: str, budget: int = 6000) -> list[str]:
+        """The small files the task names (by path or file name), shown up front: a small model
+        that has not seen a file invents its lines when it edits it (measured on the 1.5B model)."""
+        import re
+
+        from pairline.assistant.rewrite import fence_for, language_for, wrap
+        from pairline.assistant.workspace import read_text_file
+
+        shown = []
+        for name in files:
+            base = name.rsplit("/", 1)[-1]
+            if not re.search(rf"(?<![\w/.-]){re.escape(base)}(?![\w-])", self.task) and name not in self.task:
+                continue
+            if f"\n{name}\n```" in context:  # the chat already passed it
+                continue
+            try:
+                text, _ = read_text_file(self.ws.root / name)
+            except PairlineError:
+                continue
+            if len(text) > budget:
+                continue
+            budget -= len(text)
+            shown.append(f"{name}\n{wrap(text, language_for(name), fence_for(text))}")
+        return shown
 
     # ---------------------------------------------------------------- events
 
@@ -360,13 +390,30 @@ class Agent:
             messages, room = fitted
             step = self.used.steps + 1
             text, stats, stop = self._ask(messages, room, cancel, step)
-            self.used.steps += 1
             self.used.tokens += stats["tokens"]
             self.used.prompt_tokens += stats.get("prompt_tokens", 0)
             try:
                 action, error = fmt.parse_reply(text), None
             except fmt.ActionError as err:
                 action, error = None, str(err)
+            if action is None and stop is None and self._may_nudge(error, stats):
+                # a thought and no action (small models often end the turn there): the same step goes
+                # on from the thought with an opened tool call, so the model only picks the tool
+                prefix = text.rstrip() + "\n<tool_call>\n"
+                room2 = room - self.client.count_tokens(prefix)
+                more, stats2, stop = self._ask(messages, room2, cancel, step, prefix=prefix)
+                self.used.tokens += stats2["tokens"]
+                stats = {**stats, "tokens": stats["tokens"] + stats2["tokens"], "nudged": True,
+                         "wall_s": round(stats["wall_s"] + stats2["wall_s"], 3)}
+                text = prefix + more
+                try:
+                    action, error = fmt.parse_reply(text), None
+                    action.notes.append("Your reply had no action, so it was continued with a tool call.")
+                except fmt.ActionError as err:
+                    action, error = None, str(err)
+            if action is None and stats["finish_reason"] == "loop":
+                error = f"your reply was cut: it repeated the same lines over and over. {error}"
+            self.used.steps += 1
             kept = fmt.kept_text(text, action)
             self.emit("turn", step=step, text=kept, raw_chars=len(text), **stats)
             if stop == "interrupted":
@@ -383,7 +430,16 @@ class Agent:
             if cancel.cancelled:
                 return "interrupted", ""
 
-    def _ask(self, messages: list[dict], room: int, cancel: CancelToken, step: int) -> tuple[str, dict, str | None]:
+    def _may_nudge(self, error: str | None, stats: dict) -> bool:
+        # only a short reply the model itself ended: a thought. A long one (a loop, an invented
+        # result) gets the error instead.
+        return (self.nudge and bool(error) and error.startswith("No action found")
+                and stats["finish_reason"] == "stop" and stats["tokens"] <= 80
+                and getattr(self.client, "supports_prefix", False)
+                and self.budgets.max_tokens - self.used.tokens >= 32)
+
+    def _ask(self, messages: list[dict], room: int, cancel: CancelToken, step: int,
+             prefix: str = "") -> tuple[str, dict, str | None]:
         """One model turn, streamed; stopped early once its action is complete, and at the time
         budget (a timer cancels it, so even a long prefill stops on time)."""
         max_new = max(1, min(self.turn_tokens, self.budgets.max_tokens - self.used.tokens, room))
@@ -401,9 +457,10 @@ class Agent:
         # the stream is cancelled by hand once the action is complete
         stop = fmt.STOPS if getattr(self.client, "supports_prefix", False) else ()
         t0 = time.perf_counter()
-        text, early = "", False
+        text, early, looped = "", False, False
         try:
-            reply = self.client.stream(messages, max_tokens=max_new, stop=stop, cancel=inner)
+            kw = {"prefix": prefix} if prefix else {}
+            reply = self.client.stream(messages, max_tokens=max_new, stop=stop, cancel=inner, **kw)
             try:
                 for delta in reply:
                     if early:
@@ -413,6 +470,7 @@ class Agent:
                     if fmt.stop_point(text):
                         early = True
                         inner.cancel()
+                        looped = fmt.looping(text)
             finally:
                 reply.close()
         finally:
@@ -421,7 +479,7 @@ class Agent:
         stats = {
             "tokens": max(reply.tokens, reply.usage.completion_tokens),
             "prompt_tokens": reply.usage.prompt_tokens, "cached_tokens": reply.usage.cached_tokens,
-            "max_tokens": max_new, "finish_reason": "stop" if early else reply.finish_reason,
+            "max_tokens": max_new, "finish_reason": "loop" if looped else "stop" if early else reply.finish_reason,
             "ttft_s": round(t.ttft_s, 3) if t.ttft_s else None, "decode_tok_s": round(t.decode_tokens_per_s, 1),
             "wall_s": round(time.perf_counter() - t0, 3),
         }
@@ -750,18 +808,22 @@ def run_in_thread(agent: Agent) -> AgentResult:
     cancelled within a step, a command's process group is killed, and the trajectory gets its end."""
     cancel = CancelToken()
     box: dict = {}
+    finished = threading.Event()
 
     def work() -> None:
         try:
             box["result"] = agent.run(cancel)
         except BaseException as err:  # re-raised in the main thread
             box["error"] = err
+        finally:
+            finished.set()
 
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    while t.is_alive():
+    threading.Thread(target=work, daemon=True).start()
+    # an Event, not Thread.join: a join interrupted by Ctrl-C can leave is_alive() False while the
+    # thread still runs (a CPython bug), and the result would be read before it exists
+    while not finished.is_set():
         try:
-            t.join(0.2)
+            finished.wait(0.2)
         except KeyboardInterrupt:
             cancel.cancel()
             print("\npairline: stopping the agent…", file=sys.stderr)

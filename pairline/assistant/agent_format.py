@@ -224,28 +224,69 @@ def kept_text(text: str, action: Action | None) -> str:
 
 
 def stop_point(text: str) -> bool:
-    """True once a streamed reply has its action and anything further is waste."""
-    return any(s in text for s in STOPS)
+    """True once a streamed reply has its action and anything further is waste, or it loops."""
+    return any(s in text for s in STOPS) or looping(text)
+
+
+def looping(text: str, min_lines: int = 9) -> bool:
+    """The reply's last lines are one block of 1-6 lines written three times over: a small model
+    that invents a tool's result tends to go on inventing the next one, forever."""
+    lines = [x.strip() for x in text.split("\n")[:-1]]  # complete lines only
+    if len(lines) < min_lines or not text.endswith("\n"):
+        return False
+    for p in range(1, 7):
+        tail = lines[-3 * p:]
+        if len(tail) == 3 * p and any(tail[:p]) and tail[:p] == tail[p:2 * p] == tail[2 * p:]:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- the prompt
 
-SYSTEM = """\
-You are a coding agent working in a repository. You work in steps. In each reply write one short \
-sentence of thought, then exactly ONE action. Then you get the action's result and reply again.
+# The tools as JSON signatures: Qwen2.5's chat template lists tools this way inside <tools></tools>,
+# so its models recognise the layout (measured: with a plain list, Qwen2.5-Coder-1.5B wrote its
+# thought and ended the turn without the call).
+_SIGNATURES = [
+    ("read", "Show a file's lines (up to 250 at a time).",
+     {"path": "string", "start": "integer", "end": "integer"}, ["path"]),
+    ("list", "List the files under a folder.", {"path": "string"}, []),
+    ("search", "Find the lines that match a regular expression in the files.",
+     {"pattern": "string", "path": "string"}, ["pattern"]),
+    ("run", "Run a shell command in the repository (no network).", {"command": "string"}, ["command"]),
+    ("test", "Run the tests: `{test_cmd}` (args: an optional test file).", {"args": "string"}, []),
+    ("done", "Finish: say what you changed.", {"summary": "string"}, ["summary"]),
+]
 
-A tool call looks like this:
+
+def _tools_json(test_cmd: str) -> str:
+    lines = []
+    for name, desc, props, required in _SIGNATURES:
+        sig = {"type": "function", "function": {
+            "name": name, "description": desc.format(test_cmd=test_cmd),
+            "parameters": {"type": "object", "properties": {k: {"type": t} for k, t in props.items()},
+                           "required": required}}}
+        lines.append(json.dumps(sig))
+    return "\n".join(lines)
+
+
+SYSTEM = """\
+You are a coding agent working in a repository. You work in steps: each reply is exactly ONE action \
+(a tool call, or search/replace blocks), then you get its result and reply again. Never write a \
+tool's result yourself.
+
+# Tools
+
+The tools you may call, as function signatures within <tools></tools>:
+<tools>
+{tools}
+</tools>
+
+To call a tool, write a JSON object with its name and arguments within <tool_call></tool_call> tags:
 <tool_call>
 {{"name": "read", "arguments": {{"path": "src/util.py"}}}}
 </tool_call>
 
-Tools:
-- read {{"path": FILE}} (optional "start", "end": line numbers): show a file
-- list {{"path": FOLDER}}: list the files under a folder
-- search {{"pattern": REGEX}} (optional "path"): find matching lines in the files
-- run {{"command": COMMAND}}: run a shell command in the repository (no network)
-- test {{}} (optional "args": a test file): run the tests with `{test_cmd}`
-- done {{"summary": TEXT}}: finish, saying what you changed
+# Editing files
 
 To change a file, the action is search/replace blocks instead of a tool call:
 path/to/file.py
@@ -259,7 +300,7 @@ the new lines
 An empty SEARCH part creates a new file. One tool call may follow the blocks (for example test); it \
 runs after the edit is applied.
 
-Rules:
+# Rules
 - Read a file before you edit it. Copy the SEARCH lines exactly, with their indentation.
 - Keep each change small. After an edit, run the tests.
 - When the task is done, call done."""
@@ -269,21 +310,20 @@ Rules:
 _EXAMPLE_TASK = "Task: `perimeter` in shapes.py returns the wrong value; make tests pass."
 _EXAMPLE = [
     ("user", _EXAMPLE_TASK),
-    ("assistant", 'I will read the file first.\n<tool_call>\n{"name": "read", "arguments": {"path": "shapes.py"}}'
-                  "\n</tool_call>"),
+    ("assistant", '<tool_call>\n{"name": "read", "arguments": {"path": "shapes.py"}}\n</tool_call>'),
     ("user", "<tool_response>\nshapes.py (lines 1-2 of 2):\ndef perimeter(w, h):\n    return w + h\n"
              "</tool_response>"),
-    ("assistant", f"The sum must be doubled.\nshapes.py\n```python\n{HEAD}\n    return w + h\n{DIVIDER}\n"
+    ("assistant", f"shapes.py\n```python\n{HEAD}\n    return w + h\n{DIVIDER}\n"
                   f"    return 2 * (w + h)\n{TAIL}\n```\n<tool_call>\n{{\"name\": \"test\", \"arguments\": {{}}}}"
                   "\n</tool_call>"),
     ("user", "<tool_response>\nedit applied to shapes.py\n`pytest -q` exited 0\n3 passed\n</tool_response>"),
-    ("assistant", 'The tests pass.\n<tool_call>\n{"name": "done", "arguments": {"summary": "perimeter now '
-                  'returns 2 * (w + h)."}}\n</tool_call>'),
+    ("assistant", '<tool_call>\n{"name": "done", "arguments": {"summary": "perimeter now returns 2 * (w + h)."}}'
+                  "\n</tool_call>"),
 ]
 
 
 def system_prompt(test_cmd: str) -> str:
-    return SYSTEM.format(test_cmd=test_cmd, head=HEAD, divider=DIVIDER, tail=TAIL)
+    return SYSTEM.format(tools=_tools_json(test_cmd), head=HEAD, divider=DIVIDER, tail=TAIL)
 
 
 def base_messages(test_cmd: str, example: bool = True) -> list[dict]:

@@ -103,11 +103,16 @@ class Generation:
     _started: bool = False
 
     def __iter__(self) -> Iterator[TokenEvent]:
+        with self.engine.lock:
+            yield from self.stepwise()
+
+    def stepwise(self) -> Iterator[TokenEvent]:
+        """The events, without holding the engine's lock for the whole answer: the caller takes
+        `engine.lock` around each `next()`. A scheduler uses this to interleave requests on forks."""
         if self._started:
             raise RuntimeError("a Generation can be iterated once")
         self._started = True
-        with self.engine.lock:
-            yield from self.engine._run(self)
+        return self.engine._run(self)
 
     def run(self) -> Generation:
         for _ in self:

@@ -208,14 +208,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _steps(g: Generation) -> Iterator[TokenEvent]:
-    """Step a Generation without holding its lock for the whole request: the worker takes the
-    shared engine lock around each step, which lets it interleave requests on different forks.
-    (Generation.__iter__ holds the lock throughout, which would serialize whole answers.)"""
-    g._started = True
-    return g.engine._run(g)
-
-
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, max_slots: int, max_queue: int):
         self.engine = engine
@@ -381,7 +373,7 @@ class Scheduler:
             for end in range(cached + PIECE, len(prompt) - PIECE // 2, PIECE):
                 if job.cancel.cancelled:
                     break
-                steps = _steps(engine.generate(prompt[:end], one, speculation="off", cancel=job.cancel))
+                steps = engine.generate(prompt[:end], one, speculation="off", cancel=job.cancel).stepwise()
                 for _ in steps:  # prefill to `end`; its one sampled token is thrown away
                     break
                 steps.close()
@@ -389,7 +381,7 @@ class Scheduler:
                 job.piece_s = time.perf_counter() - t0
                 yield None
             job.cached_before = cached
-        yield from _steps(job.gen)
+        yield from job.gen.stepwise()
 
     def _step(self, job: Job) -> None:
         t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from pairline.engine.prefix_store import PrefixStore
 from pairline.engine.runtime import Runtime
 from pairline.engine.sampling import Sampler, SamplingParams
 from pairline.engine.speculative import DraftPolicy, PredictionDraft, PromptLookup, StepCosts
@@ -93,6 +94,7 @@ class Generation:
     speculation: Speculation = "auto"
     cancel: CancelToken = field(default_factory=CancelToken)
     draft_max: int = 32
+    keep_prefix: int = 0  # leading prompt tokens every request shares (a system prompt): KV kept on disk
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -167,11 +169,21 @@ class Engine:
         self.load_s = 0.0
         # what verify calls cost on this runtime, learned as it runs; shared by forks (same cores)
         self.step_costs = StepCosts(getattr(runtime, "verify_slope_hint", 0.35))
+        self.prefix_store: PrefixStore | None = None  # set by load_engine where the runtime saves states
 
     # ---------------------------------------------------------------- public API
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.encode(render_chat(messages, self.tokenizer.family), add_bos=None)
+
+    def system_prefix(self, messages: list[dict], prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` are the rendered system turn (0 without one): the part
+        every request of a tool shares, worth keeping on disk."""
+        if not messages or messages[0].get("role") != "system":
+            return 0
+        head = self.tokenizer.encode(render_chat(messages[:1], self.tokenizer.family, add_generation_prompt=False),
+                                     add_bos=None)
+        return len(head) if prompt[: len(head)] == head else 0
 
     def generate(
         self,
@@ -182,6 +194,7 @@ class Engine:
         speculation: Speculation = "auto",
         cancel: CancelToken | None = None,
         draft_max: int = 32,
+        keep_prefix: int = 0,
     ) -> Generation:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
@@ -200,10 +213,12 @@ class Engine:
             speculation,
             cancel or CancelToken(),
             draft_max,
+            keep_prefix,
         )
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, **kw) -> Generation:
-        return self.generate(self.chat_prompt(messages), params, **kw)
+        prompt = self.chat_prompt(messages)
+        return self.generate(prompt, params, keep_prefix=self.system_prefix(messages, prompt), **kw)
 
     def fork(self) -> Engine:
         """An engine on the same weights with its own KV cache (a server session's). Forks share
@@ -212,6 +227,7 @@ class Engine:
         other.lock = self.lock
         other.step_costs = self.step_costs
         other.load_s = self.load_s
+        other.prefix_store = self.prefix_store
         return other
 
     def reset(self) -> None:
@@ -246,15 +262,28 @@ class Engine:
             common += 1
         keep = min(common, len(prompt) - 1)  # at least one token must run to produce logits
         self._truncate(keep)
+        shared = g.keep_prefix if 0 < g.keep_prefix < len(prompt) and self.prefix_store else 0
+        if keep < shared and self._restore(prompt[:shared]):
+            keep = shared
+        keep = min(keep, len(self.cached))  # a state the runtime refused leaves the cache empty
         g.usage.cached_tokens = keep
+        cuts = sorted({*range(keep, len(prompt), self.prefill_chunk), *([shared] if keep < shared else [])})
         logits = None
-        for start in range(keep, len(prompt), self.prefill_chunk):
+        for start, end in zip(cuts, [*cuts[1:], len(prompt)], strict=True):
             if g.cancel.cancelled:
                 return None
-            chunk = prompt[start : start + self.prefill_chunk]
-            last = start + len(chunk) == len(prompt)
-            logits = self._forward(chunk, "last" if last else "none")
+            logits = self._forward(prompt[start:end], "last" if end == len(prompt) else "none")
+            if end == shared:
+                self.prefix_store.save(prompt[:shared], self.runtime.save_state())
         return logits[-1]
+
+    def _restore(self, tokens: list[int]) -> bool:
+        """Load the saved KV of `tokens` into the (empty) cache; False when none is stored."""
+        state = self.prefix_store.load(tokens)
+        if state is None:
+            return False
+        self.cached = list(tokens) if self.runtime.load_state(state, len(tokens)) else []
+        return bool(self.cached)
 
     def _drafter(self, g: Generation):
         """The draft source and the policy that sizes its drafts. The priors are per-token acceptance

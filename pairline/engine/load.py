@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pairline.engine.config import ModelConfig, RopeScaling
 from pairline.engine.generate import Engine
+from pairline.engine.prefix_store import PrefixStore
 from pairline.engine.tokenizer import Tokenizer
 from pairline.errors import PairlineError, notice
 
@@ -137,6 +138,8 @@ def load_engine(
         raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
     # on a GPU a 256-token prefill chunk is mostly launch overhead; cancel still lands between chunks
     engine = Engine(rt, tokenizer, model_name=model, prefill_chunk=2048 if device.startswith("cuda") else 256)
+    if hasattr(rt, "save_state") and path.is_file():
+        engine.prefix_store = PrefixStore.for_model(path, rt.state_id)
     engine.load_s = time.perf_counter() - t0
     return engine
 

@@ -264,5 +264,33 @@ class LlamaCppRuntime:
             self.lib.llama_memory_seq_rm(self.memory, 0, n, -1)
         self._n_past = n
 
+    # ------------------------------------------------------------ KV states (the prefix store)
+
+    @property
+    def state_id(self) -> str:
+        """What a saved state depends on besides the model file: the library that wrote it."""
+        import llama_cpp
+
+        return f"llamacpp-{llama_cpp.__version__}"
+
+    def save_state(self) -> bytes:
+        """The KV of every cached position, as llama.cpp serialises a sequence."""
+        size = self.lib.llama_state_seq_get_size(self.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = self.lib.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        return bytes(buf[:n])
+
+    def load_state(self, data: bytes, n_past: int) -> bool:
+        """Replace the cache with a saved state of `n_past` positions; False (cache empty) when
+        llama.cpp refuses it or it does not hold exactly that many positions."""
+        self.truncate(0)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if self.lib.llama_state_seq_set_data(self.ctx, buf, len(data), 0) != len(data) or \
+                self.lib.llama_memory_seq_pos_max(self.memory, 0) != n_past - 1:
+            self.lib.llama_memory_seq_rm(self.memory, 0, 0, -1)
+            return False
+        self._n_past = n_past
+        return True
+
     def fork(self) -> LlamaCppRuntime:
         return LlamaCppRuntime(self.path, self.n_ctx, self.threads, flash_attn=self.flash_attn, _model=self.model)

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,8 +37,18 @@ from pairline.router.classify import Route as TierRoute
 from pairline.router.classify import classify_messages
 from pairline.router.config import MODES, TIERS, RouterConfig
 from pairline.router.metrics import RouterMetrics, labels
-from pairline.server.openai_http import error_response, read_json
-from pairline.server.protocol import ProtocolError, text_of
+from pairline.server.app import UvicornThread, uvicorn_config
+from pairline.server.openai_http import (
+    SSE_DONE,
+    SSE_HEADERS,
+    chat_messages,
+    completion_prompt,
+    error_response,
+    read_json,
+    sse_data,
+)
+from pairline.server.protocol import ProtocolError, api_key_error, bearer_ok
+from pairline.server.ws import CLOSE_GOING_AWAY
 
 log = logging.getLogger("pairline.router")
 
@@ -123,7 +129,7 @@ class Router:
     async def stop(self) -> None:
         if self.health_task:
             self.health_task.cancel()
-        await asyncio.gather(*(s.close(1001, "router shutting down") for s in list(self.connections)),
+        await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, "router shutting down") for s in list(self.connections)),
                              return_exceptions=True)
         if self.client:
             await self.client.aclose()
@@ -171,6 +177,15 @@ class Router:
         self.outstanding[tier] += 1
         self.metrics.inc("requests_accepted_total", labels(tier=tier))
         return Ledger(self, tier)
+
+    def no_backend_error(self, last: Retryable | None, what: str) -> ProtocolError:
+        """Every attempt failed: 429 when the last backend refused for load (worth a retry soon), else 503."""
+        if last is not None and last.code == "rate_limit_exceeded":
+            return ProtocolError(f"every backend is busy ({last}); retry shortly", code="rate_limit_exceeded",
+                                 status=429, type_="rate_limit_error")
+        why = f": {last}" if last else " (none is healthy)"
+        return ProtocolError(f"no backend could take the {what}{why}", code="backend_unavailable", status=503,
+                             type_="server_error")
 
     def busy_error(self, tier: str) -> ProtocolError:
         return ProtocolError(f"the {tier} tier has its maximum of {self.cfg.tiers[tier].max_outstanding} requests in "
@@ -232,12 +247,7 @@ class Router:
         self.metrics.itl.observe(labels(tier=b.tier, backend=b.name), seconds)
 
     def authorized(self, header: str | None) -> bool:
-        key = self.cfg.api_key
-        if not key:
-            return True
-        if not header or not header.lower().startswith("bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), key.encode())
+        return bearer_ok(header, self.cfg.api_key)
 
 
 def served_by(att: Attempt, mode: str, route: TierRoute) -> dict:
@@ -257,27 +267,11 @@ def route_headers(info: dict) -> dict[str, str]:
 
 
 def _classify_input(body: dict, chat: bool) -> list[dict]:
-    """Just enough of the body for the classifier; the backend checks the rest, with its own errors."""
+    """Just enough of the body for the classifier; the backend checks the rest (roles included), with
+    its own errors."""
     if chat:
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise ProtocolError("'messages' must be a non-empty list", code="invalid_value", param="messages")
-        out = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise ProtocolError(f"messages[{i}] must be an object", code="invalid_type", param=f"messages[{i}]")
-            out.append({"role": m.get("role"), "content": text_of(m.get("content") or "", f"messages[{i}].content")})
-        return out
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise ProtocolError("'prompt' must be a non-empty string", code="invalid_value", param="prompt")
-    return [{"role": "user", "content": prompt}]
-
-
-def _sse(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+        return chat_messages(body, check_roles=False)
+    return [{"role": "user", "content": completion_prompt(body)}]
 
 
 class _Stream(StreamingResponse):
@@ -308,8 +302,7 @@ class HttpIngress:
     async def handle(self, request: Request, path: str, chat: bool) -> Response:
         r = self.r
         if not r.authorized(request.headers.get("authorization")):
-            return error_response(ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                                code="invalid_api_key", status=401, type_="authentication_error"))
+            return error_response(api_key_error())
         try:
             body = await read_json(request, r.cfg.max_message_bytes)
             mode = check_mode(body.pop("mode", None)) or check_mode(request.headers.get("x-pairline-mode"),
@@ -344,13 +337,8 @@ class HttpIngress:
             ledger.finish("cancelled")
             raise
         ledger.finish("errored")
-        if last is not None and last.code == "rate_limit_exceeded":
-            return error_response(ProtocolError(f"every backend is busy ({last}); retry shortly",
-                                                code="rate_limit_exceeded", status=429, type_="rate_limit_error"),
-                                  headers={"Retry-After": "1"})
-        why = f": {last}" if last else " (none is healthy)"
-        return error_response(ProtocolError(f"no backend could take the request{why}", code="backend_unavailable",
-                                            status=503, type_="server_error"))
+        err = r.no_backend_error(last, "request")
+        return error_response(err, headers={"Retry-After": "1"} if err.status == 429 else None)
 
     async def _whole(self, b: Backend, path: str, body: dict, info: dict, ledger: Ledger) -> Response:
         resp = await send_request(self.r.client, b, path, body, stream=False)
@@ -392,9 +380,7 @@ class HttpIngress:
                     break
                 code = error_code(obj)
                 if code in RETRY_CODES:
-                    raise Retryable(f"{b.name}: {code} before the first token", broken=code == "server_error",
-                                    code="rate_limit_exceeded" if code == "rate_limit_exceeded" else
-                                    "backend_unavailable")
+                    raise Retryable.before_first_token(b.name, code)
                 if code or chunk_text(obj) or chunk_finish(obj) or not obj.get("choices"):
                     break
             else:
@@ -417,7 +403,7 @@ class HttpIngress:
         def annotate(obj: dict) -> bytes:
             if chunk_finish(obj) or (not obj.get("choices") and "usage" in obj):
                 obj["pairline"] = info  # the final chunk(s): who served it
-            return _sse(obj)
+            return sse_data(obj)
 
         async def body_iter():
             finished, done, last = False, False, time.perf_counter()
@@ -425,7 +411,7 @@ class HttpIngress:
                 for kind, obj in head:
                     if kind == "done":
                         done = True
-                        yield b"data: [DONE]\n\n"
+                        yield SSE_DONE
                     else:
                         finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
                         yield annotate(obj)
@@ -433,7 +419,7 @@ class HttpIngress:
                     async for kind, obj in events:
                         if kind == "done":
                             done = True
-                            yield b"data: [DONE]\n\n"
+                            yield SSE_DONE
                             break
                         if chunk_text(obj):
                             now = time.perf_counter()
@@ -449,18 +435,17 @@ class HttpIngress:
                 # After the first token: no retry can be invisible, so the client is told plainly.
                 log.info("router: %s died mid-stream: %s", b.name, err)
                 state["ok"], state["outcome"] = False, "errored"
-                yield _sse({"error": {"type": "server_error", "code": "backend_failed", "param": None,
-                                      "message": f"backend {b.name} ({info['tier']}) failed mid-stream: "
-                                                 f"{type(err).__name__}; the answer is incomplete"},
-                            "pairline": info})
-                yield b"data: [DONE]\n\n"
+                failed = ProtocolError(f"backend {b.name} ({info['tier']}) failed mid-stream: {type(err).__name__}; "
+                                       "the answer is incomplete", code="backend_failed", type_="server_error")
+                yield sse_data({"error": failed.to_error(), "pairline": info})
+                yield SSE_DONE
             finally:
                 close()
                 with contextlib.suppress(BaseException):
                     await resp.aclose()
 
         return _Stream(body_iter(), close, media_type="text/event-stream",
-                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **route_headers(info)})
+                       headers={**SSE_HEADERS, **route_headers(info)})
 
 
 # ---------------------------------------------------------------- the app
@@ -519,46 +504,18 @@ def build_app(router: Router) -> Starlette:
 
 
 def make_uvicorn(app: Starlette, host: str, port: int, log_level: str = "info") -> uvicorn.Server:
-    cfg = app.state.router.cfg
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                                         lifespan="on", ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20),
-                                         ws_ping_interval=None, timeout_graceful_shutdown=3))
+    # plain uvicorn: the router's lifespan closes its sessions on shutdown; there is no KV to drain
+    return uvicorn.Server(uvicorn_config(app, host, port, log_level, app.state.router.cfg.max_message_bytes,
+                                         graceful_s=3))
 
 
-class RouterThread:
+class RouterThread(UvicornThread):
     """The router on a free loopback port, in a thread (tests)."""
+
+    what = "the router"
 
     def __init__(self, cfg: RouterConfig, log_level: str = "warning"):
         self.router = Router(cfg)
         self.router.load_inprocess()
         self.app = build_app(self.router)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.uv = make_uvicorn(self.app, "127.0.0.1", self.port, log_level)
-        self.thread = threading.Thread(target=lambda: self.uv.run(sockets=[self.sock]), daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/responses"
-
-    def __enter__(self) -> RouterThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.uv.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the router did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.uv.should_exit = True
-        self.thread.join(15)
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().__init__(lambda host, port: make_uvicorn(self.app, host, port, log_level))

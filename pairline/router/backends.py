@@ -35,6 +35,13 @@ class Retryable(Exception):
         super().__init__(message)
         self.broken, self.code, self.refused = broken, code, refused
 
+    @classmethod
+    def before_first_token(cls, backend: str, code: str) -> Retryable:
+        """A backend answered error `code` (one of RETRY_CODES) before the first token. Only a server
+        error counts against its circuit; a refusal for load keeps its own code for the client."""
+        return cls(f"{backend}: {code} before the first token", broken=code == "server_error",
+                   code="rate_limit_exceeded" if code == "rate_limit_exceeded" else "backend_unavailable")
+
 
 @dataclass(slots=True, eq=False)
 class Backend(Target):

@@ -25,13 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def cmd_route(args: argparse.Namespace) -> int:
     from pairline.router.app import Router, build_app, make_uvicorn
     from pairline.router.config import load_config
-    from pairline.server.cli import _bind
+    from pairline.server.cli import bind_socket
 
     cfg = load_config(args.config)
     cfg.host = args.host or cfg.host
     cfg.port = args.port if args.port is not None else cfg.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sock = _bind(cfg.host, cfg.port)  # before loading anything: a taken port fails at once, clearly
+    sock = bind_socket(cfg.host, cfg.port)  # before loading anything: a taken port fails at once, clearly
     router = Router(cfg)
     router.load_inprocess()
     app = build_app(router)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from pairline.server.metrics import Histogram
+from pairline.server.metrics import Histogram, family
 
 P = "pairline:router_"
 
@@ -67,11 +67,9 @@ class RouterMetrics:
             if b.ewma_ttft is not None:
                 g["backend_ttft_ewma_seconds"][lb] = round(b.ewma_ttft, 6)
         for name, series in g.items():
-            lines.append(f"# TYPE {P}{name} gauge")
-            lines += [f"{P}{name}{{{lb}}} {v}" for lb, v in sorted(series.items())]
+            lines += family(P + name, "gauge", dict(sorted(series.items())))
         for name, series in sorted(self.counters.items()):
-            lines.append(f"# TYPE {name} counter")
-            lines += [f"{name}{{{lb}}} {v:g}" for lb, v in sorted(series.items())]
+            lines += family(name, "counter", {lb: f"{v:g}" for lb, v in sorted(series.items())})
         lines += self.ttft.render() + self.itl.render()
         return "\n".join(lines) + "\n"
 

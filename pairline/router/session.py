@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,19 +39,25 @@ from pairline.router.backends import (
 from pairline.router.classify import Route
 from pairline.server.protocol import (
     CANCEL_FIELDS,
-    CLIENT_EVENTS,
+    FINAL_EVENT,
     SAMPLING_FIELDS,
     SESSION_FIELDS,
-    STEER_FIELDS,
     ProtocolError,
     ResponseState,
     Sampling,
+    already_active,
+    api_key_error,
     check_fields,
+    dispatch_event,
     new_id,
     parse_create,
-    parse_input,
     parse_sampling,
+    parse_steer,
+    response_status,
+    session_body,
+    usage_responses,
 )
+from pairline.server.ws import CLOSE_POLICY, SessionSocket, client_messages
 
 log = logging.getLogger("pairline.router")
 
@@ -86,13 +91,12 @@ class Turn:
     concluded: bool = False
 
 
-class RouterSession:
+class RouterSession(SessionSocket):
     def __init__(self, ws: WebSocket, router: Router):
-        self.ws, self.r = ws, router
+        super().__init__(ws)
+        self.r = router
         self.id = new_id("sess")
         self.key = ws.headers.get("x-pairline-session") or self.id  # affinity: a client may bring its own
-        self.seq = 0
-        self.send_lock = asyncio.Lock()
         self.defaults: dict = {}
         self.model: str | None = None
         self.mode: str | None = None
@@ -101,30 +105,12 @@ class RouterSession:
         self.links: dict[str, WsLink] = {}
         self.turn: Turn | None = None
         self.turn_task: asyncio.Task | None = None
-        self.closed = False
 
     # ------------------------------------------------------------ sending
 
-    async def send(self, type_: str, **fields) -> None:
-        await self.forward({"type": type_, **fields})
-
-    async def forward(self, ev: dict) -> None:
-        """Any event to the client, stamped with this session's own sequence numbers."""
-        if self.closed:
-            return
-        async with self.send_lock:
-            ev["sequence_number"] = self.seq
-            self.seq += 1
-            try:
-                await self.ws.send_text(json.dumps(ev))
-            except Exception:
-                self.closed = True
-
     async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
         self.r.metrics.inc("ws_errors_total", f'code="{err.code}"')
-        body = err.to_error()
-        body["event_id"] = event_id
-        await self.send("error", status=err.status, error=body)
+        await super().send_error(err, event_id)
 
     def describe(self) -> dict:
         d = self.defaults
@@ -136,42 +122,11 @@ class RouterSession:
 
     async def run(self) -> None:
         await self.send("session.created", session=self.describe())
-        while True:
-            msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            raw = msg.get("text")
-            if raw is None and msg.get("bytes") is not None:
-                raw = msg["bytes"].decode("utf-8", errors="replace")
-            await self.handle(raw or "")
-
-    async def handle(self, raw: str) -> None:
-        event_id = None
-        try:
-            limit = self.r.cfg.max_message_bytes
-            if len(raw) * 4 > limit and len(raw.encode("utf-8", errors="replace")) > limit:
-                raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of {limit} bytes",
-                                    code="message_too_large")
-            try:
-                ev = json.loads(raw)
-            except ValueError as err:
-                raise ProtocolError(f"message is not valid JSON: {err}", code="invalid_json") from None
-            if not isinstance(ev, dict):
-                raise ProtocolError("a client event must be a JSON object", code="invalid_event")
-            event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
-            kind = ev.get("type")
-            if kind not in CLIENT_EVENTS:
-                raise ProtocolError(f"unknown event type {kind!r}; expected one of {', '.join(CLIENT_EVENTS)}",
-                                    code="unknown_event_type", param="type")
-            await getattr(self, "on_" + kind.replace(".", "_"))(ev)
-        except ProtocolError as err:
-            await self.send_error(err, event_id)
+        async for raw in client_messages(self.ws):
+            await dispatch_event(self, raw, self.r.cfg.max_message_bytes)
 
     async def on_session_update(self, ev: dict) -> None:
-        check_fields(ev, frozenset({"type", "event_id", "session"}), "session.update")
-        body = ev.get("session")
-        if not isinstance(body, dict):
-            raise ProtocolError("session.update needs a 'session' object", code="invalid_type", param="session")
+        body = session_body(ev)
         check_fields(body, SESSION_FIELDS | {"mode"}, "session")
         mode = check_mode(body.get("mode"), "session.mode")
         parse_sampling(body, MAX_TOKENS)  # the same checks as the server's, before anything is kept
@@ -185,8 +140,7 @@ class RouterSession:
         mode = check_mode(ev.pop("mode", None))
         req = parse_create(ev, MAX_TOKENS)
         if self.turn is not None:
-            raise ProtocolError("a response is already in progress on this session; cancel or steer it",
-                                code="conversation_already_has_active_response")
+            raise already_active()
         if req.previous_response_id is not None and req.previous_response_id != self.last_response_id:
             raise ProtocolError(f"previous_response_id {req.previous_response_id!r} is not the latest response of "
                                 "this session", code="previous_response_not_found", param="previous_response_id")
@@ -219,10 +173,7 @@ class RouterSession:
         turn.stop.set()
 
     async def on_response_steer(self, ev: dict) -> None:
-        check_fields(ev, STEER_FIELDS, "response.steer")
-        if "input" not in ev:
-            raise ProtocolError("response.steer needs 'input'", code="missing_required_parameter", param="input")
-        messages = parse_input(ev["input"])
+        messages = parse_steer(ev)
         turn = self._active(ev.get("response_id") or ev.get("previous_response_id"), "response_steer_not_active")
         if turn.link is not None and turn.sent and not turn.link.closed:
             turn.steer_sent += messages
@@ -274,15 +225,8 @@ class RouterSession:
                     self.r.failed(b, err)
                     last = err
                     turn.steer, turn.steer_sent = turn.steer_sent + turn.steer, []
-            if last is not None and last.code == "rate_limit_exceeded":
-                err = ProtocolError(f"every backend is busy ({last}); retry shortly", code="rate_limit_exceeded",
-                                    status=429, type_="rate_limit_error")
-            else:
-                why = f": {last}" if last else " (none is healthy)"
-                err = ProtocolError(f"no backend could take the response{why}", code="backend_unavailable",
-                                    status=503, type_="server_error")
             self.conclude(turn, "errored", None)
-            await self.send_error(err, turn.event_id)
+            await self.send_error(self.r.no_backend_error(last, "response"), turn.event_id)
         except asyncio.CancelledError:
             self.conclude(turn, "cancelled", None)
             raise
@@ -367,9 +311,7 @@ class RouterSession:
                 err = msg.get("error") if t == "error" else None
                 code = err.get("code") if isinstance(err, dict) else None
                 if code in RETRY_CODES:
-                    raise Retryable(f"{b.name}: {code} before the first token", broken=code == "server_error",
-                                    code="rate_limit_exceeded" if code == "rate_limit_exceeded" else
-                                    "backend_unavailable")
+                    raise Retryable.before_first_token(b.name, code)
                 head.append(msg)
                 if t not in ("response.output_text.delta", "error") and t not in TERMINAL:
                     continue
@@ -467,7 +409,7 @@ class RouterSession:
 
         pump_task = asyncio.create_task(pump())
         state = ResponseState(b.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
-        pos = {"item_id": state.item_id, "output_index": 0, "content_index": 0}
+        pos = state.pos()
         started, finish, usage, timings, last_t = False, None, None, None, 0.0
         try:
             while True:
@@ -486,9 +428,7 @@ class RouterSession:
                 code = error_code(obj)
                 if code:
                     if not started and not shown and code in RETRY_CODES:
-                        raise Retryable(f"{b.name}: {code} before the first token", broken=code == "server_error",
-                                        code="rate_limit_exceeded" if code == "rate_limit_exceeded" else
-                                        "backend_unavailable")
+                        raise Retryable.before_first_token(b.name, code)
                     if not started:  # refused before it began (context too long...): as the server says it
                         self.conclude(turn, "errored", True)
                         e = obj["error"]
@@ -506,11 +446,8 @@ class RouterSession:
                     last_t = time.perf_counter()
                     r.ttft(b, last_t - t0)
                     turn.response_id = state.id
-                    await self.send("response.created", response=state.to_dict(), pairline=info)
-                    await self.send("response.output_item.added", output_index=0,
-                                    item=state.message_item("in_progress"))
-                    await self.send("response.content_part.added", **pos,
-                                    part={"type": "output_text", "text": "", "annotations": []})
+                    for type_, fields in state.opening_events(pairline=info):
+                        await self.send(type_, **fields)
                 if delta:
                     now = time.perf_counter()
                     r.itl(b, now - last_t)
@@ -529,24 +466,16 @@ class RouterSession:
                 return shown
             await self._cancelled_unseen(turn)
             return None
-        state.usage = _usage(usage) if usage else None
+        state.usage = usage_responses(usage) if usage else None
         state.timings = {**(timings or {}), "router_total_s": time.perf_counter() - t0}
-        if steered:
-            state.status, state.incomplete_reason = "incomplete", "steered"
-        elif kind == "stop":
-            state.status = "cancelled"
-        elif finish == "length":
-            state.status, state.incomplete_reason = "incomplete", "max_output_tokens"
-        else:
-            state.status = "completed"
+        # a backend's finish_reason counts only as "length" or not (any other reason is a completed answer)
+        reason = "cancelled" if kind == "stop" else "length" if finish == "length" else None
+        state.status, state.incomplete_reason = response_status(reason, steered)
         # the router's copy keeps what was said, cut or not, as a pairline server does
         self._commit(turn, state.text, state.id)
-        await self.send("response.output_text.done", **pos, text=state.text, logprobs=[])
-        await self.send("response.content_part.done", **pos, part=state.text_part())
-        await self.send("response.output_item.done", output_index=0,
-                        item=state.message_item("completed" if state.status == "completed" else "incomplete"))
-        final = {"completed": "response.completed", "incomplete": "response.incomplete",
-                 "cancelled": "response.cancelled"}[state.status]
+        for type_, fields in state.closing_events():
+            await self.send(type_, **fields)
+        final = FINAL_EVENT[state.status]
         if steered:
             await self.send(final, response=state.to_dict(), pairline=info)
             turn.new_msgs, turn.steer, turn.previous = turn.steer, [], state.id
@@ -604,19 +533,6 @@ def _sampling(s: dict) -> Sampling:
                     s.get("seed"))
 
 
-def _usage(u: dict) -> dict:
-    """Chat Completions usage -> the Responses API's names, prediction counts kept."""
-    pt, ct = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
-    cd = u.get("completion_tokens_details") or {}
-    return {"input_tokens": pt, "input_tokens_details": {"cached_tokens": (u.get("prompt_tokens_details") or {})
-                                                         .get("cached_tokens") or 0},
-            "output_tokens": ct, "output_tokens_details": {
-                "reasoning_tokens": cd.get("reasoning_tokens") or 0,
-                "accepted_prediction_tokens": cd.get("accepted_prediction_tokens") or 0,
-                "rejected_prediction_tokens": cd.get("rejected_prediction_tokens") or 0},
-            "total_tokens": pt + ct}
-
-
 def _http_error(resp: httpx.Response) -> ProtocolError:
     try:
         e = resp.json().get("error") or {}
@@ -634,11 +550,10 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     sess = RouterSession(ws, router)
     if not router.authorized(ws.headers.get("authorization")):
-        await sess.send_error(ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                            code="invalid_api_key", status=401, type_="authentication_error"))
+        await sess.send_error(api_key_error())
         sess.closed = True
         with contextlib.suppress(Exception):
-            await ws.close(1008, "invalid API key")
+            await ws.close(CLOSE_POLICY, "invalid API key")
         return
     router.connections.add(sess)
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import socket
+import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -18,10 +19,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from pairline.engine.generate import Engine
+from pairline.server.cli import bind_socket
 from pairline.server.config import ServerConfig
 from pairline.server.metrics import Metrics
 from pairline.server.openai_http import HttpApi, error_response
-from pairline.server.protocol import ProtocolError
+from pairline.server.protocol import ProtocolError, api_key_error, bearer_ok
 from pairline.server.scheduler import Scheduler, _free_ram, kv_bytes
 from pairline.server.ws import CLOSE_GOING_AWAY, websocket_endpoint
 
@@ -49,11 +51,7 @@ class PairlineServer:
                  f"{per_fork / 2**20:.0f} MiB" if per_fork else "size unknown")
 
     def authorized(self, header: str | None) -> bool:
-        if not self.cfg.api_key:
-            return True
-        if not header or not header.lower().startswith("bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.cfg.api_key.encode())
+        return bearer_ok(header, self.cfg.api_key)
 
     async def close_sessions(self) -> None:
         """SIGTERM: every open session gets its final event (its response cancelled, then an error
@@ -88,8 +86,7 @@ class AccessLog:
 
         if scope["path"].startswith("/v1/") and not self.server.authorized(_header(scope, b"authorization")):
             self.server.metrics.error("invalid_api_key")
-            response = error_response(ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                                    code="invalid_api_key", status=401, type_="authentication_error"))
+            response = error_response(api_key_error())
             await response(scope, receive, send_wrapped)
         else:
             try:
@@ -174,51 +171,75 @@ class UvicornServer(uvicorn.Server):
             self.should_exit = True
 
 
+def uvicorn_config(app: Starlette, host: str, port: int, log_level: str, max_message_bytes: int,
+                   graceful_s: float) -> uvicorn.Config:
+    """uvicorn as the server and the router both run it: no access log (each logs its own lines),
+    WebSocket frames allowed well past the message limit (so an oversized message is answered with
+    the protocol's message_too_large error, not a dropped connection), no pings (sessions have their
+    own idle timeout)."""
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                          ws_max_size=max(max_message_bytes * 4, 1 << 20), ws_ping_interval=None,
+                          timeout_graceful_shutdown=graceful_s)
+
+
 def make_uvicorn(app: Starlette, host: str, port: int, log_level: str = "info") -> UvicornServer:
     cfg = app.state.pairline.cfg
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                            ws_max_size=max(cfg.max_message_bytes * 4, 1 << 20), ws_ping_interval=None,
-                            timeout_graceful_shutdown=cfg.shutdown_grace_s + 1)
+    config = uvicorn_config(app, host, port, log_level, cfg.max_message_bytes, cfg.shutdown_grace_s + 1)
     return UvicornServer(config, app.state.pairline)
 
 
-class ServerThread:
-    """A real uvicorn server on a free loopback port, in a thread (tests and benchmarks)."""
+LOOPBACK = "127.0.0.1"
+_T = TypeVar("_T", bound="UvicornThread")
 
-    def __init__(self, engine: Engine, cfg: ServerConfig | None = None, log_level: str = "warning"):
-        self.app = build_app(engine, cfg)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+
+class UvicornThread:
+    """A uvicorn server on a free loopback port, in a daemon thread: the base of ServerThread and the
+    router's RouterThread (tests, benchmarks, in-process backends). `make(host, port)` builds the server."""
+
+    what = "the server"  # named in the error when it does not start
+
+    def __init__(self, make: Callable[[str, int], uvicorn.Server]):
+        self.sock = bind_socket(LOOPBACK, 0)  # port 0: the OS picks a free port, and it stays ours from now on
         self.port = self.sock.getsockname()[1]
-        self.uv = make_uvicorn(self.app, "127.0.0.1", self.port, log_level)
+        self.uv = make(LOOPBACK, self.port)
         self.thread = threading.Thread(target=lambda: self.uv.run(sockets=[self.sock]), daemon=True)
 
     @property
-    def server(self) -> PairlineServer:
-        return self.app.state.pairline
-
-    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/responses"
+        return f"ws://{LOOPBACK}:{self.port}/v1/responses"
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self: _T) -> _T:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.uv.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
+                raise RuntimeError(f"{self.what} did not start")
             time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        """What SIGTERM does, then wait for the thread."""
-        self.uv.handle_exit(15, None)
+        """What SIGTERM does to the process, then wait for the thread. (uvicorn re-raises a signal it
+        was handed only in the main thread, which this is not.)"""
+        self.uv.handle_exit(signal.SIGTERM, None)
         self.thread.join(15)
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerThread(UvicornThread):
+    """A real pairline server on a free loopback port, in a thread (tests, benchmarks, in-process backends)."""
+
+    what = "the test server"
+
+    def __init__(self, engine: Engine, cfg: ServerConfig | None = None, log_level: str = "warning"):
+        self.app = build_app(engine, cfg)
+        super().__init__(lambda host, port: make_uvicorn(self.app, host, port, log_level))
+
+    @property
+    def server(self) -> PairlineServer:
+        return self.app.state.pairline

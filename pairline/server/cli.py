@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or args.ctx < 64 or args.max_queue < 1:
         raise PairlineError("--max-sessions and --max-queue must be at least 1, --ctx at least 64")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sock = _bind(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
+    sock = bind_socket(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
     engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
     cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_sessions=args.max_sessions,
                        max_queue=args.max_queue, idle_timeout_s=args.idle_timeout)
@@ -54,7 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening address taken now, before anything slow: a taken port fails at once, clearly.
+    `pairline serve`, `pairline route` and the test threads (port 0) all bind through it."""
     from pairline.errors import PairlineError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

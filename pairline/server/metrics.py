@@ -10,6 +10,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25
                    10.0, 20.0, 40.0, 80.0)
 
 
+def family(name: str, kind: str, series: dict[str, object]) -> list[str]:
+    """A gauge or counter in the text format: its TYPE line, then one sample per label set (in the
+    order given). The server's metrics and the router's both render through it."""
+    return [f"# TYPE {name} {kind}", *(f"{name}{{{labels}}} {v}" for labels, v in series.items())]
+
+
 class Histogram:
     def __init__(self, name: str, help_: str, buckets: tuple[float, ...] = LATENCY_BUCKETS):
         self.name, self.help, self.buckets = name, help_, buckets
@@ -85,15 +91,13 @@ class Metrics:
         with self.lock:
             lines: list[str] = []
             for name, v in self.gauges.items():
-                lines += [f"# TYPE {name} gauge", f"{name}{{{self.labels}}} {v}"]
+                lines += family(name, "gauge", {self.labels: v})
             for name, v in self.counters.items():
-                lines += [f"# TYPE {name} counter", f"{name}{{{self.labels}}} {v}"]
-            lines.append("# TYPE pairline:request_success_total counter")
-            for reason, n in sorted(self.finished.items()):
-                lines.append(f'pairline:request_success_total{{{self.labels},finished_reason="{reason}"}} {n}')
-            lines.append("# TYPE pairline:request_errors_total counter")
-            for code, n in sorted(self.errors.items()):
-                lines.append(f'pairline:request_errors_total{{{self.labels},code="{code}"}} {n}')
+                lines += family(name, "counter", {self.labels: v})
+            lines += family("pairline:request_success_total", "counter",
+                            {f'{self.labels},finished_reason="{r}"': n for r, n in sorted(self.finished.items())})
+            lines += family("pairline:request_errors_total", "counter",
+                            {f'{self.labels},code="{c}"': n for c, n in sorted(self.errors.items())})
             for h in self.hist.values():
                 lines += h.render(self.labels)
         return "\n".join(lines) + "\n"

@@ -45,6 +45,16 @@ def error_response(err: ProtocolError, headers: dict | None = None) -> JSONRespo
     return JSONResponse({"error": err.to_error()}, status_code=err.status, headers=headers)
 
 
+# Server-Sent Events, as the server and the router both stream them. No caching, and no buffering by a
+# proxy in between (nginx honours X-Accel-Buffering), so each chunk reaches the client as it is made.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_data(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
 def fingerprint(model: str) -> str:
     import hashlib
 
@@ -84,7 +94,9 @@ def _sampling(body: dict, server, max_field: str, default_max: int) -> SamplingP
                           stop=tuple(stop))
 
 
-def _chat_messages(body: dict) -> list[dict]:
+def chat_messages(body: dict, check_roles: bool = True) -> list[dict]:
+    """Chat Completions `messages` -> [{"role", "content": str}]. `check_roles=False` (the router):
+    any role passes, for the backend to judge; an OpenAI-compatible one may take roles pairline does not."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ProtocolError("'messages' must be a non-empty list", code="invalid_value", param="messages")
@@ -93,11 +105,21 @@ def _chat_messages(body: dict) -> list[dict]:
         if not isinstance(m, dict):
             raise ProtocolError(f"messages[{i}] must be an object", code="invalid_type", param=f"messages[{i}]")
         role = {"developer": "system"}.get(m.get("role"), m.get("role"))
-        if role not in ("system", "user", "assistant"):
+        if check_roles and role not in ("system", "user", "assistant"):
             raise ProtocolError(f"messages[{i}].role {m.get('role')!r} is not supported", code="invalid_value",
                                 param=f"messages[{i}].role")
         out.append({"role": role, "content": text_of(m.get("content") or "", f"messages[{i}].content")})
     return out
+
+
+def completion_prompt(body: dict) -> str:
+    """Completions `prompt`: one non-empty string (a list of exactly one is taken too)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise ProtocolError("'prompt' must be a non-empty string", code="invalid_value", param="prompt")
+    return prompt
 
 
 class HttpApi:
@@ -122,17 +144,13 @@ class HttpApi:
             body = await read_json(request, s.cfg.max_message_bytes)
             check_fields(body, CHAT_FIELDS if chat else COMPLETION_FIELDS, "the request body")
             if chat:
-                messages = _chat_messages(body)
+                messages = chat_messages(body)
                 params = _sampling(body, s, "max_completion_tokens", s.cfg.default_max_output_tokens)
 
                 def make_prompt() -> list[int]:
                     return s.engine.chat_prompt(messages)
             else:
-                prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1:
-                    prompt = prompt[0]
-                if not isinstance(prompt, str) or not prompt:
-                    raise ProtocolError("'prompt' must be a non-empty string", code="invalid_value", param="prompt")
+                prompt = completion_prompt(body)
                 params = _sampling(body, s, "max_tokens", 16)
                 tokenizer = s.engine.tokenizer
 
@@ -165,7 +183,7 @@ class HttpApi:
         ctx = _Reply(s, chat, job, body.get("model") or s.model_name, request)
         if stream:
             return StreamingResponse(ctx.sse(queue, bool(opts.get("include_usage"))), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers=SSE_HEADERS)
         try:
             return await ctx.whole(queue)
         except asyncio.CancelledError:
@@ -205,25 +223,25 @@ class _Reply:
                         chunk = self._base(obj) | {"choices": [self._choice(payload.text, None, first)]}
                         if include_usage:
                             chunk["usage"] = None
-                        yield _sse(chunk)
+                        yield sse_data(chunk)
                         first = False
                     continue
                 if kind == "error":
                     err = _engine_error(payload)
                     self.server.metrics.error(err.code)
                     self.request.state.log = err.code
-                    yield _sse({"error": err.to_error()})
+                    yield sse_data({"error": err.to_error()})
                     break
                 g = payload
                 chunk = self._base(obj) | {"choices": [self._choice(None, _finish(g), False)],
                                            "timings": self.job.server_timings()}
                 if include_usage:
                     chunk["usage"] = None
-                yield _sse(chunk)
+                yield sse_data(chunk)
                 if include_usage:
-                    yield _sse(self._base(obj) | {"choices": [], "usage": g.usage.to_openai()})
+                    yield sse_data(self._base(obj) | {"choices": [], "usage": g.usage.to_openai()})
                 break
-            yield b"data: [DONE]\n\n"
+            yield SSE_DONE
         finally:
             self.job.cancel.cancel()  # no-op when finished; stops the engine when the client went away
             self._log(g)
@@ -268,6 +286,3 @@ def _finish(g: Generation) -> str:
     # OpenAI knows stop and length; a cancelled request only ends that way when its client left
     return "length" if g.finish_reason == "length" else "stop"
 
-
-def _sse(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"

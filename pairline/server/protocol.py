@@ -4,10 +4,12 @@ mode) and Realtime API; pairline's additions are `prediction` and `timings`. doc
 
 from __future__ import annotations
 
+import hmac
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 def new_id(prefix: str) -> str:
@@ -28,6 +30,21 @@ class ProtocolError(Exception):
 
     def to_error(self) -> dict:
         return {"type": self.type, "code": self.code, "message": self.message, "param": self.param}
+
+
+def api_key_error() -> ProtocolError:
+    """A missing or wrong key: the same error from the server and the router, over HTTP and WebSocket."""
+    return ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key",
+                         status=401, type_="authentication_error")
+
+
+def bearer_ok(header: str | None, api_key: str | None) -> bool:
+    """Does an Authorization header carry `api_key`? No key configured: everyone may."""
+    if not api_key:
+        return True
+    if not header or not header.lower().startswith("bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), api_key.encode())  # constant time: no timing oracle
 
 
 def unknown_field(name: str, where: str) -> ProtocolError:
@@ -139,6 +156,60 @@ STEER_FIELDS = frozenset({"type", "event_id", "input", "response_id", "previous_
 CANCEL_FIELDS = frozenset({"type", "event_id", "response_id"})
 
 
+class EventTarget(Protocol):
+    """What `dispatch_event` hands events to: `on_session_update`, `on_response_create`... and this."""
+
+    async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None: ...
+
+
+async def dispatch_event(target: EventTarget, raw: str, limit: int) -> None:
+    """One client message: decoded, checked, and handed to `target.on_<type>` (dots as underscores).
+    A ProtocolError, from here or from the handler, becomes one `error` event naming the client's
+    event_id. A server session and a router session both use it, so bad input gets the same answer."""
+    event_id = None
+    try:
+        # a character is at most 4 bytes: encode only a message that might be too large
+        if len(raw) * 4 > limit and len(raw.encode("utf-8", errors="replace")) > limit:
+            raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of {limit} bytes",
+                                code="message_too_large")
+        try:
+            ev = json.loads(raw)
+        except ValueError as err:
+            raise ProtocolError(f"message is not valid JSON: {err}", code="invalid_json") from None
+        if not isinstance(ev, dict):
+            raise ProtocolError("a client event must be a JSON object", code="invalid_event")
+        event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+        kind = ev.get("type")
+        if kind not in CLIENT_EVENTS:
+            raise ProtocolError(f"unknown event type {kind!r}; expected one of {', '.join(CLIENT_EVENTS)}",
+                                code="unknown_event_type", param="type")
+        await getattr(target, "on_" + kind.replace(".", "_"))(ev)
+    except ProtocolError as err:
+        await target.send_error(err, event_id)
+
+
+def session_body(ev: dict) -> dict:
+    """session.update's `session` object; its fields are the caller's to check (the router takes `mode` too)."""
+    check_fields(ev, frozenset({"type", "event_id", "session"}), "session.update")
+    body = ev.get("session")
+    if not isinstance(body, dict):
+        raise ProtocolError("session.update needs a 'session' object", code="invalid_type", param="session")
+    return body
+
+
+def parse_steer(ev: dict) -> list[dict]:
+    """response.steer -> the messages to continue with."""
+    check_fields(ev, STEER_FIELDS, "response.steer")
+    if "input" not in ev:
+        raise ProtocolError("response.steer needs 'input'", code="missing_required_parameter", param="input")
+    return parse_input(ev["input"])
+
+
+def already_active() -> ProtocolError:
+    return ProtocolError("a response is already in progress on this session; cancel or steer it",
+                         code="conversation_already_has_active_response")
+
+
 @dataclass(slots=True)
 class Sampling:
     """Per-session defaults (session.update) that each response.create may override."""
@@ -196,19 +267,38 @@ def parse_create(ev: dict, max_tokens: int) -> CreateRequest:
 # ---------------------------------------------------------------- server objects
 
 
-def usage_responses(u) -> dict:
-    """engine Usage -> Responses-API usage (input/output tokens), prediction counts included."""
+def usage_responses(u: dict) -> dict:
+    """Chat Completions usage (the engine's `Usage.to_openai()`, or an OpenAI-compatible backend's)
+    -> Responses-API usage (input/output tokens), prediction counts included."""
+    pt, ct = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
+    pd, cd = u.get("prompt_tokens_details") or {}, u.get("completion_tokens_details") or {}
     return {
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens},
-        "output_tokens": u.completion_tokens,
+        "input_tokens": pt,
+        "input_tokens_details": {"cached_tokens": pd.get("cached_tokens") or 0},
+        "output_tokens": ct,
         "output_tokens_details": {
-            "reasoning_tokens": 0,
-            "accepted_prediction_tokens": u.accepted_prediction_tokens,
-            "rejected_prediction_tokens": u.rejected_prediction_tokens,
+            "reasoning_tokens": cd.get("reasoning_tokens") or 0,
+            "accepted_prediction_tokens": cd.get("accepted_prediction_tokens") or 0,
+            "rejected_prediction_tokens": cd.get("rejected_prediction_tokens") or 0,
         },
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "total_tokens": pt + ct,
     }
+
+
+def response_status(finish_reason: str | None, steered: bool) -> tuple[str, str | None]:
+    """(status, incomplete reason) of a response that ended with `finish_reason`."""
+    if steered:
+        return "incomplete", "steered"
+    if finish_reason == "cancelled":
+        return "cancelled", None
+    if finish_reason == "length":
+        return "incomplete", "max_output_tokens"
+    return "completed", None
+
+
+# the event that ends a response, by its status ("failed" goes with an `error` event: see the callers)
+FINAL_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete",
+               "cancelled": "response.cancelled"}
 
 
 @dataclass(slots=True)
@@ -235,6 +325,27 @@ class ResponseState:
 
     def text_part(self) -> dict:
         return {"type": "output_text", "text": self.text, "annotations": []}
+
+    def pos(self) -> dict:
+        """Where the text goes: the one content part of the one output item."""
+        return {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+
+    # The events around the deltas, as (type, fields): one list for the server and the router, so a
+    # response relayed or emulated by the router is the same sequence as one from a pairline server.
+
+    def opening_events(self, **created_extra) -> list[tuple[str, dict]]:
+        """Before the first delta. `created_extra`: more fields for response.created (the router's `pairline`)."""
+        return [("response.created", {"response": self.to_dict(), **created_extra}),
+                ("response.output_item.added", {"output_index": 0, "item": self.message_item("in_progress")}),
+                ("response.content_part.added",
+                 {**self.pos(), "part": {"type": "output_text", "text": "", "annotations": []}})]
+
+    def closing_events(self) -> list[tuple[str, dict]]:
+        """After the last delta, before the final event; `status` is set by then."""
+        item_status = "completed" if self.status == "completed" else "incomplete"
+        return [("response.output_text.done", {**self.pos(), "text": self.text, "logprobs": []}),
+                ("response.content_part.done", {**self.pos(), "part": self.text_part()}),
+                ("response.output_item.done", {"output_index": 0, "item": self.message_item(item_status)})]
 
     def to_dict(self) -> dict:
         s = self.sampling

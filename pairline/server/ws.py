@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -17,17 +18,21 @@ from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
 from pairline.server.protocol import (
     CANCEL_FIELDS,
-    CLIENT_EVENTS,
+    FINAL_EVENT,
     SESSION_FIELDS,
-    STEER_FIELDS,
     CreateRequest,
     ProtocolError,
     ResponseState,
     Sampling,
+    already_active,
+    api_key_error,
     check_fields,
+    dispatch_event,
     parse_create,
-    parse_input,
     parse_sampling,
+    parse_steer,
+    response_status,
+    session_body,
     usage_responses,
 )
 from pairline.server.scheduler import Job, QueueFull
@@ -47,24 +52,28 @@ class Turn:
     steer: list[dict] | None = None
 
 
-class Connection:
-    def __init__(self, ws: WebSocket, server):
+class SessionSocket:
+    """The client's WebSocket as a session writes to it: events numbered in wire order. A server
+    session (Connection) and a router session (RouterSession) are both one, so their events are
+    stamped and shaped alike."""
+
+    def __init__(self, ws: WebSocket):
         self.ws = ws
-        self.server = server
-        self.session = Session(server.engine.tokenizer, server.model_name)
         self.seq = 0
         self.send_lock = asyncio.Lock()
-        self.turn: Turn | None = None
-        self.turn_task: asyncio.Task | None = None
         self.closed = False
 
-    # ------------------------------------------------------------ sending
-
     async def send(self, type_: str, **fields) -> None:
+        await self.forward({"type": type_, **fields})
+
+    async def forward(self, ev: dict) -> None:
+        """Any event to the client (the router relays a backend's), stamped with this session's own
+        sequence number: second after `type`, or where a relayed event had its backend's."""
         if self.closed:
             return
         async with self.send_lock:  # one writer at a time, so sequence numbers are in wire order
-            event = {"type": type_, "sequence_number": self.seq, **fields}
+            event = {"type": ev.get("type"), "sequence_number": None, **ev}
+            event["sequence_number"] = self.seq
             self.seq += 1
             try:
                 await self.ws.send_text(json.dumps(event))
@@ -72,10 +81,22 @@ class Connection:
                 self.closed = True
 
     async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
-        self.server.metrics.error(err.code)
         body = err.to_error()
         body["event_id"] = event_id
         await self.send("error", status=err.status, error=body)
+
+
+class Connection(SessionSocket):
+    def __init__(self, ws: WebSocket, server):
+        super().__init__(ws)
+        self.server = server
+        self.session = Session(server.engine.tokenizer, server.model_name)
+        self.turn: Turn | None = None
+        self.turn_task: asyncio.Task | None = None
+
+    async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
+        self.server.metrics.error(err.code)
+        await super().send_error(err, event_id)
 
     # ------------------------------------------------------------ receiving
 
@@ -98,44 +119,12 @@ class Connection:
                 return
 
     async def receive_loop(self) -> None:
-        while True:
-            msg = await self.ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
+        async for raw in client_messages(self.ws):
             self.session.last_active = time.monotonic()
-            raw = msg.get("text")
-            if raw is None and msg.get("bytes") is not None:
-                raw = msg["bytes"].decode("utf-8", errors="replace")
-            await self.handle(raw or "")
-
-    async def handle(self, raw: str) -> None:
-        event_id = None
-        try:
-            limit = self.server.cfg.max_message_bytes
-            # a character is at most 4 bytes: encode only a message that might be too large
-            if len(raw) * 4 > limit and len(raw.encode("utf-8", errors="replace")) > limit:
-                raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of {limit} bytes",
-                                    code="message_too_large")
-            try:
-                ev = json.loads(raw)
-            except ValueError as err:
-                raise ProtocolError(f"message is not valid JSON: {err}", code="invalid_json") from None
-            if not isinstance(ev, dict):
-                raise ProtocolError("a client event must be a JSON object", code="invalid_event")
-            event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
-            kind = ev.get("type")
-            if kind not in CLIENT_EVENTS:
-                raise ProtocolError(f"unknown event type {kind!r}; expected one of {', '.join(CLIENT_EVENTS)}",
-                                    code="unknown_event_type", param="type")
-            await getattr(self, "on_" + kind.replace(".", "_"))(ev)
-        except ProtocolError as err:
-            await self.send_error(err, event_id)
+            await dispatch_event(self, raw, self.server.cfg.max_message_bytes)
 
     async def on_session_update(self, ev: dict) -> None:
-        check_fields(ev, frozenset({"type", "event_id", "session"}), "session.update")
-        body = ev.get("session")
-        if not isinstance(body, dict):
-            raise ProtocolError("session.update needs a 'session' object", code="invalid_type", param="session")
+        body = session_body(ev)
         check_fields(body, SESSION_FIELDS, "session")
         self.session.defaults = self.session.defaults.merged(parse_sampling(body, self.server.cfg.max_output_tokens))
         await self.send("session.updated", session=self.session.describe())
@@ -143,8 +132,7 @@ class Connection:
     async def on_response_create(self, ev: dict) -> None:
         req = parse_create(ev, self.server.cfg.max_output_tokens)
         if self.turn is not None:
-            raise ProtocolError("a response is already in progress on this session; cancel or steer it",
-                                code="conversation_already_has_active_response")
+            raise already_active()
         self.session.check_previous(req.previous_response_id)
         self.start_turn(req)
 
@@ -154,10 +142,7 @@ class Connection:
         turn.job.cancel.cancel()
 
     async def on_response_steer(self, ev: dict) -> None:
-        check_fields(ev, STEER_FIELDS, "response.steer")
-        if "input" not in ev:
-            raise ProtocolError("response.steer needs 'input'", code="missing_required_parameter", param="input")
-        messages = parse_input(ev["input"])
+        messages = parse_steer(ev)
         turn = self._active(ev.get("response_id") or ev.get("previous_response_id"), "response_steer_not_active")
         turn.steer = (turn.steer or []) + messages
         turn.job.cancel.cancel()  # lands within one decode step; the turn task continues from there
@@ -209,11 +194,9 @@ class Connection:
                                                 code="rate_limit_exceeded", status=429, type_="rate_limit_error"),
                                   req.event_id)
             return None
-        await self.send("response.created", response=state.to_dict())
-        await self.send("response.output_item.added", output_index=0, item=state.message_item("in_progress"))
-        await self.send("response.content_part.added", item_id=state.item_id, output_index=0, content_index=0,
-                        part={"type": "output_text", "text": "", "annotations": []})
-        pos = {"item_id": state.item_id, "output_index": 0, "content_index": 0}
+        for type_, fields in state.opening_events():
+            await self.send(type_, **fields)
+        pos = state.pos()
         while True:
             kind, payload = await queue.get()
             if kind == "token":
@@ -231,17 +214,12 @@ class Connection:
         g: Generation = payload
         session.commit(built["prompt"], built["messages"], g, state.id)
         state.text = g.text
-        state.usage = usage_responses(g.usage)
+        state.usage = usage_responses(g.usage.to_openai())
         state.timings = job.server_timings()
-        await self.send("response.output_text.done", **pos, text=state.text, logprobs=[])
-        await self.send("response.content_part.done", **pos, part=state.text_part())
-        status = _status(g.finish_reason, steer is not None)
-        state.status, state.incomplete_reason = status
-        await self.send("response.output_item.done", output_index=0,
-                        item=state.message_item("completed" if state.status == "completed" else "incomplete"))
-        terminal = {"completed": "response.completed", "incomplete": "response.incomplete",
-                    "cancelled": "response.cancelled"}[state.status]
-        await self.send(terminal, response=state.to_dict())
+        state.status, state.incomplete_reason = response_status(g.finish_reason, steer is not None)
+        for type_, fields in state.closing_events():
+            await self.send(type_, **fields)
+        await self.send(FINAL_EVENT[state.status], response=state.to_dict())
         _log_response(session.id, state, g, t_recv)
         session.last_active = time.monotonic()
         return steer
@@ -286,16 +264,6 @@ def _params(s: Sampling, default_max: int) -> SamplingParams:
                           top_p=s.top_p if s.top_p is not None else 1.0, seed=s.seed)
 
 
-def _status(finish_reason: str | None, steered: bool) -> tuple[str, str | None]:
-    if steered:
-        return "incomplete", "steered"
-    if finish_reason == "cancelled":
-        return "cancelled", None
-    if finish_reason == "length":
-        return "incomplete", "max_output_tokens"
-    return "completed", None
-
-
 def _engine_error(err: Exception) -> ProtocolError:
     msg = str(err)
     if "context holds" in msg or "KV cache holds" in msg:
@@ -312,14 +280,24 @@ def _log_response(session_id: str, state: ResponseState, g: Generation, t_recv: 
              1e3 * t.get("queue_s", 0), 1e3 * (t.get("server_ttft_s") or 0), 1e3 * (time.perf_counter() - t_recv))
 
 
+async def client_messages(ws: WebSocket) -> AsyncIterator[str]:
+    """Each message the client sends, as text (a binary frame decoded as UTF-8, leniently), until it disconnects."""
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        raw = msg.get("text")
+        if raw is None and msg.get("bytes") is not None:
+            raw = msg["bytes"].decode("utf-8", errors="replace")
+        yield raw or ""
+
+
 async def websocket_endpoint(ws: WebSocket) -> None:
     server = ws.app.state.pairline
     await ws.accept()
     conn = Connection(ws, server)
     if not server.authorized(ws.headers.get("authorization")):
-        await conn.close(CLOSE_POLICY, "invalid API key",
-                         ProtocolError("invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                       code="invalid_api_key", status=401, type_="authentication_error"))
+        await conn.close(CLOSE_POLICY, "invalid API key", api_key_error())
         return
     if len(server.connections) >= server.cfg.max_connections or server.shutting_down:
         await conn.close(CLOSE_TRY_AGAIN, "too many sessions",

@@ -66,6 +66,28 @@ def test_looping():
     from pairline.assistant.agent_format import looping
 
     assert looping("I will run the tests.\n" + "$ pytest\n3 passed\n" * 5)
-    assert looping("x\n" * 9) and not looping("x\n" * 8)
+    assert looping("3 tests passed\n" * 4) and not looping("3 tests passed\n" * 3)
+    assert not looping("    }\n" * 12)  # closing braces are code, not a loop
+    eleven = "".join(f"line {i}\n" for i in range(11))
+    assert looping("start\n" + eleven * 2) and not looping("start\n" + eleven + eleven[:-8])
     assert not looping("".join(f"line {i}\n" for i in range(30)))
     assert not looping("\n" * 20)  # blank lines are not a loop
+    five = "The tests pass.\npython -m pytest -q\n```python\n3 passed\n```\n"
+    assert looping("I will run the tests.\n" + five * 3 + "The")  # mid-line, as tokens arrive
+
+
+def test_json_block_form_and_its_stop():
+    text = 'Reading.\n```json\n{"name": "read", "arguments": {"path": "a.py"}}\n```\nThe file shows'
+    a = parse_reply(text)
+    assert (a.name, a.args, a.notes) == ("read", {"path": "a.py"}, [])
+    assert kept_text(text, a).endswith('"a.py"}}\n```')
+    assert stop_point(text[: text.index("The file")]) and not stop_point(text[:30])
+
+
+def test_edit_as_a_tool_call():
+    a = parse_reply('```json\n{"name": "search/replace", "arguments": {"path": "calc.py", '
+                    '"old_str": "    return a - b\\n", "new_str": "    return a + b"}}\n```')
+    assert a.name == "edit" and a.blocks[0].path == "calc.py"
+    assert a.blocks[0].search == ["    return a - b"] and a.blocks[0].replace == ["    return a + b"]
+    with pytest.raises(ActionError, match='edit needs "path"'):
+        parse_reply('<tool_call>{"name": "edit", "arguments": {"search": "x"}}</tool_call>')

@@ -273,6 +273,7 @@ class Agent:
         self.done_summary: str | None = None
         self.resumed_from: int | None = None  # events already in the file (a resumed run)
         self.tampered = False
+        self._seen: dict[str, int] = {}  # a look (read, list, search) -> its step, until the next edit
         self._session_t0 = 0.0
         self._traj: Trajectory | None = None
         self._base = fmt.base_messages(test_cmd, example)
@@ -399,7 +400,7 @@ class Agent:
             if action is None and stop is None and self._may_nudge(error, stats):
                 # a thought and no action (small models often end the turn there): the same step goes
                 # on from the thought with an opened tool call, so the model only picks the tool
-                prefix = text.rstrip() + "\n<tool_call>\n"
+                prefix = (text.rstrip() + "\n" if text.strip() else "") + fmt.NUDGE
                 room2 = room - self.client.count_tokens(prefix)
                 more, stats2, stop = self._ask(messages, room2, cancel, step, prefix=prefix)
                 self.used.tokens += stats2["tokens"]
@@ -500,8 +501,14 @@ class Agent:
             if i and not ok:
                 parts.append(f"Your {act.name} call after the edit was not run: the edit did not fully apply.")
                 break
+            again = self._repeat(act, step)
             result = self._tool(act, step, cancel)
             ok = result.ok
+            if again:
+                # small models re-read and re-search the same thing until the budget is gone
+                parts.append(f"You did exactly this at step {again}, and nothing changed since: the result "
+                             "is the same. Act on it now: edit with search/replace blocks, run the tests, or "
+                             "call done.")
             parts.append(result.observation)
             first = result.observation.splitlines()[0] if result.observation else ""
             shorts.append(f"[{act.describe()}: {first[:200]} (output dropped to save room)]")
@@ -511,6 +518,18 @@ class Agent:
         if notes:
             parts.append("Note: " + " ".join(notes))
         return "\n\n".join(parts), "\n".join(shorts), finished
+
+    def _repeat(self, act: fmt.Action, step: int) -> int | None:
+        """The earlier step that made the same look, if nothing was edited since."""
+        if act.name in ("edit", "run", "test"):
+            self._seen.clear()  # the files may have changed: looking again is fair
+            return None
+        if act.name not in ("read", "list", "search"):
+            return None
+        key = f"{act.name} {json.dumps(act.args, sort_keys=True)}"
+        earlier = self._seen.get(key)
+        self._seen.setdefault(key, step)
+        return earlier
 
     def _tool(self, act: fmt.Action, step: int, cancel: CancelToken) -> ToolResult:
         remaining = max(1.0, self.budgets.max_time_s - self.elapsed())
@@ -538,7 +557,7 @@ class Agent:
                 r.data["originals"] = {p: t for p, t in self.tools.originals.items() if p not in before}
         if act.name == "test":
             self.last_test = {"command": r.data.get("command"), "exit_code": r.data.get("exit_code")}
-        args = {"blocks": len(act.blocks)} if act.name == "edit" else a
+        args = {**a, "blocks": len(act.blocks)} if act.name == "edit" else a
         self.emit("tool", step=step, name=act.name, args=args, ok=r.ok,
                   observation=fmt.truncate_middle(r.observation, 4000), output=r.output, **r.data)
         return r

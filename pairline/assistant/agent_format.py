@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pairline.assistant.edits import DIVIDER, HEAD, TAIL, EditBlock, parse_blocks
 from pairline.errors import PairlineError
 
-TOOLS = ("read", "list", "search", "run", "test", "done")
+TOOLS = ("read", "list", "search", "edit", "run", "test", "done")
 # where the engine may stop a reply: the end of the first tool call, or the model starting to
 # invent the tool's answer itself
 STOPS = ("</tool_call>", "<tool_response>")
@@ -36,6 +36,8 @@ _ALIASES = {
     "bash": "run", "shell": "run", "exec": "run", "execute": "run", "run_command": "run", "command": "run",
     "run_tests": "test", "tests": "test", "pytest": "test", "run_test": "test",
     "finish": "done", "submit": "done", "stop": "done", "final_answer": "done", "complete": "done",
+    "search/replace": "edit", "search_replace": "edit", "replace": "edit", "str_replace": "edit",
+    "edit_file": "edit", "apply_edit": "edit", "modify": "edit", "replace_in_file": "edit",
 }
 # argument names small models use instead of ours
 _ARG_ALIASES = {
@@ -46,10 +48,14 @@ _ARG_ALIASES = {
     "run": {"command": ("command", "cmd", "bash", "shell", "code", "script")},
     "test": {"args": ("args", "path", "file", "tests", "target")},
     "done": {"summary": ("summary", "message", "result", "text", "answer")},
+    "edit": {"path": ("path", "file", "filename", "file_path"),
+             "search": ("search", "old", "old_str", "old_text", "find", "original", "before"),
+             "replace": ("replace", "new", "new_str", "new_text", "replacement", "after", "content")},
 }
-_REQUIRED = {"read": "path", "search": "pattern", "run": "command"}
+_REQUIRED = {"read": "path", "search": "pattern", "run": "command", "edit": "path"}
 _EXAMPLE_ARGS = {"read": '{"path": "app.py"}', "search": '{"pattern": "def main"}',
-                 "run": '{"command": "python app.py"}'}
+                 "run": '{"command": "python app.py"}',
+                 "edit": '{"path": "app.py", "search": "    return 1", "replace": "    return 2"}'}
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(</tool_call>|$)", re.S)
 _FENCED_SHELL = re.compile(r"```(?:bash|sh|shell|console)[ \t]*\n(.*?)```", re.S)
@@ -90,13 +96,19 @@ def no_action_message() -> str:
 
 def _tool_from_json(raw: str) -> tuple[str, dict]:
     """(name, arguments) from the JSON of a tool call, with the usual slips of small models."""
-    text = raw.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    name, args, _ = _tool_json(raw)
+    return name, args
+
+
+def _tool_json(raw: str) -> tuple[str, dict, int]:
+    """(name, arguments, where the object ends in `raw`)."""
+    text = raw
     start = text.find("{")
     if start < 0:
         raise ActionError(f"the tool call has no JSON object: {raw[:200]!r}. Write it as\n"
                           '<tool_call>\n{"name": "TOOL", "arguments": {...}}\n</tool_call>')
     try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        obj, length = json.JSONDecoder().raw_decode(text[start:])
     except json.JSONDecodeError as err:
         raise ActionError(f"the tool call is not valid JSON ({err.msg} at character {err.pos + 1}): "
                           f"{text[start:start + 200]!r}. Write it as\n"
@@ -115,7 +127,7 @@ def _tool_from_json(raw: str) -> tuple[str, dict]:
                           f"with TOOL one of {', '.join(TOOLS)}")
     if not isinstance(args, dict):
         raise ActionError(f'the "arguments" of {name} must be a JSON object, got {json.dumps(args)[:80]}')
-    return name, args
+    return name, args, start + length
 
 
 def make_action(name: str, args: dict) -> Action:
@@ -147,7 +159,16 @@ def make_action(name: str, args: dict) -> Action:
     for k, v in list(out.items()):
         if k not in ("start", "end") and not isinstance(v, str):
             out[k] = " ".join(map(str, v)) if isinstance(v, list) else str(v)
+    if tool == "edit":
+        # an edit as a tool call (the 1.5B model asks for one by itself): one search/replace block
+        search, replace = out.get("search", ""), out.get("replace", "")
+        block = EditBlock(out["path"], _lines(search), _lines(replace))
+        return Action("edit", {"path": out["path"]}, blocks=[block])
     return Action(tool, out)
+
+
+def _lines(text: str) -> list[str]:
+    return text.removesuffix("\n").split("\n") if text else []
 
 
 def parse_reply(text: str) -> Action:
@@ -179,14 +200,17 @@ def parse_reply(text: str) -> Action:
         if not action.blocks:
             raise ActionError(_malformed_message(action.malformed))
         return action
-    # fallbacks: a bare JSON tool call, or a lone shell block
+    # a tool call as a bare JSON object, usually in a ```json block: Qwen2.5-Coder-1.5B writes it so
+    # when left to itself (measured), so it is a form of its own, not a slip
     m = _JSON_NAME.search(text)
     if m:
-        name, args = _tool_from_json(text[m.start():])
+        name, args, end = _tool_json(text[m.start():])
         call = make_action(name, args)
-        call.end = len(text)
-        call.notes.append("Next time wrap the tool call in <tool_call> ... </tool_call>.")
+        end += m.start()
+        fence = re.match(r"\s*```", text[end:])
+        call.end = end + (fence.end() if fence else 0)
         return call
+    # a lone shell block
     shells = _FENCED_SHELL.findall(text)
     if len(shells) == 1 and shells[0].strip():
         command = "\n".join(line.removeprefix("$ ") for line in shells[0].strip().splitlines())
@@ -223,72 +247,82 @@ def kept_text(text: str, action: Action | None) -> str:
     return kept
 
 
+_JSON_BLOCK = re.compile(r"```json[ \t]*\n\s*\{.*?\}\s*\n\s*```", re.S)
+
+
 def stop_point(text: str) -> bool:
     """True once a streamed reply has its action and anything further is waste, or it loops."""
-    return any(s in text for s in STOPS) or looping(text)
+    return any(s in text for s in STOPS) or looping(text) or (
+        "```json" in text and "<<<<<<<" not in text and bool(_JSON_BLOCK.search(text)))
 
 
-def looping(text: str, min_lines: int = 9) -> bool:
-    """The reply's last lines are one block of 1-6 lines written three times over: a small model
-    that invents a tool's result tends to go on inventing the next one, forever."""
-    lines = [x.strip() for x in text.split("\n")[:-1]]  # complete lines only
-    if len(lines) < min_lines or not text.endswith("\n"):
-        return False
-    for p in range(1, 7):
-        tail = lines[-3 * p:]
-        if len(tail) == 3 * p and any(tail[:p]) and tail[:p] == tail[p:2 * p] == tail[2 * p:]:
+# How a reply with a thought and no action goes on (the agent's nudge): the opening of a tool call in
+# the form the 1.5B model completes reliably (after an opened `<tool_call>` it ends its turn at once).
+NUDGE = '```json\n{"name": "'
+
+
+def looping(text: str) -> bool:
+    """The reply's last lines repeat: a block of 1-3 lines written four times over, or of 4-30 lines
+    (two of them not blank) written twice. A small model that invents a tool's result tends to go on
+    inventing the next one, forever (the 1.5B model's loop after an edit was 11 lines long)."""
+    # complete lines only; not just when the text ends with a newline (a token often carries the
+    # newline in front of the next line's text)
+    lines = [x.strip() for x in text.split("\n")[:-1]]
+    for p in range(1, 31):
+        times = 4 if p <= 3 else 2
+        if len(lines) < p * times:
+            break
+        tail = lines[-times * p:]
+        block = tail[:p]
+        # a real block of text, not closing braces or fences (code repeats those legitimately)
+        if sum(len(x) for x in block) < 10 or sum(1 for x in block if x) < min(2, p):
+            continue
+        if all(tail[k * p:(k + 1) * p] == block for k in range(times)):
             return True
     return False
 
 
 # --------------------------------------------------------------------------- the prompt
 
-# The tools as JSON signatures: Qwen2.5's chat template lists tools this way inside <tools></tools>,
-# so its models recognise the layout (measured: with a plain list, Qwen2.5-Coder-1.5B wrote its
-# thought and ended the turn without the call).
+# The tools, listed one a line in the system prompt. (Qwen2.5's own template lists JSON signatures
+# inside <tools></tools>; with that layout the 1.5B model only ever called tools and never edited.)
 _SIGNATURES = [
     ("read", "Show a file's lines (up to 250 at a time).",
      {"path": "string", "start": "integer", "end": "integer"}, ["path"]),
     ("list", "List the files under a folder.", {"path": "string"}, []),
     ("search", "Find the lines that match a regular expression in the files.",
      {"pattern": "string", "path": "string"}, ["pattern"]),
+    ("edit", "Replace the text `search` in a file by `replace` (empty search: a new file).",
+     {"path": "string", "search": "string", "replace": "string"}, ["path"]),
     ("run", "Run a shell command in the repository (no network).", {"command": "string"}, ["command"]),
     ("test", "Run the tests: `{test_cmd}` (args: an optional test file).", {"args": "string"}, []),
     ("done", "Finish: say what you changed.", {"summary": "string"}, ["summary"]),
 ]
 
 
-def _tools_json(test_cmd: str) -> str:
+def _tool_lines(test_cmd: str) -> str:
     lines = []
     for name, desc, props, required in _SIGNATURES:
-        sig = {"type": "function", "function": {
-            "name": name, "description": desc.format(test_cmd=test_cmd),
-            "parameters": {"type": "object", "properties": {k: {"type": t} for k, t in props.items()},
-                           "required": required}}}
-        lines.append(json.dumps(sig))
+        args = ", ".join(f'"{k}"' + ("" if k in required else " (optional)") for k in props)
+        lines.append(f"- {name} {{{args}}}: {desc.format(test_cmd=test_cmd)}" if args else
+                     f"- {name} {{}}: {desc.format(test_cmd=test_cmd)}")
     return "\n".join(lines)
 
 
 SYSTEM = """\
-You are a coding agent working in a repository. You work in steps: each reply is exactly ONE action \
-(a tool call, or search/replace blocks), then you get its result and reply again. Never write a \
-tool's result yourself.
+You are a coding agent working in a repository. You work in steps. In each reply write one short \
+sentence of thought, then exactly ONE action. Then you get the action's result and reply again. \
+Never write a tool's result yourself.
 
-# Tools
-
-The tools you may call, as function signatures within <tools></tools>:
-<tools>
-{tools}
-</tools>
-
-To call a tool, write a JSON object with its name and arguments within <tool_call></tool_call> tags:
+A tool call looks like this:
 <tool_call>
 {{"name": "read", "arguments": {{"path": "src/util.py"}}}}
 </tool_call>
 
-# Editing files
+Tools:
+{tools}
 
-To change a file, the action is search/replace blocks instead of a tool call:
+For a bigger change, the action can be search/replace blocks instead of a tool call:
 path/to/file.py
 ```python
 {head}
@@ -300,30 +334,32 @@ the new lines
 An empty SEARCH part creates a new file. One tool call may follow the blocks (for example test); it \
 runs after the edit is applied.
 
-# Rules
-- Read a file before you edit it. Copy the SEARCH lines exactly, with their indentation.
+Rules:
+- Read a file before you edit it, unless it was shown to you. Copy the SEARCH lines exactly.
 - Keep each change small. After an edit, run the tests.
 - When the task is done, call done."""
 
 # One worked exchange, on a file unlike any real one: small models follow an example far better
-# than a rule. It sits right after the system prompt, so its KV is computed once per run.
+# than a rule (docs/agent.md has what the 1.5B model did with and without it). It sits right after
+# the system prompt, so its KV is computed once per run.
 _EXAMPLE_TASK = "Task: `perimeter` in shapes.py returns the wrong value; make tests pass."
 _EXAMPLE = [
     ("user", _EXAMPLE_TASK),
-    ("assistant", '<tool_call>\n{"name": "read", "arguments": {"path": "shapes.py"}}\n</tool_call>'),
+    ("assistant", 'I will read the file first.\n<tool_call>\n{"name": "read", "arguments": {"path": "shapes.py"}}'
+                  "\n</tool_call>"),
     ("user", "<tool_response>\nshapes.py (lines 1-2 of 2):\ndef perimeter(w, h):\n    return w + h\n"
              "</tool_response>"),
-    ("assistant", f"shapes.py\n```python\n{HEAD}\n    return w + h\n{DIVIDER}\n"
+    ("assistant", f"The sum must be doubled.\nshapes.py\n```python\n{HEAD}\n    return w + h\n{DIVIDER}\n"
                   f"    return 2 * (w + h)\n{TAIL}\n```\n<tool_call>\n{{\"name\": \"test\", \"arguments\": {{}}}}"
                   "\n</tool_call>"),
     ("user", "<tool_response>\nedit applied to shapes.py\n`pytest -q` exited 0\n3 passed\n</tool_response>"),
-    ("assistant", '<tool_call>\n{"name": "done", "arguments": {"summary": "perimeter now returns 2 * (w + h)."}}'
-                  "\n</tool_call>"),
+    ("assistant", 'The tests pass.\n<tool_call>\n{"name": "done", "arguments": {"summary": "perimeter now '
+                  'returns 2 * (w + h)."}}\n</tool_call>'),
 ]
 
 
 def system_prompt(test_cmd: str) -> str:
-    return SYSTEM.format(tools=_tools_json(test_cmd), head=HEAD, divider=DIVIDER, tail=TAIL)
+    return SYSTEM.format(tools=_tool_lines(test_cmd), head=HEAD, divider=DIVIDER, tail=TAIL)
 
 
 def base_messages(test_cmd: str, example: bool = True) -> list[dict]:

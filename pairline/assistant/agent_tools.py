@@ -161,7 +161,9 @@ class Tools:
             if b"\0" in data:
                 continue
             for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-                if rx.search(line):
+                # the literal text too: models search for code like `def add(a, b):`, whose
+                # parentheses a regex reads as a group (measured: the 1.5B model did)
+                if pattern in line or rx.search(line):
                     total += 1
                     if len(hits) < SEARCH_MAX:
                         hits.append(f"{name}:{i}: {line.strip()[:200]}")
@@ -189,7 +191,7 @@ class Tools:
                     if state.text is None and any(s.strip() for s in block.search):
                         raise EditError(f"{state.shown} does not exist; to create it, leave SEARCH empty")
                     states[real], texts[real] = state, state.model_text
-                texts[real], _ = apply_block(texts[real], block, path=states[real].shown)
+                texts[real] = _apply(texts[real], block, states[real].shown)
                 applied += 1
             except PairlineError as err:  # EditError, SandboxError, unreadable files
                 problems.append(f"block {i} ({name or 'no file name'}): {err}")
@@ -244,6 +246,19 @@ class Tools:
 
     def check_git(self) -> list[str]:
         return self.guard.restore() if self.guard is not None else []
+
+
+def _apply(text: str, block, shown: str) -> str:
+    """The applier's line matching first; if that fails, a SEARCH that is not whole lines but occurs
+    exactly once in the file (an edit tool call's `"search": "a - b"`) is replaced where it is."""
+    try:
+        new, _ = apply_block(text, block, path=shown)
+        return new
+    except EditError:
+        old = "\n".join(block.search)
+        if old.strip() and text.count(old) == 1:
+            return text.replace(old, "\n".join(block.replace), 1)
+        raise
 
 
 def _edit_failed(problems: list[str], applied: int) -> str:

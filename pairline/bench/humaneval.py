@@ -279,6 +279,10 @@ class TaskRecord:
     loadavg_1m: float | None
     answer: str  # the model's text (cut at 4000 characters)
     program: str  # what ran before the test
+    prefill_s: float | None = None  # the engine's own timings (None from a remote server)
+    forward_calls: int | None = None  # decode and verify steps
+    draft_tokens: int | None = None  # drafted tokens, either source (prediction or prompt lookup)
+    accepted_draft_tokens: int | None = None
 
 
 def _ask(client, problem: Problem, max_tokens: int, speculation: str):
@@ -348,6 +352,10 @@ def run_task(client, problem: Problem, *, max_tokens: int = 512, speculation: st
         loadavg_1m=load,
         answer=reply.text[:4000],
         program=program,
+        prefill_s=reply.timings.prefill_s or None,
+        forward_calls=reply.timings.forward_calls if engine is not None else None,
+        draft_tokens=u.draft_tokens if engine is not None else None,
+        accepted_draft_tokens=u.accepted_draft_tokens if engine is not None else None,
     )
 
 

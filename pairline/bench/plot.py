@@ -44,7 +44,8 @@ def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     machines = []
-    for r in results:
+    ordered = sorted(results, key=lambda r: r["summary"]["median_wall_s"])
+    for i, r in enumerate(ordered):
         s = r["summary"]
         x, y = s["median_wall_s"], s["pass_at_1"]
         lo, hi = wilson(s["passed"], s["n"])
@@ -56,7 +57,10 @@ def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path
             r["settings"].get("speculation"), "?")
         label = (f"{r.get('tier')}: {r['model']}\npass@1 {y:.1f}% ({s['passed']}/{s['n']}), "
                  f"{x:.1f} s/task\n{r.get('runtime')} ×{r.get('threads')}, {drafts}")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(10, 8), fontsize=8, color=color)
+        # labels go to the emptier half of the chart, one step further per point, so none overlap
+        dy = -(60 + 62 * i) if y >= 50 else 25 + 62 * i
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(12, dy),
+                    fontsize=8, color=color, arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6})
         machines.append(r.get("machine", {}).get("label", "?"))
     xs = [r["summary"]["median_wall_s"] for r in results] + [r["summary"].get("p75_wall_s", 0) for r in results]
     ax.set_xscale("log")

@@ -91,3 +91,15 @@ def test_edit_as_a_tool_call():
     assert a.blocks[0].search == ["    return a - b"] and a.blocks[0].replace == ["    return a + b"]
     with pytest.raises(ActionError, match='edit needs "path"'):
         parse_reply('<tool_call>{"name": "edit", "arguments": {"search": "x"}}</tool_call>')
+
+
+def test_the_test_command_as_a_line_is_the_test_tool():
+    cmd = "python -m pytest -q -p no:cacheprovider"
+    text = f"I will run the tests.\n{cmd}\n3 passed\n"
+    assert stop_point(text[: text.index("3 passed")], cmd)
+    a = parse_reply(text, cmd)
+    assert a.name == "test" and "as {\"name\": \"test\"}" in a.notes[0]
+    assert kept_text(text, a) == f"I will run the tests.\n{cmd}"
+    b = parse_reply(BLOCK + "$ pytest -q tests/test_calc.py\n", cmd)
+    assert b.name == "edit" and b.then.name == "test"
+    assert stop_point("I wonder.\n" + "".join(f"{i} passed\n" for i in range(41)))  # 40 lines, no action

@@ -116,13 +116,13 @@ def test_edit_that_fails_is_fed_back_then_undo(repo):
 def test_tool_after_a_failed_edit_is_not_run_and_new_file(repo):
     wrong = block("nothing like this\n", "x\n") + call("test").removeprefix("Next.\n")
     new = block("", "def sub(a, b):\n    return a - b\n", path="pkg/ops.py")
-    agent, client = make(repo, [wrong, new, call("done", summary="ok")])
+    agent, client = make(repo, [wrong, new, call("test"), call("done", summary="ok")])
     agent.run()
     obs = observations(client)
     assert "test call after the edit was not run" in obs[0]
     assert (repo / "pkg" / "ops.py").read_text() == "def sub(a, b):\n    return a - b\n"
     tools = [e for e in events(agent) if e["type"] == "tool"]
-    assert [t["name"] for t in tools] == ["edit", "edit", "done"]
+    assert [t["name"] for t in tools] == ["edit", "edit", "test", "done"]
 
 
 def test_malformed_replies_count_as_steps(repo):
@@ -132,7 +132,7 @@ def test_malformed_replies_count_as_steps(repo):
         call("frobnicate", x=1),
         call("read"),
         f"calc.py\n```python\n{HEAD}\n    return a - b\n```\n",
-        "Run the tests.\n" + "python -m pytest\n1 passed\n" * 200,
+        "Let me think.\n" + "I am checking the file now.\nStill checking.\n" * 200,
         call("done", summary="gave up"),
     ]
     agent, client = make(repo, answers, nudge=False)
@@ -240,11 +240,11 @@ def test_interrupt_mid_command_stops_cleanly(repo):
 
 
 def test_trajectory_contents(repo):
-    agent, _ = make(repo, [call("read", path="calc.py"), FIX, call("done", summary="fixed")])
+    agent, _ = make(repo, [call("read", path="calc.py"), FIX + call("test"), call("done", summary="fixed")])
     result = agent.run()
     ev = events(agent)
-    assert [e["type"] for e in ev] == ["run", "turn", "tool", "observation", "turn", "tool", "observation",
-                                        "turn", "tool", "observation", "end"]
+    assert [e["type"] for e in ev] == ["run", "turn", "tool", "observation", "turn", "tool", "tool",
+                                        "observation", "turn", "tool", "observation", "end"]
     head = ev[0]
     assert head["task"] == "make add add" and head["model"] == "scripted" and head["repo"] == str(repo)
     assert head["start_commit"] == git(repo, "rev-list", "--max-parents=0", "HEAD").strip()
@@ -383,3 +383,29 @@ def test_edit_tool_call_with_part_of_a_line(repo):
     result = agent.run()
     assert (repo / "calc.py").read_text() == BUG.replace("a - b", "a + b") and result.edits == 1
     assert "does not match any lines" in observations(client)[1]  # "b" is not unique: the precise error
+
+
+def test_done_after_an_untested_edit_is_refused_once(repo):
+    agent, client = make(repo, [FIX, call("done", summary="tests pass"), call("test"), call("done", summary="ok")])
+    result = agent.run()
+    assert "Not finished: you edited files after the last test run" in observations(client)[1]
+    assert result.reason == "done" and result.summary == "ok" and result.steps == 4
+    agent2, _ = make(repo, [call("edit", path="calc.py", search="a + b", replace="b + a"),
+                            call("done", summary="a"), call("done", summary="b")])
+    assert agent2.run().summary == "b"  # refused once only: a model that insists is let go
+
+
+def test_the_same_failing_edit_twice_is_called_out(repo):
+    wrong = block("    return a * b\n", "    return a + b\n")
+    agent, client = make(repo, [wrong, wrong, call("done", summary="x")])
+    agent.run()
+    obs = observations(client)
+    assert "You did exactly this" not in obs[0] and "You did exactly this at step 1" in obs[1]
+
+
+def test_passing_tests_after_an_edit_point_to_done(repo):
+    agent, client = make(repo, [FIX + call("test"), call("test"), call("done", summary="x")])
+    agent.run()
+    obs = observations(client)
+    assert "The tests pass. If the task is done, call done" in obs[0]
+    assert "You did exactly this at step 1" not in obs[0] and "You did exactly this at step 1" in obs[1]

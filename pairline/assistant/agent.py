@@ -274,6 +274,8 @@ class Agent:
         self.resumed_from: int | None = None  # events already in the file (a resumed run)
         self.tampered = False
         self._seen: dict[str, int] = {}  # a look (read, list, search) -> its step, until the next edit
+        self._untested = False  # an edit applied since the last test run
+        self._done_refused = False
         self._session_t0 = 0.0
         self._traj: Trajectory | None = None
         self._base = fmt.base_messages(test_cmd, example)
@@ -394,7 +396,7 @@ class Agent:
             self.used.tokens += stats["tokens"]
             self.used.prompt_tokens += stats.get("prompt_tokens", 0)
             try:
-                action, error = fmt.parse_reply(text), None
+                action, error = fmt.parse_reply(text, self.test_cmd), None
             except fmt.ActionError as err:
                 action, error = None, str(err)
             if action is None and stop is None and self._may_nudge(error, stats):
@@ -408,7 +410,7 @@ class Agent:
                          "wall_s": round(stats["wall_s"] + stats2["wall_s"], 3)}
                 text = prefix + more
                 try:
-                    action, error = fmt.parse_reply(text), None
+                    action, error = fmt.parse_reply(text, self.test_cmd), None
                     action.notes.append("Your reply had no action, so it was continued with a tool call.")
                 except fmt.ActionError as err:
                     action, error = None, str(err)
@@ -468,7 +470,7 @@ class Agent:
                         continue  # cancelled: it stops within a step; drain it so the engine is released
                     text += delta
                     self.on_event({"type": "delta", "step": step, "text": delta})
-                    if fmt.stop_point(text):
+                    if fmt.stop_point(text, self.test_cmd):
                         early = True
                         inner.cancel()
                         looped = fmt.looping(text)
@@ -504,7 +506,10 @@ class Agent:
             again = self._repeat(act, step)
             result = self._tool(act, step, cancel)
             ok = result.ok
-            if again:
+            if again and act.name == "edit":
+                parts.append(f"You did exactly this at step {again}: the same edit gives the same result. "
+                             "Change it: copy the SEARCH lines exactly as the file has them, or do something else.")
+            elif again:
                 # small models re-read and re-search the same thing until the budget is gone
                 parts.append(f"You did exactly this at step {again}, and nothing changed since: the result "
                              "is the same. Act on it now: edit with search/replace blocks, run the tests, or "
@@ -512,7 +517,7 @@ class Agent:
             parts.append(result.observation)
             first = result.observation.splitlines()[0] if result.observation else ""
             shorts.append(f"[{act.describe()}: {first[:200]} (output dropped to save room)]")
-            if act.name == "done":
+            if act.name == "done" and result.ok:
                 finished = True
         notes = action.notes + (action.then.notes if action.then else [])
         if notes:
@@ -521,10 +526,17 @@ class Agent:
 
     def _repeat(self, act: fmt.Action, step: int) -> int | None:
         """The earlier step that made the same look, if nothing was edited since."""
-        if act.name in ("edit", "run", "test"):
-            self._seen.clear()  # the files may have changed: looking again is fair
+        if act.name == "edit":
+            # the same edit again: it fails the same way (a repeat of one that applied changes nothing)
+            key = "edit " + json.dumps([[b.path, b.search, b.replace] for b in act.blocks])
+            earlier = self._seen.get(key)
+            self._seen.clear()  # the files may change: looking again is fair
+            self._seen[key] = earlier or step
+            return earlier
+        if act.name == "run":
+            self._seen.clear()  # a command may change anything
             return None
-        if act.name not in ("read", "list", "search"):
+        if act.name not in ("read", "list", "search", "test"):
             return None
         key = f"{act.name} {json.dumps(act.args, sort_keys=True)}"
         earlier = self._seen.get(key)
@@ -544,6 +556,13 @@ class Agent:
             r = self.tools.run(a["command"], timeout=remaining, cancel=cancel)
         elif act.name == "test":
             r = self.tools.test(a.get("args", ""), timeout=remaining, cancel=cancel)
+            if r.ok and self.edits:
+                r.observation += '\nThe tests pass. If the task is done, call done: {"name": "done", ...}'
+        elif act.name == "done" and self._untested and not self._done_refused:
+            # small models announce "the tests pass" without running them: once, they must
+            self._done_refused = True
+            r = ToolResult("Not finished: you edited files after the last test run. Run the tests (test), "
+                           "then call done.", False)
         elif act.name == "done":
             self.done_summary = str(a.get("summary", "")).strip()
             r = ToolResult("finished", True)
@@ -557,6 +576,9 @@ class Agent:
                 r.data["originals"] = {p: t for p, t in self.tools.originals.items() if p not in before}
         if act.name == "test":
             self.last_test = {"command": r.data.get("command"), "exit_code": r.data.get("exit_code")}
+            self._untested = False
+        if act.name == "edit" and r.data.get("files"):
+            self._untested = True
         args = {**a, "blocks": len(act.blocks)} if act.name == "edit" else a
         self.emit("tool", step=step, name=act.name, args=args, ok=r.ok,
                   observation=fmt.truncate_middle(r.observation, 4000), output=r.output, **r.data)

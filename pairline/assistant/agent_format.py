@@ -89,7 +89,7 @@ class Action:
 def no_action_message() -> str:
     return (
         "No action found in your reply. Reply with exactly one action: a tool call such as\n"
-        '<tool_call>\n{"name": "read", "arguments": {"path": "app.py"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "test", "arguments": {}}\n</tool_call>\n'
         f"(tools: {', '.join(TOOLS)}), or search/replace edit blocks."
     )
 
@@ -171,7 +171,20 @@ def _lines(text: str) -> list[str]:
     return text.removesuffix("\n").split("\n") if text else []
 
 
-def parse_reply(text: str) -> Action:
+_PYTEST_LINE = re.compile(r"^\s*(?:\$\s*)?(?:python3? -m )?pytest\b[^\n]*$", re.M)
+
+
+def _test_line(text: str, test_cmd: str | None) -> re.Match | None:
+    """A line that is just the test command (or a pytest command), as small models write it when
+    they mean "run the tests" (measured: the 1.5B model, right after its edit)."""
+    if test_cmd:
+        m = re.search(rf"^\s*(?:\$\s*)?{re.escape(test_cmd.strip())}\s*$", text, re.M)
+        if m:
+            return m
+    return _PYTEST_LINE.search(text)
+
+
+def parse_reply(text: str, test_cmd: str | None = None) -> Action:
     """The action in a model's reply; raises ActionError (for the model) when there is none."""
     calls = list(_TOOL_CALL.finditer(text))
     first_call = calls[0] if calls else None
@@ -199,6 +212,11 @@ def parse_reply(text: str) -> Action:
     if action is not None:
         if not action.blocks:
             raise ActionError(_malformed_message(action.malformed))
+        after = _test_line(text[action.end:], test_cmd)
+        if after is not None and not _JSON_NAME.search(text[action.end:]):
+            action.then = Action("test", {}, end=action.end + after.end())
+            action.then.notes.append(f"Ran your line `{after.group(0).strip()}` as the test tool.")
+            action.end = action.then.end
         return action
     # a tool call as a bare JSON object, usually in a ```json block: Qwen2.5-Coder-1.5B writes it so
     # when left to itself (measured), so it is a form of its own, not a slip
@@ -220,6 +238,11 @@ def parse_reply(text: str) -> Action:
     if len(shells) > 1:
         raise ActionError(f"your reply has {len(shells)} shell blocks and no tool call; one action per reply. "
                           + no_action_message())
+    line = _test_line(text, test_cmd)
+    if line is not None:
+        call = Action("test", {}, end=line.end())
+        call.notes.append(f'Ran your line `{line.group(0).strip()}` as {{"name": "test"}}; next time use a tool call.')
+        return call
     raise ActionError(no_action_message())
 
 
@@ -250,10 +273,18 @@ def kept_text(text: str, action: Action | None) -> str:
 _JSON_BLOCK = re.compile(r"```json[ \t]*\n\s*\{.*?\}\s*\n\s*```", re.S)
 
 
-def stop_point(text: str) -> bool:
-    """True once a streamed reply has its action and anything further is waste, or it loops."""
-    return any(s in text for s in STOPS) or looping(text) or (
-        "```json" in text and "<<<<<<<" not in text and bool(_JSON_BLOCK.search(text)))
+def stop_point(text: str, test_cmd: str | None = None) -> bool:
+    """True once a streamed reply has its action and anything further is waste, or it loops, or it
+    has gone on for 40 lines with no action begun (the model is writing results it should wait for)."""
+    if any(s in text for s in STOPS) or looping(text):
+        return True
+    editing = "<<<<<<<" in text
+    if "```json" in text and not editing and _JSON_BLOCK.search(text):
+        return True
+    complete = text[: text.rfind("\n") + 1]
+    if not editing and "<tool_call>" not in complete and "{" not in complete and _test_line(complete, test_cmd):
+        return True  # the test command as a line: parse_reply takes it as the test tool
+    return text.count("\n") >= 40 and not editing and "<tool_call>" not in text and "```json" not in text
 
 
 # How a reply with a thought and no action goes on (the agent's nudge): the opening of a tool call in

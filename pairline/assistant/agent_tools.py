@@ -7,18 +7,16 @@ git commit per edit, undoable. Commands run in the `Sandbox`.
 
 Two guards keep the agent's own git calls, which run outside the sandbox, from running code a
 sandboxed command planted: `GitGuard` puts `.git/config`, hooks and `info/` back as they were
-after every command, and `hooks_off` turns off hooks and fsmonitor for the commits it makes (see
+after every command, and the workspace's git calls run with hooks and fsmonitor off (see
 docs/agent.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,8 +206,7 @@ class Tools:
                 return ToolResult(_edit_failed(problems, applied), False, data=data)
             return ToolResult("the edit changes nothing: the new lines equal the old ones", False, data=data)
         try:
-            with hooks_off():
-                entry = self.ws.apply(writes, message)
+            entry = self.ws.apply(writes, message)
         except FileChangedError as err:
             return ToolResult(f"{err}. Read the file again and redo the edit.", False, data=data)
         for c in entry.changes:
@@ -273,33 +270,6 @@ def _run_observation(r: RunResult) -> str:
 
 
 # --------------------------------------------------------------------------- git safety
-
-
-@contextlib.contextmanager
-def hooks_off() -> Iterator[None]:
-    """Git run by this process meanwhile (the workspace's commits) runs no hooks and no fsmonitor:
-    the repository's files are the model's to change, and a hook it wrote (say through a
-    `core.hooksPath` inside the worktree, as husky sets) must not run outside the sandbox."""
-    old = {k: os.environ.get(k) for k in ("GIT_CONFIG_COUNT", *_keys(8))}
-    n = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
-    for i, (k, v) in enumerate({"core.hooksPath": os.devnull, "core.fsmonitor": "false"}.items(), n):
-        os.environ[f"GIT_CONFIG_KEY_{i}"], os.environ[f"GIT_CONFIG_VALUE_{i}"] = k, v
-    os.environ["GIT_CONFIG_COUNT"] = str(n + 2)
-    try:
-        yield
-    finally:
-        for i in (n, n + 1):
-            os.environ.pop(f"GIT_CONFIG_KEY_{i}", None)
-            os.environ.pop(f"GIT_CONFIG_VALUE_{i}", None)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _keys(n: int) -> list[str]:
-    return [f"GIT_CONFIG_{kind}_{i}" for i in range(n) for kind in ("KEY", "VALUE")]
 
 
 class GitGuard:

@@ -146,9 +146,15 @@ def atomic_write(path: str | os.PathLike, text: str, expected: Fingerprint) -> N
 # --------------------------------------------------------------------------- the workspace: paths, git, undo
 
 
+# Every git call pairline makes runs no hooks and no fsmonitor: the repository's files are the
+# model's to change (the agent runs commands in it), and a hook it wrote, say through a
+# `core.hooksPath` inside the worktree as husky sets, must not run outside the sandbox.
+_NO_HOOKS = ("-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false")
+
+
 def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["git", *_NO_HOOKS, *args], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise PairlineError(f"git {args[0]} failed: {err}") from None
     if check and proc.returncode != 0:

@@ -100,11 +100,13 @@ class InProcessClient:
         cancel = cancel or CancelToken()
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
         pred = self.engine.tokenizer.encode(prediction, add_bos=False) if prediction else None
-        ids = self.engine.chat_prompt(messages)
-        shared = self.engine.system_prefix(messages, ids)
         if prefix:
+            ids = self.engine.chat_prompt(messages)
+            shared = self.engine.system_prefix(messages, ids)  # Engine.chat marks it itself
             ids += self.engine.tokenizer.encode(prefix, add_bos=False)
-        gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared)
+            gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared)
+        else:
+            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel)
         reply = Reply(iter(()), cancel)
 
         def deltas() -> Iterator[str]:

@@ -42,3 +42,13 @@ def test_a_change_of_load_is_followed():
 def test_single_core_never_probes():
     tuner = ThreadTuner([1])
     assert _run(tuner, {1: 0.01}, 50) == [1] * 50
+
+
+def test_calibration_starts_from_measured_steps():
+    tuner = ThreadTuner([2, 1])
+    assert not tuner.calibrated and tuner.best() == 2  # the guess: all cores
+    tuner.calibrate({2: 0.400, 1: 0.015})  # a busy machine, measured before the first request
+    assert tuner.calibrated and tuner.best() == 1
+    # the loser is probed again only after a while, then with the usual backoff
+    assert _run(tuner, {2: 0.400, 1: 0.015}, 15) == [1] * 15
+    assert ThreadTuner([1]).calibrated  # nothing to choose between

@@ -57,9 +57,9 @@ def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path
             r["settings"].get("speculation"), "?")
         label = (f"{r.get('tier')}: {r['model']}\npass@1 {y:.1f}% ({s['passed']}/{s['n']}), "
                  f"{x:.1f} s/task\n{r.get('runtime')} ×{r.get('threads')}, {drafts}")
-        # labels go to the emptier half of the chart, one step further per point, so none overlap
-        dy = -(60 + 62 * i) if y >= 50 else 25 + 62 * i
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(12, dy),
+        # labels stack in rows at the bottom (pass@1 of these tiers sits in the upper half), one row
+        # per point, so neighbours never overlap; a thin line leads to each point
+        ax.annotate(label, (x, y), textcoords=("data", "axes fraction"), xytext=(x * 1.1, 0.04 + 0.15 * i),
                     fontsize=8, color=color, arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6})
         machines.append(r.get("machine", {}).get("label", "?"))
     xs = [r["summary"]["median_wall_s"] for r in results] + [r["summary"].get("p75_wall_s", 0) for r in results]

@@ -28,7 +28,8 @@ class ScriptedClient:
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)
 
-    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None) -> Reply:
+    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None,
+               speculation="auto") -> Reply:
         cancel = cancel or CancelToken()
         self.calls.append({"messages": messages, "prefix": prefix, "prediction": prediction, "max_tokens": max_tokens})
         answer = self.answers.pop(0) if self.answers else ""

@@ -208,7 +208,7 @@ class Scripted:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None):
+    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None, speculation="auto"):
         from pairline.assistant.client import Reply
         from pairline.engine.generate import CancelToken
 

@@ -63,9 +63,11 @@ class Client(Protocol):
         prediction: str | None = None,
         stop: tuple[str, ...] = (),
         cancel: CancelToken | None = None,
+        speculation: str = "auto",
     ) -> Reply:
         """Answer `messages`; `prefix` is the start of the assistant's answer, already written
-        (it is not repeated in the reply's text). Greedy."""
+        (it is not repeated in the reply's text). Greedy. `speculation="off"` turns drafting off
+        (to measure what it gives; in-process only)."""
         ...
 
     def count_tokens(self, text: str) -> int: ...
@@ -94,19 +96,21 @@ class InProcessClient:
         prediction: str | None = None,
         stop: tuple[str, ...] = (),
         cancel: CancelToken | None = None,
+        speculation: str = "auto",
     ) -> Reply:
         from pairline.engine.sampling import SamplingParams
 
         cancel = cancel or CancelToken()
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
         pred = self.engine.tokenizer.encode(prediction, add_bos=False) if prediction else None
+        kw = {} if speculation == "auto" else {"speculation": speculation}
         if prefix:
             ids = self.engine.chat_prompt(messages)
             shared = self.engine.system_prefix(messages, ids)  # Engine.chat marks it itself
             ids += self.engine.tokenizer.encode(prefix, add_bos=False)
-            gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared)
+            gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared, **kw)
         else:
-            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel)
+            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel, **kw)
         reply = Reply(iter(()), cancel)
 
         def deltas() -> Iterator[str]:
@@ -229,11 +233,14 @@ class RemoteClient:
         prediction: str | None = None,
         stop: tuple[str, ...] = (),
         cancel: CancelToken | None = None,
+        speculation: str = "auto",
     ) -> Reply:
         if prefix:
             raise PairlineError("pairline serve cannot continue a started answer (no assistant prefix)")
         if stop:
             raise PairlineError("pairline serve's session protocol has no stop strings")
+        if speculation != "auto":
+            raise PairlineError("pairline serve chooses its own speculation; drafting turns off in-process only")
         cancel = cancel or CancelToken()
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         convo = [m for m in messages if m["role"] != "system"]

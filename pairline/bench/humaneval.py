@@ -286,31 +286,9 @@ class TaskRecord:
 
 
 def _ask(client, problem: Problem, max_tokens: int, speculation: str):
-    if speculation != "off":
-        pred = prediction_for(problem) if speculation == "prediction" else None
-        return client.stream(messages_for(problem), max_tokens=max_tokens, prediction=pred)
-    # The client always lets the engine draft; the baseline without drafts goes to the engine itself.
-    from pairline.assistant.client import Reply
-    from pairline.engine.generate import CancelToken
-    from pairline.engine.sampling import SamplingParams
-
-    engine, cancel = client.engine, CancelToken()
-    gen = engine.chat(messages_for(problem), SamplingParams(max_tokens=max_tokens, temperature=0.0),
-                      speculation="off", cancel=cancel)
-    reply = Reply(iter(()), cancel)
-
-    def deltas():
-        try:
-            for event in gen:
-                reply.tokens += event.token_id >= 0
-                if event.text:
-                    yield event.text
-        finally:
-            reply.finish_reason = gen.finish_reason or "cancelled"
-            reply.usage, reply.timings = gen.usage, gen.timings
-
-    reply.deltas = deltas()
-    return reply
+    pred = prediction_for(problem) if speculation == "prediction" else None
+    return client.stream(messages_for(problem), max_tokens=max_tokens, prediction=pred,
+                         speculation="off" if speculation == "off" else "auto")
 
 
 def run_task(client, problem: Problem, *, max_tokens: int = 512, speculation: str = "prediction",

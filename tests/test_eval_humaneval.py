@@ -280,6 +280,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         (["--tier", "fast"], "unknown tier 'fast'"),
         (["--limit", "0"], "--limit must be at least 1"),
         (["--problems", "HumanEval/500"], "unknown problem 'HumanEval/500'"),
+        (["--mode", "deep"], "--mode asks a `pairline route` router for a tier; it needs --server"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -429,3 +429,28 @@ backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep"
         assert_none_lost(r)
     finally:
         r.stop()
+
+
+# ---------------------------------------------------------------- the assistant's client through the router
+
+
+@pytest.mark.timeout(120)
+def test_assistant_client_asks_the_router_for_a_tier(backends):
+    """What `pairline agent --server ... --mode deep` and `/deep` with `--server` use: RemoteClient sends
+    `mode` in session.update, and the router serves every turn of that session from the deep tier."""
+    from pairline.assistant.client import RemoteClient
+
+    rt, deep = backends
+    r = router(two_tiers(rt, deep))
+    client = RemoteClient(r.ws_url, mode="deep", timeout=60)
+    try:
+        messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Say hello."}]
+        first = client.stream(messages, max_tokens=6).run()
+        assert first.text and first.finish_reason in ("stop", "length")
+        messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Once more."}]
+        assert client.stream(messages, max_tokens=6).run().text
+        led = assert_none_lost(r)
+        assert led["deep"]["completed"] == 2 and led.get("realtime", {}).get("accepted", 0) == 0
+    finally:
+        client.close()
+        r.stop()

@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     he.add_argument("--model", "-m", default=None, help="registry name or path; overrides the tier's model")
     he.add_argument("--server", default=None,
                     help="a running `pairline serve` (ws://HOST:PORT) instead of a local model")
+    he.add_argument("--mode", default=None, choices=["realtime", "deep", "auto"],
+                    help="with --server on a `pairline route` router: the tier to ask for (default: none sent)")
     he.add_argument("--runtime", default=None, help="auto (default), torch or llamacpp")
     he.add_argument("--limit", type=int, default=None, help="the first N problems (default: all 164)")
     he.add_argument("--problems", default=None, help="comma-separated indexes or ids, e.g. 0,5,HumanEval/12")
@@ -89,7 +91,8 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
         return 0 if result["passed"] == result["n"] else 1
 
     cfg = he.EvalConfig(
-        tier=args.tier, model=args.model, runtime=args.runtime, server=args.server, n_ctx=args.n_ctx,
+        tier=args.tier, model=args.model, runtime=args.runtime, server=args.server, mode=args.mode,
+        n_ctx=args.n_ctx,
         max_tokens=args.max_tokens, limit=args.limit, problems=_csv(args.problems),
         speculation=args.speculation, timeout_s=args.timeout, command=command, log=log,
     )

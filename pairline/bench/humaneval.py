@@ -346,6 +346,7 @@ class EvalConfig:
     model: str | None = None  # default: the tier's model
     runtime: str | None = None
     server: str | None = None
+    mode: str | None = None  # a router's tier, with server
     n_ctx: int = 2048
     max_tokens: int = 512
     limit: int | None = None
@@ -370,6 +371,8 @@ def validate(cfg: EvalConfig) -> list[Problem]:
         raise PairlineError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
     if cfg.speculation not in SPECULATION:
         raise PairlineError(f"unknown speculation {cfg.speculation!r}; use one of {', '.join(SPECULATION)}")
+    if cfg.mode and not cfg.server:
+        raise PairlineError("--mode asks a `pairline route` router for a tier; it needs --server")
     if cfg.speculation == "off" and cfg.server:
         raise PairlineError("--speculation off needs a local model (the server always drafts)")
     if cfg.timeout_s <= 0:
@@ -428,7 +431,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 def _open(model: str, cfg: EvalConfig):
     from pairline.assistant.client import open_client
 
-    return open_client(model, n_ctx=cfg.n_ctx, server=cfg.server, runtime=cfg.runtime)
+    return open_client(model, n_ctx=cfg.n_ctx, server=cfg.server, runtime=cfg.runtime, mode=cfg.mode)
 
 
 def _describe_selection(cfg: EvalConfig, n: int) -> str:

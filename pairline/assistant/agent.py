@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from pairline.assistant.client import Client
 from pairline.assistant.coder import LinkedCancel
 from pairline.assistant.edit_cmd import unified_diff
 from pairline.assistant.sandbox import Limits, Sandbox
-from pairline.assistant.workspace import Workspace
+from pairline.assistant.workspace import Workspace, run_git
 from pairline.engine.generate import CancelToken
 from pairline.errors import PairlineError
 
@@ -199,13 +198,8 @@ def load_trajectory(path: Path) -> list[dict]:
 
 
 def _git(root: Path, *args: str, check: bool = True) -> str:
-    try:
-        proc = subprocess.run(["git", "-c", "core.fsmonitor=false", *args], cwd=root, capture_output=True,
-                              text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise PairlineError(f"git {args[0]} failed: {err}") from None
-    if check and proc.returncode != 0:
-        raise PairlineError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    """git's output, or "" where it failed and `check` is off."""
+    proc = run_git(root, *args, check=check, timeout=60)
     return proc.stdout if proc.returncode == 0 else ""
 
 
@@ -742,8 +736,7 @@ def _check_unchanged(ws: Workspace, head: dict, tools: list[dict]) -> None:
         last = commits[-1] if commits else head.get("start_commit")
         now = _head(ws.root)
         if last and now != last:
-            if now is None or subprocess.run(["git", "merge-base", "--is-ancestor", last, now], cwd=ws.root,
-                                             capture_output=True).returncode != 0:
+            if now is None or run_git(ws.root, "merge-base", "--is-ancestor", last, now, check=False).returncode:
                 raise PairlineError(f"cannot resume run {run_id}: the repository moved on (HEAD is "
                                     f"{(now or 'empty')[:10]}, and the run's last commit {last[:10]} is no longer "
                                     "in its history); start a new run")

@@ -13,10 +13,10 @@ docs/agent.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from pairline.assistant.edit_cmd import unified_diff
 from pairline.assistant.edits import EditError, apply_block
 from pairline.assistant.rewrite import restore_layout
 from pairline.assistant.sandbox import RunResult, Sandbox, SandboxError
-from pairline.assistant.workspace import FileChangedError, Workspace, read_text_file
+from pairline.assistant.workspace import FileChangedError, Workspace, read_text_file, run_git
 from pairline.errors import PairlineError
 
 READ_LINES = 250  # one read shows at most this many lines ...
@@ -51,14 +51,11 @@ def repo_files(root: Path, git: bool, limit: int = 20000) -> list[str]:
     """The repository's files, relative, sorted: git's view (tracked plus untracked, not ignored)
     in a git repository, else a walk that skips the usual tool and cache folders."""
     if git:
-        try:
-            proc = subprocess.run(["git", "-c", "core.fsmonitor=false", "ls-files", "-z", "--cached", "--others",
-                                   "--exclude-standard"], cwd=root, capture_output=True, timeout=30)
+        with contextlib.suppress(PairlineError):  # no usable git: walk the folder instead
+            proc = run_git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", check=False)
             if proc.returncode == 0:
-                names = sorted({n for n in proc.stdout.decode("utf-8", "replace").split("\0") if n})
+                names = sorted({n for n in proc.stdout.split("\0") if n})
                 return [n for n in names if (root / n).is_file()][:limit]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))

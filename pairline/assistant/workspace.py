@@ -152,13 +152,16 @@ def atomic_write(path: str | os.PathLike, text: str, expected: Fingerprint) -> N
 _NO_HOOKS = ("-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false")
 
 
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_git(root: Path, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """git in `root`, the one way pairline runs it; output decoded as UTF-8 (odd bytes replaced)."""
     try:
-        proc = subprocess.run(["git", *_NO_HOOKS, *args], cwd=root, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["git", *_NO_HOOKS, *args], cwd=root, capture_output=True, encoding="utf-8",
+                              errors="replace", timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise PairlineError(f"git {args[0]} failed: {err}") from None
     if check and proc.returncode != 0:
-        raise PairlineError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        raise PairlineError(f"git {args[0]} failed: {last[0] if last else f'exit {proc.returncode}'}")
     return proc
 
 
@@ -281,14 +284,14 @@ class Workspace:
 
     def _commit(self, changes: list[FileChange], message: str) -> str | None:
         paths = [c.path for c in changes]
-        _git(self.root, "add", "--", *paths)
+        run_git(self.root, "add", "--", *paths)
         ident = []
-        if _git(self.root, "config", "user.email", check=False).returncode != 0:
+        if run_git(self.root, "config", "user.email", check=False).returncode != 0:
             ident = ["-c", "user.name=pairline", "-c", "user.email=pairline@localhost"]
         subject = message.strip().splitlines()[0][:72] if message.strip() else "edit"
         # --only: exactly these paths, whatever else the user has staged
-        _git(self.root, *ident, "commit", "--no-verify", "-q", "--only", "-m", f"pairline: {subject}", "--", *paths)
-        return _git(self.root, "rev-parse", "HEAD").stdout.strip()
+        run_git(self.root, *ident, "commit", "--no-verify", "-q", "--only", "-m", f"pairline: {subject}", "--", *paths)
+        return run_git(self.root, "rev-parse", "HEAD").stdout.strip()
 
     def _backup(self, changes: list[FileChange]) -> Path | None:
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
@@ -315,14 +318,14 @@ class Workspace:
             if data != c.after:
                 raise FileChangedError(f"{c.path} changed since pairline edited it; not undoing (nothing was written)")
         if entry.commit and self.git:
-            head = _git(self.root, "rev-parse", "HEAD").stdout.strip()
+            head = run_git(self.root, "rev-parse", "HEAD").stdout.strip()
             if head == entry.commit:
-                _git(self.root, "reset", "-q", "--soft", "HEAD~1")
-                _git(self.root, "reset", "-q", "HEAD", "--", *[c.path for c in entry.changes], check=False)
+                run_git(self.root, "reset", "-q", "--soft", "HEAD~1")
+                run_git(self.root, "reset", "-q", "HEAD", "--", *[c.path for c in entry.changes], check=False)
             else:
-                proc = _git(self.root, "revert", "--no-edit", entry.commit, check=False)
+                proc = run_git(self.root, "revert", "--no-edit", entry.commit, check=False)
                 if proc.returncode != 0:
-                    _git(self.root, "revert", "--abort", check=False)
+                    run_git(self.root, "revert", "--abort", check=False)
                     raise PairlineError(f"git revert {entry.commit[:10]} failed; nothing was undone")
         for c in entry.changes:
             real = self.root / c.path

@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -102,7 +101,7 @@ class Sandbox:
     @property
     def protections(self) -> tuple[str, ...]:
         found = available_protections()
-        return tuple(p for p in found if self.network is False or p != "no-network")
+        return tuple(p for p in found if not (self.network and p == "no-network"))
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """`path` (relative to the root, or absolute inside it) as an absolute path inside the root."""
@@ -242,8 +241,3 @@ class _Capture:
         if self.dropped:
             return f"{head}\n[... {self.dropped} bytes of output cut ...]\n{tail}"
         return head + tail
-
-
-def which(program: str) -> str | None:
-    """Where `program` would be found on the sandbox's PATH."""
-    return shutil.which(program, path=f"{Path(sys.executable).parent}:{_SYSTEM_PATH}")

@@ -5,6 +5,7 @@ appends tokens at the end of what is cached (`n_past`) and rolls back with `trun
 
 from __future__ import annotations
 
+import os
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -58,8 +59,6 @@ def check_forward(n_past: int, n: int, n_ctx: int) -> None:
 
 def cpu_threads() -> int:
     """All cores unless PAIRLINE_THREADS says otherwise (on a busy 2-core machine, 1 is steadier)."""
-    import os
-
     want = os.environ.get("PAIRLINE_THREADS", "")
     if want:
         try:

@@ -141,6 +141,7 @@ class _Model:
         vocab = self.lib.llama_model_get_vocab(self.ptr)
         self.n_vocab = int(self.lib.llama_vocab_n_tokens(vocab))
         self.n_ctx_train = int(self.lib.llama_model_n_ctx_train(self.ptr))
+        self.tuner: ThreadTuner | None = None  # made by the first context: forks share the cores and what was measured
 
     def __del__(self) -> None:
         if getattr(self, "ptr", None):
@@ -200,8 +201,7 @@ class LlamaCppRuntime:
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(MAX_BATCH, 0, 1)
         self._n_past = 0
-        # one tuner per loaded model: forks share the cores, so they share what was measured
-        if getattr(self.model, "tuner", None) is None:
+        if self.model.tuner is None:
             self.model.tuner = ThreadTuner(sorted({self.threads, max(1, self.threads // 2), 1}, reverse=True))
         self.tuner = self.model.tuner
 

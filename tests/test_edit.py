@@ -324,7 +324,7 @@ class _Engine:
 
     model_name = "fake"
 
-    def chat(self, messages, params, prediction=None, cancel=None):
+    def chat(self, messages, params, prediction=None, cancel=None, speculation="auto"):
         self.calls.append((messages, params, prediction))
         if cancel is not None:
             self.gen.cancel = cancel

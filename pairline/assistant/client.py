@@ -103,14 +103,14 @@ class InProcessClient:
         cancel = cancel or CancelToken()
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
         pred = self.engine.tokenizer.encode(prediction, add_bos=False) if prediction else None
-        kw = {} if speculation == "auto" else {"speculation": speculation}
         if prefix:
             ids = self.engine.chat_prompt(messages)
             shared = self.engine.system_prefix(messages, ids)  # Engine.chat marks it itself
             ids += self.engine.tokenizer.encode(prefix, add_bos=False)
-            gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared, **kw)
+            gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared,
+                                       speculation=speculation)
         else:
-            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel, **kw)
+            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel, speculation=speculation)
         reply = Reply(iter(()), cancel)
 
         def deltas() -> Iterator[str]:

@@ -764,6 +764,7 @@ def _model_ctx(client: Client, asked: int) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pairline.engine.load import add_runtime_option
     from pairline.models.registry import DEFAULT_DEEP
 
     b = Budgets()
@@ -782,8 +783,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--server", default=None, metavar="URL", help="a `pairline serve` or `pairline route` (ws://...)")
     parser.add_argument("--mode", default=None, choices=["deep", "realtime", "auto"],
                         help="with --server on a router: the tier to ask for")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
-                        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model")
+    add_runtime_option(parser)
     parser.add_argument("--max-steps", type=int, default=None, metavar="N", help=f"model turns (default {b.max_steps})")
     parser.add_argument("--max-time", type=float, default=None, metavar="S",
                         help=f"wall-clock seconds (default {b.max_time_s:.0f})")

@@ -544,6 +544,7 @@ def run_plain(session: ChatSession, writer: LineWriter) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pairline.engine.load import add_runtime_option
     from pairline.models.registry import DEFAULT_DEEP, DEFAULT_REALTIME
 
     parser = subparsers.add_parser(
@@ -555,10 +556,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("files", nargs="*", metavar="FILE", help="files to put in the chat")
     parser.add_argument("--model", default=DEFAULT_REALTIME, help=f"model name or path (default: {DEFAULT_REALTIME})")
     parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
-    parser.add_argument(
-        "--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
-        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model",
-    )
+    add_runtime_option(parser)
     parser.add_argument("--no-commit", action="store_true", help="in a git repository, do not commit edits")
     parser.add_argument("--root", default=None, metavar="DIR", help="workspace root (default: git repo or cwd)")
     parser.add_argument("--test-cmd", default="pytest -q", metavar="CMD", help="what /test runs (default: pytest -q)")

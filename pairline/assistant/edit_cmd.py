@@ -41,6 +41,7 @@ git the old bytes are kept under ~/.cache/pairline/backups.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pairline.engine.load import add_runtime_option
     from pairline.models.registry import DEFAULT_REALTIME
 
     parser = subparsers.add_parser(
@@ -64,10 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--root", default=None, metavar="DIR", help="workspace root (default: the git repository or current folder)"
     )
     parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
-    parser.add_argument(
-        "--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
-        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model",
-    )
+    add_runtime_option(parser)
     parser.add_argument(
         "--max-tokens",
         type=int,

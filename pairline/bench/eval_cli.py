@@ -13,6 +13,8 @@ from pairline.errors import PairlineError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from pairline.engine.load import add_runtime_option
+
     parser = subparsers.add_parser("eval", help="accuracy against wall time: HumanEval pass@1 per tier, plots")
     sub = parser.add_subparsers(dest="eval_command", metavar="EVAL")
     sub.required = True
@@ -31,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="a running `pairline serve` (ws://HOST:PORT) instead of a local model")
     he.add_argument("--mode", default=None, choices=["realtime", "deep", "auto"],
                     help="with --server on a `pairline route` router: the tier to ask for (default: none sent)")
-    he.add_argument("--runtime", default=None, help="auto (default), torch or llamacpp")
+    add_runtime_option(he)
     he.add_argument("--limit", type=int, default=None, help="the first N problems (default: all 164)")
     he.add_argument("--problems", default=None, help="comma-separated indexes or ids, e.g. 0,5,HumanEval/12")
     he.add_argument("--max-tokens", type=int, default=512, help="cap on each answer (default 512)")

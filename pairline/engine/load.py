@@ -89,6 +89,13 @@ def config_from_json(text: str) -> ModelConfig:
 
 
 RUNTIMES = ("auto", "torch", "llamacpp")
+
+
+def add_runtime_option(parser) -> None:
+    """`--runtime`, the same on every command that loads a model."""
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="auto: llama.cpp on the CPU for a GGUF when installed, else pairline's torch model")
+
 def choose_runtime(requested: str | None, path: Path, device: str) -> str:
     """auto: llama.cpp for a GGUF on the CPU (the fastest decoder there), else torch. PAIRLINE_RUNTIME
     sets the default."""

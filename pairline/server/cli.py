@@ -8,6 +8,7 @@ import socket
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from pairline.engine.load import add_runtime_option
     from pairline.models.registry import DEFAULT_REALTIME
 
     p = subparsers.add_parser(
@@ -25,8 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="KV caches kept resident (least recently used evicted past N or past 1/4 of free RAM)")
     p.add_argument("--ctx", type=int, default=8192, metavar="N", help="context per session, tokens (default 8192)")
     p.add_argument("--max-queue", type=int, default=32, metavar="N", help="waiting requests before 429 (default 32)")
-    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "llamacpp"],
-                   help="auto: llama.cpp on the CPU for a GGUF when installed, else torch")
+    add_runtime_option(p)
     p.add_argument("--idle-timeout", type=float, default=600.0, metavar="S", help="close idle sessions after S s")
     p.set_defaults(func=cmd_serve)
     return p

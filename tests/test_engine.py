@@ -128,7 +128,7 @@ def test_prefix_reuse(engine):
     assert fresh.token_ids == second.token_ids
 
 
-def test_cancel_mid_prefill_lands_within_a_chunk(tokenizer):
+def test_cancel_mid_prefill_stops_the_chunk_in_flight(tokenizer):
     eng = tiny_engine(tokenizer, n_ctx=4096, prefill_chunk=64)
     prompt = (CODE * 40)[:12000]
     cancel = CancelToken()
@@ -136,17 +136,18 @@ def test_cancel_mid_prefill_lands_within_a_chunk(tokenizer):
     chunks = []
     real_forward = eng.runtime.forward
 
-    def forward(tokens, rows="last"):
+    def forward(tokens, rows="last", **kw):
         chunks.append(len(tokens))
         if len(chunks) == 3:
             threading.Timer(0.0, cancel.cancel).start()
             threading.Event().wait(0.05)
-        return real_forward(tokens, rows)
+        return real_forward(tokens, rows, **kw)
 
     eng.runtime.forward = forward
     g.run()
     assert g.finish_reason == "cancelled" and g.token_ids == []
-    assert len(chunks) <= 4  # the chunk in flight finishes, no more start
+    assert len(chunks) == 3  # the torch runtime stops the chunk in flight between layers
+    assert eng.runtime.n_past == 2 * 64  # and keeps what the finished chunks cached
     assert g.timings.cancel_latency_s is not None and g.timings.cancel_latency_s < 5.0
     eng.runtime.forward = real_forward
     # the engine stays usable and its cache consistent
@@ -162,6 +163,22 @@ def test_cancel_mid_decode(engine):
         if ev.index == 4:
             cancel.cancel()
     assert g.finish_reason == "cancelled" and len(g.token_ids) == 5
+
+
+def test_a_cancel_reaches_linked_tokens_and_their_native_flag():
+    turn = CancelToken()
+    request = CancelToken()
+    turn.link(request)
+    assert request.flag.value == b""  # what a runtime polling from C sees: not cancelled
+    turn.cancel()
+    assert request.cancelled and request.flag.value == b"\x01"
+    late = CancelToken()
+    turn.link(late)  # linked after the cancel: cancelled at once
+    assert late.cancelled
+    parent, child = CancelToken(), CancelToken()
+    parent.link(child)
+    child.cancel()  # a child's cancel does not reach its parent
+    assert not parent.cancelled and parent.flag.value == b""
 
 
 def test_bad_requests(engine):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from pairline.engine.generate import CancelToken, Engine
 from pairline.engine.load import choose_runtime, load_engine
+from pairline.engine.runtime import Interrupted
 from pairline.engine.runtimes import llamacpp_runtime
 from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
@@ -106,33 +106,44 @@ def test_speculation_matches_plain_up_to_near_ties(llama):
         assert margin < 1.0, f"{kw}: parted at token {split} with a margin of {margin:.2f}"
 
 
-def test_cancel_lands_within_one_prefill_chunk(llama):
-    """A cancel during a long prompt's prefill stops at the next chunk boundary."""
+def test_cancel_stops_a_prefill_chunk_under_way(llama):
+    """A cancel during a long prompt's prefill stops inside the chunk under way (ggml polls the
+    token after every graph node), and the chunks done before it stay cached for the next turn."""
     prompt = llama.tokenizer.encode(CODE * 40)[:1800]
     llama.reset()
     cancel = CancelToken()
     g = llama.generate(prompt, SamplingParams(max_tokens=8), cancel=cancel, speculation="off")
-    chunk_times: list[float] = []
+    calls: list[tuple[int, str]] = []
     forward = llama.runtime.forward
 
-    def timed(tokens, rows="last"):
-        t0 = time.perf_counter()
-        out = forward(tokens, rows)
-        chunk_times.append(time.perf_counter() - t0)
-        if len(chunk_times) == 2:
-            threading.Timer(0.01, cancel.cancel).start()  # lands in the middle of the third chunk
+    def watched(tokens, rows="last", **kw):
+        if len(calls) == 2:
+            threading.Timer(0.01, cancel.cancel).start()  # lands early in the third chunk
+        calls.append((len(tokens), "started"))
+        try:
+            out = forward(tokens, rows, **kw)
+        except Interrupted:
+            calls[-1] = (len(tokens), "interrupted")
+            raise
+        calls[-1] = (len(tokens), "done")
         return out
 
-    llama.runtime.forward = timed
+    llama.runtime.forward = watched
     try:
         g.run()
     finally:
         del llama.runtime.forward
-    assert g.finish_reason == "cancelled"
-    assert 3 <= len(chunk_times) <= 4  # the chunk under way finishes; no further one starts
-    assert g.timings.cancel_latency_s is not None
-    after = llama.generate(CODE, SamplingParams(max_tokens=4, ignore_eos=True)).run()  # still usable
-    assert len(after.token_ids) == 4
+    chunk = llama.prefill_chunk
+    assert calls == [(chunk, "done"), (chunk, "done"), (chunk, "interrupted")]
+    assert g.finish_reason == "cancelled" and g.timings.cancel_latency_s is not None
+    assert llama.runtime.n_past == 2 * chunk  # the stopped chunk left nothing behind
+    again = llama.generate(prompt[: 2 * chunk + 40], SamplingParams(max_tokens=6, ignore_eos=True),
+                           speculation="off").run()
+    assert again.usage.cached_tokens == 2 * chunk
+    llama.reset()
+    fresh = llama.generate(prompt[: 2 * chunk + 40], SamplingParams(max_tokens=6, ignore_eos=True),
+                           speculation="off").run()
+    assert again.token_ids == fresh.token_ids
 
 
 def test_fork_sessions_keep_their_own_kv(llama):

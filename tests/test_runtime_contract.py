@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pairline.engine.runtime import ContextFull, Runtime
+from pairline.engine.generate import CancelToken
+from pairline.engine.runtime import ContextFull, Interrupted, Runtime
 from pairline.engine.runtimes.torch_runtime import TorchRuntime
 
 from .engine_helpers import random_state, tiny_config
@@ -59,6 +60,20 @@ def test_verify_rows_at_long_context(long_runtime):
     """As below, past 512 cached positions, where some kernels change their path."""
     ids = [(i * 7919) % 250 + 3 for i in range(617)]
     _check_verify_rows(long_runtime, ids[:600], ids[600:])
+
+
+def test_an_interrupted_call_leaves_the_cache_as_it_was(runtime):
+    if not getattr(runtime, "interruptible", False):
+        pytest.skip(f"{runtime.name} finishes its calls; the loop cancels between them")
+    runtime.forward(TOKENS[:4], "none")
+    stopped = CancelToken()
+    stopped.cancel()
+    with pytest.raises(Interrupted):
+        runtime.forward(TOKENS[4:], "all", cancel=stopped)
+    assert runtime.n_past == 4
+    after = runtime.forward(TOKENS[4:], "all", cancel=CancelToken())  # a live token does not stop it
+    runtime.truncate(4)
+    np.testing.assert_allclose(after, runtime.forward(TOKENS[4:], "all"), atol=1e-3)
 
 
 def test_is_a_runtime(runtime):

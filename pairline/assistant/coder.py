@@ -51,6 +51,7 @@ class LinkedCancel(CancelToken):
         self.parent = parent
         self._own_at: float | None = None
         super().__init__()
+        parent.link(self)  # so that a runtime polling this token's flag sees the turn's cancel too
 
     @property
     def requested_at(self) -> float | None:  # type: ignore[override]

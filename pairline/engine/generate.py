@@ -3,8 +3,10 @@ cancel, streaming, sampling, stop conditions, lossless speculation and timings."
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -12,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from pairline.engine.prefix_store import PrefixStore
-from pairline.engine.runtime import Runtime
+from pairline.engine.runtime import Interrupted, Runtime
 from pairline.engine.sampling import Sampler, SamplingParams
 from pairline.engine.speculative import DraftPolicy, PredictionDraft, PromptLookup, StepCosts
 from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, render_chat
@@ -22,16 +24,34 @@ Speculation = Literal["auto", "off", "prompt_lookup"]
 
 
 class CancelToken:
-    """Set from any thread; the loop checks it between prefill chunks and between decode steps."""
+    """Set from any thread. The loop checks it between prefill chunks and between decode steps; an
+    interruptible runtime (llama.cpp) also polls `flag` from native code inside a call."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.requested_at: float | None = None
+        # A NUL-terminated byte string, "" until cancelled and "\x01" after: C can poll it without
+        # the GIL (llamacpp_runtime reads it with strlen).
+        self.flag = ctypes.create_string_buffer(2)
+        self._linked: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+        self._lock = threading.Lock()
 
     def cancel(self) -> None:
         if not self._event.is_set():
             self.requested_at = time.perf_counter()
             self._event.set()
+        self.flag[0] = b"\x01"
+        with self._lock:
+            children = list(self._linked)
+        for child in children:
+            child.cancel()
+
+    def link(self, child: CancelToken) -> None:
+        """Cancel `child` too when this token is cancelled (now, if it already is)."""
+        with self._lock:
+            self._linked.add(child)
+        if self.cancelled:
+            child.cancel()
 
     @property
     def cancelled(self) -> bool:
@@ -241,9 +261,14 @@ class Engine:
         self.runtime.truncate(n)
         del self.cached[n:]
 
-    def _forward(self, tokens: list[int], rows) -> np.ndarray | None:
+    def _forward(self, tokens: list[int], rows, cancel: CancelToken | None = None) -> np.ndarray | None:
         try:
-            out = self.runtime.forward(tokens, rows)
+            if cancel is not None and getattr(self.runtime, "interruptible", False):
+                out = self.runtime.forward(tokens, rows, cancel=cancel)
+            else:
+                out = self.runtime.forward(tokens, rows)
+        except Interrupted:
+            raise  # the runtime left its cache as it was before the call
         except BaseException:
             # a failed or interrupted forward leaves the cache in an unknown state: forget it
             self.runtime.truncate(0)
@@ -272,7 +297,10 @@ class Engine:
         for start, end in zip(cuts, [*cuts[1:], len(prompt)], strict=True):
             if g.cancel.cancelled:
                 return None
-            logits = self._forward(prompt[start:end], "last" if end == len(prompt) else "none")
+            try:
+                logits = self._forward(prompt[start:end], "last" if end == len(prompt) else "none", g.cancel)
+            except Interrupted:
+                return None
             if end == shared:
                 self.prefix_store.save(prompt[:shared], self.runtime.save_state())
         return logits[-1]
@@ -383,7 +411,11 @@ class Engine:
                     drafts = offered[: policy.choose(len(offered))]
                 n_before = self.runtime.n_past
                 t_step = time.perf_counter()
-                logits = self._forward([last, *drafts], "all" if drafts else "last")
+                try:
+                    logits = self._forward([last, *drafts], "all" if drafts else "last", g.cancel)
+                except Interrupted:
+                    yield from self._cancelled(g, finish)
+                    return
                 self.step_costs.record(1 + len(drafts), time.perf_counter() - t_step)
                 g.timings.forward_calls += 1
                 accepted, next_tok = self._verify(sampler, drafts, logits)

@@ -32,7 +32,11 @@ class Runtime(Protocol):
     def forward(self, tokens: list[int], rows: Rows = "last") -> np.ndarray | None:
         """Evaluate `tokens` at positions n_past.. and append them to the cache.
         Returns float32 logits as a numpy array: [1, V] for "last", [len(tokens), V] for "all", None for
-        "none". numpy, not torch, so the loop on the llama.cpp runtime never imports torch."""
+        "none". numpy, not torch, so the loop on the llama.cpp runtime never imports torch.
+
+        A runtime that can stop inside a call sets `interruptible = True` and also takes
+        `cancel=` (a CancelToken): once it is cancelled the call raises Interrupted soon, with the
+        cache as it was before the call. Others finish the call; the loop checks between calls."""
         ...
 
     def truncate(self, n: int) -> None:
@@ -47,6 +51,10 @@ class Runtime(Protocol):
 
 class ContextFull(Exception):
     """The request does not fit in the runtime's KV cache."""
+
+
+class Interrupted(Exception):
+    """forward() stopped because its cancel token was set; the cache is as it was before the call."""
 
 
 def check_forward(n_past: int, n: int, n_ctx: int) -> None:

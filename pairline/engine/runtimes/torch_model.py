@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pairline.engine.config import ModelConfig, RopeScaling
+from pairline.engine.runtime import Interrupted
 
 
 def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, float]:
@@ -252,9 +253,11 @@ class Transformer(nn.Module):
             if isinstance(m, Linear):
                 m.upcast_rows = rows
 
-    def forward(self, tokens: Tensor, start: int, logits_rows: slice | None) -> Tensor | None:
+    def forward(self, tokens: Tensor, start: int, logits_rows: slice | None, cancel=None) -> Tensor | None:
         """tokens: [n] at positions start..start+n-1. Returns logits [rows, V] in float32 for the
-        rows asked (None: no logits, as in the middle of a chunked prefill)."""
+        rows asked (None: no logits, as in the middle of a chunked prefill). `cancel` (anything with
+        `.cancelled`) is checked between layers: Interrupted once it is set. The KV rows the earlier
+        layers wrote lie past the caller's n_past, so the next call overwrites them."""
         n = tokens.shape[0]
         end = start + n
         cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
@@ -266,6 +269,8 @@ class Transformer(nn.Module):
             mask = torch.zeros(n, end).masked_fill_(~allowed, float("-inf"))
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
+            if cancel is not None and cancel.cancelled:
+                raise Interrupted(f"cancelled during a {n}-token call at position {start}")
             x = layer(x, cos, sin, start, mask)
         if logits_rows is None:
             return None

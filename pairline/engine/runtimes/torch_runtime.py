@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from pairline.engine.config import ModelConfig
 from pairline.engine.runtime import Rows, check_forward, cpu_threads
 from pairline.engine.runtimes.torch_model import EXACT_ROWS, Transformer, fuse_state_dict, quantize_int8
 from pairline.errors import PairlineError
+
+if TYPE_CHECKING:
+    from pairline.engine.generate import CancelToken
 
 _ROWS = {"none": None, "last": slice(-1, None), "all": slice(None)}
 
@@ -50,6 +54,7 @@ class TorchRuntime:
     name = "torch"
     batch_invariant = True  # verify rows take the decode path, row by row: tests/test_runtime_contract.py
     exact_rows = EXACT_ROWS  # wider calls (prefill chunks) take the batched path
+    interruptible = True  # a cancel stops forward between layers
     verify_slope_hint = 0.6  # until measured: a 17-token verify costs ~11x a step here (docs/benchmarks.md)
 
     def __init__(
@@ -98,11 +103,11 @@ class TorchRuntime:
         return self._n_past
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int], rows: Rows = "last") -> np.ndarray | None:
+    def forward(self, tokens: list[int], rows: Rows = "last", cancel: CancelToken | None = None) -> np.ndarray | None:
         n = len(tokens)
         check_forward(self._n_past, n, self.n_ctx)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        logits = self.model(ids, self._n_past, _ROWS[rows])
+        logits = self.model(ids, self._n_past, _ROWS[rows], cancel)
         self._n_past += n
         return None if logits is None else logits.float().cpu().numpy()
 

@@ -295,3 +295,34 @@ def test_bench_engine_quick_writes_json(tmp_path, smollm2_gguf):
         assert g["pass"] in (True, False, None) and g["target"] > 0
     assert goals["decode_vs_hf_bf16"]["pass"] is None  # not measured: no hf-bf16 in this run
     assert goals["edit_useless_vs_plain"]["measured"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["llamacpp", "torch"])
+def test_bench_cancel_writes_json(tmp_path, smollm2_gguf, runtime):
+    """`pairline bench cancel` on SmolLM2: every cancel lands inside the prefill (both CPU runtimes
+    stop mid-chunk), the chunks done before it stay cached, and the JSON says so."""
+    if runtime == "llamacpp" and not bench.llamacpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    argv = ["bench", "cancel", "--model", "smollm2-135m", "--runtime", runtime, "--prompt-tokens", "600",
+            "--repeats", "2", "--out", str(tmp_path)]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    files = list(tmp_path.glob("cancel-smollm2-135m-*.json"))
+    assert len(files) == 1
+    d = json.loads(files[0].read_text())
+    assert d["bench"] == "cancel" and d["runtime"] == runtime and d["interruptible"] is True
+    assert d["prompt_tokens"] == 600 and d["uncancelled_prefill_s"] > 0 and len(d["runs"]) == 2
+    for run in d["runs"]:
+        assert run["finish_reason"] == "cancelled" and run["latency_s"] is not None
+        if run["landed_in"] == "prefill":  # else the prefill ran faster than the timed one
+            assert run["tokens_cached_after"] % d["prefill_chunk"] == 0 and run["tokens_cached_after"] < 600
+        else:
+            assert run["tokens_cached_after"] >= 600
+    assert d["median_latency_s"] <= d["max_latency_s"]
+
+
+def test_bench_cancel_refuses_bad_sizes():
+    args = _parser().parse_args(["bench", "cancel", "--prompt-tokens", "1"])
+    with pytest.raises(PairlineError, match="--prompt-tokens"):
+        args.func(args)

@@ -1,7 +1,8 @@
 """`pairline bench ...`: measurements, printed as tables and saved as JSON.
 
-Subcommands: `engine` (pairline's runtime against HF transformers on the same weights). Room is
-left for `overhead` (transport and session cost) and `edit` (edit throughput end to end)."""
+Subcommands: `engine` (pairline's runtimes against llama.cpp and HF transformers on the same
+weights), `overhead` (transport and session cost), `edit` (real edits end to end) and `cancel`
+(cancel latency inside a long prefill)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from pairline.bench.edit import add_parser as add_edit_parser
 
     add_edit_parser(sub)  # `pairline bench edit`
+
+    from pairline.bench.cancel import add_parser as add_cancel_parser
+
+    add_cancel_parser(sub)  # `pairline bench cancel`
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:

@@ -38,6 +38,23 @@ def test_cheap_verification_and_good_drafts_give_long_drafts():
     assert policy.choose(7) == 7  # never more than the source offers
 
 
+def test_reliable_drafts_try_the_widest_draft_now_and_then():
+    """Costs measured up to 7-token calls with a steep slope between the widest two make wide
+    drafts look dear; with acceptance near 1 every 8th draft tries the widest anyway, so its real
+    cost gets measured (and here proves cheap enough to keep)."""
+    costs = StepCosts()
+    costs.record(1, 0.030)
+    costs.record(5, 0.090)
+    costs.record(7, 0.150)  # a hiccup: the slope of the widest two says 30 ms per extra token
+    policy = DraftPolicy(costs, prior=0.9, max_len=32)
+    for _ in range(10):
+        policy.update(6, 6)
+    chosen = [policy.choose(32) for _ in range(8)]
+    assert max(chosen[:7]) < 32 and chosen[7] == 32
+    costs.record(33, 0.400)  # measured: 12 ms per token at width 33
+    assert policy.choose(32) == 32
+
+
 def test_expensive_verification_means_no_drafts():
     policy = DraftPolicy(StepCosts(slope_hint=1.0, learn=False), prior=0.5, max_len=32)
     assert policy.choose(32) == 0
@@ -65,6 +82,23 @@ def test_prediction_realigns_after_an_insertion():
     assert drafter.draft(4) == []  # not aligned until the output rejoins the prediction
     drafter.accept(pred[20:23])  # three tokens of the prediction again: an n-gram match
     assert drafter.draft(4) == pred[23:27]
+
+
+def test_a_rejoin_takes_the_place_whose_match_reaches_furthest_back():
+    pred = [1, 2, 3, 4, 7, 8, 9, 10, 11, 5, 6, 7, 8, 9, 12]
+    drafter = PredictionDraft(pred)
+    drafter.accept([50, 51, 5, 6, 7, 8, 9])  # (7, 8, 9) is at two places; 5, 6 before it only at the second
+    assert drafter.draft(2) == [12]
+
+
+def test_a_wrong_rejoin_ahead_does_not_strand_the_pointer():
+    head, tail = list(range(100, 130)), list(range(200, 230))
+    drafter = PredictionDraft([*head, 500, 501, 502, *tail])
+    drafter.accept(head[:10])
+    drafter.accept([900, 500, 501, 502])  # an edit whose text matches a line further down
+    assert drafter.draft(3) == tail[:3]  # the only place to rejoin, for now
+    drafter.accept([110, 111, 112])  # but the output goes on with the head: back there
+    assert drafter.draft(4) == head[13:17]
 
 
 def test_unaligned_prediction_drafts_by_lookup_over_the_context():

@@ -37,21 +37,24 @@ class CancelToken:
         self._lock = threading.Lock()
 
     def cancel(self) -> None:
+        self._cancel(time.perf_counter())
+
+    def _cancel(self, at: float | None) -> None:
         if not self._event.is_set():
-            self.requested_at = time.perf_counter()
+            self.requested_at = at
             self._event.set()
         self.flag[0] = b"\x01"
         with self._lock:
             children = list(self._linked)
         for child in children:
-            child.cancel()
+            child._cancel(at)  # a linked token was cancelled when its parent was
 
     def link(self, child: CancelToken) -> None:
         """Cancel `child` too when this token is cancelled (now, if it already is)."""
         with self._lock:
             self._linked.add(child)
         if self.cancelled:
-            child.cancel()
+            child._cancel(self.requested_at)
 
     @property
     def cancelled(self) -> bool:

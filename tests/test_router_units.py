@@ -1,15 +1,21 @@
 """The router's pure parts: the auto-mode classifier, consistent hashing, backend choice, the
-circuit breaker (on a fake clock), config validation and admission control."""
+circuit breaker (on a fake clock), config validation and admission control; and the idle timeout
+of its WebSocket sessions, in front of a fake pairline backend."""
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from websockets.sync.server import ServerConnection, serve
 
 from pairline.errors import PairlineError
-from pairline.router.app import Router
+from pairline.router.app import Router, RouterThread
 from pairline.router.balance import CircuitBreaker, HashRing, Target, choose
 from pairline.router.classify import classify, classify_messages, count_files
 from pairline.router.config import ClassifyConfig, parse_config
@@ -177,6 +183,7 @@ def test_config_parses():
     assert rt.max_outstanding == 16 and rt.backends[0].name == "realtime-0"
     assert deep.backends[0].url == "http://gpu-box:8000/v1" and deep.backends[0].api_key == "secret"
     assert deep.backends[1].kind == "inprocess" and cfg.default_mode == "auto"
+    assert cfg.session_idle_timeout_s == 600.0  # the server's --idle-timeout default
     assert "secret" not in repr(cfg)  # the key never shows in logs
 
 
@@ -198,6 +205,12 @@ def test_config_parses():
     (lambda s: s.replace('"VLLM_KEY"', '"NO_SUCH_KEY"'),
      "tiers.toml:11: tiers.deep.backends[0].api_key_env: the environment variable NO_SUCH_KEY is not set"),
     (lambda s: s.replace('"VLLM_KEY"', '"sk-123 secret"'), "must name an environment variable"),
+    (lambda s: s.replace('default_mode = "auto"', 'default_mode = "auto"\nsession_idle_timeout_s = -1'),
+     "tiers.toml:5: router.session_idle_timeout_s: must be greater than 0, got -1.0"),
+    (lambda s: s.replace('default_mode = "auto"', 'default_mode = "auto"\nsession_idle_timeout_s = nan'),
+     "tiers.toml:5: router.session_idle_timeout_s: must be greater than 0, got nan"),
+    (lambda s: s.replace('default_mode = "auto"', 'default_mode = "auto"\nsession_idle_timeout_s = "10m"'),
+     "tiers.toml:5: router.session_idle_timeout_s: must be a number, got a string ('10m')"),
 ])
 def test_config_errors_name_the_key_and_line(edit, message):
     with pytest.raises(PairlineError) as info:
@@ -306,3 +319,122 @@ backends = [{{ kind = "openai", url = "http://127.0.0.1:{ports[1]}/v1", model = 
         assert m.get("requests_accepted_total", 'tier="realtime"') == 1
         assert m.get("requests_finished_total", 'tier="realtime",outcome="errored"') == 1
         assert m.get("requests_finished_total", 'tier="deep",outcome="errored"') == 1
+
+
+# ---------------------------------------------------------------- idle WebSocket sessions
+
+
+class FakePairline:
+    """A pairline backend without a model: each backend session answers response.create with
+    `deltas` text deltas, `gap` seconds apart, and is counted when it opens and when it closes."""
+
+    def __init__(self, deltas: int = 1, gap: float = 0.0):
+        self.deltas, self.gap = deltas, gap
+        self.opened, self.closed = 0, threading.Semaphore(0)
+        self.server = serve(self.handle, "127.0.0.1", 0)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"
+
+    def handle(self, conn: ServerConnection) -> None:
+        self.opened += 1
+        try:
+            conn.send(json.dumps({"type": "session.created", "session": {"id": "sess_fake"}}))
+            for n, raw in enumerate(conn):
+                if json.loads(raw).get("type") != "response.create":
+                    continue
+                rid = f"resp_fake{n}"
+                conn.send(json.dumps({"type": "response.created", "response": {"id": rid, "status": "in_progress"}}))
+                for _ in range(self.deltas):
+                    time.sleep(self.gap)
+                    conn.send(json.dumps({"type": "response.output_text.delta", "delta": "x"}))
+                usage = {"input_tokens": 1, "output_tokens": self.deltas, "total_tokens": 1 + self.deltas}
+                conn.send(json.dumps({"type": "response.completed", "response": {
+                    "id": rid, "status": "completed", "output_text": "x" * self.deltas, "usage": usage}}))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.release()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def fake_backend():
+    fake = FakePairline(deltas=10, gap=0.1)
+    yield fake
+    fake.stop()
+
+
+def idle_router(backend: FakePairline, idle_s: float) -> RouterThread:
+    tier = f'backends = [{{ kind = "pairline", url = "{backend.url}", health_path = "" }}]'
+    cfg = parse_config(f"[router]\nsession_idle_timeout_s = {idle_s}\n[tiers.realtime]\n{tier}\n[tiers.deep]\n{tier}\n",
+                       "t.toml")
+    return RouterThread(cfg)
+
+
+def recv(ws, timeout: float = 10) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def expect_expired(ws, idle_s: float) -> None:
+    """The router's last word on an idle session: session_expired, then a normal close."""
+    ev = recv(ws)
+    assert ev["type"] == "error" and ev["status"] == 408, ev
+    assert ev["error"]["code"] == "session_expired"
+    assert ev["error"]["message"] == f"session closed after {idle_s:g}s without a client event"
+    with pytest.raises(ConnectionClosed) as info:
+        ws.recv(timeout=10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+
+
+def wait_for(cond, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_idle_router_session_expires(fake_backend):
+    with idle_router(fake_backend, 0.2) as r, connect(r.ws_url, open_timeout=10) as ws:
+        assert recv(ws)["type"] == "session.created"
+        expect_expired(ws, 0.2)
+        assert wait_for(lambda: not r.router.connections)  # the router let go of it
+        assert r.router.metrics.get("ws_errors_total", 'code="session_expired"') == 1
+
+
+def test_router_session_is_not_expired_while_a_response_runs(fake_backend):
+    """A response streaming for longer than the idle timeout is not cut; the clock starts again
+    when it ends, and the expiry releases the backend session the router held."""
+    with idle_router(fake_backend, 0.4) as r, connect(r.ws_url, open_timeout=10) as ws:
+        assert recv(ws)["type"] == "session.created"
+        t0 = time.monotonic()
+        ws.send(json.dumps({"type": "response.create", "input": "hi", "mode": "realtime"}))
+        events = [recv(ws)]
+        while events[-1]["type"] not in ("response.completed", "error"):
+            events.append(recv(ws))
+        assert time.monotonic() - t0 > 0.4  # the fake takes 10 x 0.1 s: longer than the timeout
+        assert [e["type"] for e in events].count("response.output_text.delta") == 10
+        assert events[-1]["type"] == "response.completed" and events[-1]["response"]["output_text"] == "x" * 10
+        assert fake_backend.opened == 1
+        expect_expired(ws, 0.4)
+        assert fake_backend.closed.acquire(timeout=10)  # the backend session went with it
+        assert wait_for(lambda: not r.router.connections)
+
+
+def test_client_events_reset_the_router_idle_clock(fake_backend):
+    idle = 0.5
+    with idle_router(fake_backend, idle) as r, connect(r.ws_url, open_timeout=10) as ws:
+        assert recv(ws)["type"] == "session.created"
+        t_start = time.monotonic()
+        for _ in range(12):  # 1.2 s and more of a session that keeps talking: longer than the timeout
+            time.sleep(0.1)
+            t_sent = time.monotonic()
+            ws.send(json.dumps({"type": "session.update", "session": {"temperature": 0}}))
+            assert recv(ws)["type"] == "session.updated"
+        assert time.monotonic() - t_start > 2 * idle
+        expect_expired(ws, idle)
+        assert time.monotonic() - t_sent >= idle  # counted from the last client event
+        assert wait_for(lambda: not r.router.connections)

@@ -68,6 +68,9 @@ class RouterConfig:
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 300.0  # a CPU deep tier may prefill for minutes
     idle_timeout_s: float = 300.0  # longest silence between two streamed events
+    # a client WebSocket session with no client event for this long, while no response runs, is
+    # closed (session_expired), as `pairline serve --idle-timeout` does; the server's default
+    session_idle_timeout_s: float = 600.0
     affinity_vnodes: int = 64  # virtual nodes per backend on the consistent-hash ring
     affinity_slack: int = 4  # leave a session's backend once it has this many more in flight than the idlest
     ewma_alpha: float = 0.3  # weight of the newest TTFT sample
@@ -194,12 +197,13 @@ def _check_router(ck: _Checker, cfg: RouterConfig) -> None:
     if not 0 < cfg.port < 65536:
         ck.fail(["router", "port"], f"must be a port number (1-65535), got {cfg.port}")
     positive = ("breaker_cooldown_s", "health_interval_s", "health_timeout_s", "connect_timeout_s",
-                "first_token_timeout_s", "idle_timeout_s", "breaker_failures", "affinity_vnodes", "max_message_bytes")
+                "first_token_timeout_s", "idle_timeout_s", "session_idle_timeout_s", "breaker_failures",
+                "affinity_vnodes", "max_message_bytes")
     for key in positive:
-        if getattr(cfg, key) <= 0:
+        if not getattr(cfg, key) > 0:  # written so that TOML's nan fails too
             ck.fail(["router", key], f"must be greater than 0, got {getattr(cfg, key)}")
     for key in ("retries", "retry_backoff_s", "affinity_slack"):
-        if getattr(cfg, key) < 0:
+        if not getattr(cfg, key) >= 0:
             ck.fail(["router", key], f"must be 0 or more, got {getattr(cfg, key)}")
     if not 0 < cfg.ewma_alpha <= 1:
         ck.fail(["router", "ewma_alpha"], f"must be in (0, 1], got {cfg.ewma_alpha}")

@@ -105,6 +105,7 @@ class RouterSession(SessionSocket):
         self.links: dict[str, WsLink] = {}
         self.turn: Turn | None = None
         self.turn_task: asyncio.Task | None = None
+        self.last_active = time.monotonic()  # the client's last event, or the end of the last turn
 
     # ------------------------------------------------------------ sending
 
@@ -122,8 +123,17 @@ class RouterSession(SessionSocket):
 
     async def run(self) -> None:
         await self.send("session.created", session=self.describe())
-        async for raw in client_messages(self.ws):
-            await dispatch_event(self, raw, self.r.cfg.max_message_bytes)
+        watchdog = asyncio.create_task(self.watch_idle(self.r.cfg.session_idle_timeout_s, log,
+                                                       f"router: session {self.id}"))
+        try:
+            async for raw in client_messages(self.ws):
+                self.last_active = time.monotonic()
+                await dispatch_event(self, raw, self.r.cfg.max_message_bytes)
+        finally:
+            watchdog.cancel()
+
+    def idle_since(self) -> float | None:
+        return None if self.turn is not None else self.last_active
 
     async def on_session_update(self, ev: dict) -> None:
         body = session_body(ev)
@@ -198,6 +208,7 @@ class RouterSession(SessionSocket):
         turn.ledger.finish(outcome)
         if self.turn is turn:
             self.turn = None
+            self.last_active = time.monotonic()  # the idle clock starts when the answer ends, as the server's
 
     def prefer(self, tier: str) -> Backend | None:
         link = self.links.get(tier)
@@ -499,11 +510,15 @@ class RouterSession(SessionSocket):
 
     # ------------------------------------------------------------ end of the session
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
+        """Ends the session from the router's side (idle, shutdown): its turn stops, a final `error`
+        event goes out if given, its backend sessions close, then the close frame."""
         if self.closed:
             return
         if self.turn_task is not None:
             self.turn_task.cancel()
+        if error is not None:  # before the links close: a backend slow to close must not delay it
+            await self.send_error(error)
         for link in self.links.values():
             await link.close()
         self.closed = True

@@ -85,6 +85,28 @@ class SessionSocket:
         body["event_id"] = event_id
         await self.send("error", status=err.status, error=body)
 
+    def idle_since(self) -> float | None:
+        """When the client's last event arrived (time.monotonic()), or None while a response runs:
+        a session waiting on its own answer is never idle."""
+        raise NotImplementedError
+
+    async def close(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
+        """A final `error` event if given, then the close frame."""
+        raise NotImplementedError
+
+    async def watch_idle(self, idle_s: float, logger: logging.Logger, name: str) -> None:
+        """Runs beside the receive loop: once the session has gone `idle_s` without a client event
+        while no response runs, an `error` event `session_expired` (408) and a normal close, so an
+        abandoned connection does not hold its session (and what it pins) forever."""
+        while not self.closed:
+            await asyncio.sleep(min(idle_s / 4, 1.0))
+            since = self.idle_since()
+            if since is not None and time.monotonic() - since > idle_s:
+                logger.info("%s idle for %.0fs: closing", name, idle_s)
+                await self.close(CLOSE_NORMAL, "idle timeout", ProtocolError(
+                    f"session closed after {idle_s:g}s without a client event", code="session_expired", status=408))
+                return
+
 
 class Connection(SessionSocket):
     def __init__(self, ws: WebSocket, server):
@@ -102,21 +124,14 @@ class Connection(SessionSocket):
 
     async def run(self) -> None:
         await self.send("session.created", session=self.session.describe())
-        watchdog = asyncio.create_task(self.watch_idle())
+        watchdog = asyncio.create_task(self.watch_idle(self.server.cfg.idle_timeout_s, log, f"ws {self.session.id}"))
         try:
             await self.receive_loop()
         finally:
             watchdog.cancel()
 
-    async def watch_idle(self) -> None:
-        idle = self.server.cfg.idle_timeout_s
-        while not self.closed:
-            await asyncio.sleep(min(idle / 4, 1.0))
-            if self.turn is None and time.monotonic() - self.session.last_active > idle:
-                log.info("ws %s idle for %.0fs: closing", self.session.id, idle)
-                await self.close(CLOSE_NORMAL, "idle timeout", ProtocolError(
-                    f"session closed after {idle:g}s without a client event", code="session_expired", status=408))
-                return
+    def idle_since(self) -> float | None:
+        return None if self.turn is not None else self.session.last_active
 
     async def receive_loop(self) -> None:
         async for raw in client_messages(self.ws):

@@ -12,6 +12,7 @@ import pytest
 
 from pairline.bench import humaneval as he
 from pairline.bench.plot import load_results, plot, wilson
+from tests.test_router_live import free_port, start_serve, stop, wait_healthy
 
 PROBLEMS = he.load_problems()
 P0 = PROBLEMS[0]  # has_close_elements, with `from typing import List`
@@ -260,6 +261,31 @@ def test_rescore_checks_saved_answers_again_and_keeps_the_timings(tmp_path):
     assert out["summary"]["passed"] == 1
 
 
+def test_a_server_run_is_labelled_with_the_servers_model_and_url():
+    client = Scripted(["```python\n    return 1\n```"])
+    client.model_name = "smollm2-135m"  # what the server's session reported
+    cfg = he.EvalConfig(limit=1, client=client, server="http://127.0.0.1:8000", mode="deep", log=lambda m: None)
+    result = he.run_eval(cfg)
+    assert result["server"] == "ws://127.0.0.1:8000/v1/responses" and result["mode"] == "deep"
+    assert result["model"] == "smollm2-135m" and result["tier"] == "deep"  # the tier the router was asked for
+    assert result["settings"]["n_ctx"] is None  # the server's own, unknown here
+    assert result["records"][0]["cached_tokens"] == 0
+
+
+@pytest.mark.parametrize(
+    "given, url",
+    [
+        ("ws://h:1", "ws://h:1/v1/responses"),
+        ("http://h:1/", "ws://h:1/v1/responses"),
+        ("https://h/v1", "wss://h/v1/responses"),
+        ("HTTP://h:1/v1/responses", "ws://h:1/v1/responses"),
+        ("wss://h/pre/fix", "wss://h/pre/fix/v1/responses"),
+    ],
+)
+def test_server_url_takes_http_and_ws(given, url):
+    assert he.server_url(given) == url
+
+
 def test_wilson_interval_is_sane():
     lo, hi = wilson(20, 40)
     assert 30 < lo < 50 < hi < 70
@@ -281,6 +307,10 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         (["--limit", "0"], "--limit must be at least 1"),
         (["--problems", "HumanEval/500"], "unknown problem 'HumanEval/500'"),
         (["--mode", "deep"], "--mode asks a `pairline route` router for a tier; it needs --server"),
+        (["--server", "127.0.0.1:8000"], "--server takes http://HOST:PORT or ws://HOST:PORT"),
+        (["--server", "ftp://127.0.0.1:8000"], "--server takes http://HOST:PORT or ws://HOST:PORT"),
+        (["--server", "http://127.0.0.1:8000", "--model", "smollm2-135m"], "with --server the model is the server's"),
+        (["--server", "http://127.0.0.1:8000", "--runtime", "torch"], "with --server the runtime is the server's"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -288,6 +318,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(tmp_path):
+    port = free_port()  # nothing listens there
+    proc = cli("eval", "humaneval", "--server", f"http://127.0.0.1:{port}", "--limit", "2", "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach pairline serve" in lines[0] and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # no result for a run that never started
 
 
 def test_plot_of_a_file_that_is_not_a_result_is_one_line(tmp_path):
@@ -312,3 +351,52 @@ def test_real_model_two_problems_through_the_command(tmp_path, smollm2_gguf):
     s = data["summary"]
     assert s["n"] == 2 and 0 <= s["pass_at_1"] <= 100 and data["loadavg_end"] is not None
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def live_server(smollm2_gguf):
+    """A real `pairline serve` process on SmolLM2-135M; yields its port."""
+    port = free_port()
+    proc = start_serve(port)
+    try:
+        wait_healthy(port, proc)
+        yield port
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_two_problems_against_a_live_server(tmp_path, live_server):
+    proc = cli("eval", "humaneval", "--server", f"http://127.0.0.1:{live_server}", "--limit", "2",
+               "--max-tokens", "64", "--out", str(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # named after the server's model, not the --tier default's
+    (out,) = tmp_path.glob("humaneval-realtime-smollm2-135m-*.json")
+    data = json.loads(out.read_text())
+    assert data["kind"] == "humaneval" and data["complete"] and data["model"] == "smollm2-135m"
+    assert data["server"] == f"ws://127.0.0.1:{live_server}/v1/responses" and data["runtime"] == "remote"
+    assert [r["task_id"] for r in data["records"]] == ["HumanEval/0", "HumanEval/1"]
+    for r in data["records"]:
+        assert isinstance(r["answer"], str) and r["answer"].strip() and isinstance(r["program"], str)
+        assert isinstance(r["passed"], bool) and (r["failure"] is None) == r["passed"]
+        assert r["passed"] or r["failure"] in he.FAIL_KINDS
+        assert isinstance(r["wall_s"], float) and isinstance(r["check_s"], float)
+        assert 0 < r["tokens"] <= 64 and r["prompt_tokens"] > 50 and r["forward_calls"] is None
+    s = data["summary"]
+    assert s["n"] == 2 and s["passed"] == sum(r["passed"] for r in data["records"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path, args, message",
+    [
+        ("", ["--mode", "deep"], "--mode needs a `pairline route` router"),  # a plain server has no tiers
+        ("/health", [], "no pairline serve session at"),  # the server answers, but no session is there
+    ],
+)
+def test_a_server_that_refuses_is_one_line_and_exit_2(tmp_path, live_server, path, args, message):
+    proc = cli("eval", "humaneval", "--server", f"http://127.0.0.1:{live_server}{path}", *args, "--limit", "1",
+               "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr

@@ -27,10 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "writes JSON.",
     )
     he.add_argument("--tier", default="realtime",
-                    help="realtime (Qwen2.5-Coder-0.5B) or deep (Qwen2.5-Coder-1.5B); default realtime")
+                    help="realtime (Qwen2.5-Coder-0.5B) or deep (Qwen2.5-Coder-1.5B); default realtime "
+                    "(with --server: only the run's label, unless --mode names the tier)")
     he.add_argument("--model", "-m", default=None, help="registry name or path; overrides the tier's model")
     he.add_argument("--server", default=None,
-                    help="a running `pairline serve` (ws://HOST:PORT) instead of a local model")
+                    help="a running `pairline serve` or `pairline route` (http://HOST:PORT or ws://HOST:PORT) "
+                    "instead of a local model; the model is the server's")
     he.add_argument("--mode", default=None, choices=["realtime", "deep", "auto"],
                     help="with --server on a `pairline route` router: the tier to ask for (default: none sent)")
     add_runtime_option(he)
@@ -99,10 +101,17 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
         speculation=args.speculation, timeout_s=args.timeout, command=command, log=log,
     )
     he.validate(cfg)  # every argument, before the model loads
-    path = he.default_out_path(args.out, cfg.tier, cfg.model or he.tier_model(cfg.tier))
-    cfg.checkpoint = lambda result: he.write_json(result, path)  # a run stopped halfway keeps its tasks
+    paths: list[Path] = []
+
+    def checkpoint(result: dict) -> Path:
+        # named once the model is known (a server's model only once connected), then kept for the run
+        if not paths:
+            paths.append(he.default_out_path(args.out, result["tier"], result["model"]))
+        return he.write_json(result, paths[0])
+
+    cfg.checkpoint = checkpoint  # a run stopped halfway keeps its tasks
     result = he.run_eval(cfg)
-    he.write_json(result, path)
+    path = checkpoint(result)
     he.print_table([result])
     err.print(f"wrote {path}")
     if args.plot is not None:

@@ -10,8 +10,10 @@ The answer usually restates the prompt (signature and docstring) before the body
 passed as the request's `prediction`: under greedy decoding that changes only the speed.
 
 Timing, per task: `wall_s` is request to the end of the answer at the client (the model's time; the
-check runs after and is `check_s`); `ttft_s` is request to the first text at the client. Each task
-starts on a cold KV cache, as a fresh request would.
+check runs after and is `check_s`); `ttft_s` is request to the first text at the client. In-process,
+each task starts on a cold KV cache, as a fresh request would. With `--server` each task opens a new
+session, but the server may reuse the prompt's head (the chat template) from the previous session's
+KV: `cached_tokens` says how much.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pairline.errors import PairlineError
 
@@ -283,6 +286,7 @@ class TaskRecord:
     forward_calls: int | None = None  # decode and verify steps
     draft_tokens: int | None = None  # drafted tokens, either source (prediction or prompt lookup)
     accepted_draft_tokens: int | None = None
+    cached_tokens: int = 0  # prompt tokens the KV already held (a server's reuse; 0 in-process)
 
 
 def _ask(client, problem: Problem, max_tokens: int, speculation: str):
@@ -334,6 +338,7 @@ def run_task(client, problem: Problem, *, max_tokens: int = 512, speculation: st
         forward_calls=reply.timings.forward_calls if engine is not None else None,
         draft_tokens=u.draft_tokens if engine is not None else None,
         accepted_draft_tokens=u.accepted_draft_tokens if engine is not None else None,
+        cached_tokens=u.cached_tokens,
     )
 
 
@@ -345,7 +350,7 @@ class EvalConfig:
     tier: str = "realtime"
     model: str | None = None  # default: the tier's model
     runtime: str | None = None
-    server: str | None = None
+    server: str | None = None  # as given; validate() sets the WebSocket URL
     mode: str | None = None  # a router's tier, with server
     n_ctx: int = 2048
     max_tokens: int = 512
@@ -367,6 +372,13 @@ def validate(cfg: EvalConfig) -> list[Problem]:
     tier_model(cfg.tier)
     if cfg.runtime not in (None, *RUNTIMES):
         raise PairlineError(f"unknown runtime {cfg.runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if cfg.server is not None:
+        cfg.server = server_url(cfg.server)
+        # both would be silently ignored: the server's own model and runtime answer
+        if cfg.model:
+            raise PairlineError("--model picks a local model; with --server the model is the server's")
+        if cfg.runtime not in (None, "auto"):
+            raise PairlineError("--runtime picks a local runtime; with --server the runtime is the server's")
     if cfg.max_tokens < 1:
         raise PairlineError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
     if cfg.speculation not in SPECULATION:
@@ -380,21 +392,59 @@ def validate(cfg: EvalConfig) -> list[Problem]:
     return select(load_problems(), cfg.limit, cfg.problems)
 
 
+def server_url(url: str) -> str:
+    """`--server` as the session's WebSocket URL. `pairline serve` prints its http:// address first,
+    so http(s):// is taken too, and an OpenAI-style base URL ending in /v1."""
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise PairlineError(f"--server takes http://HOST:PORT or ws://HOST:PORT, got {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/responses"):
+        path = path.removesuffix("/v1") + "/v1/responses"
+    return f"{scheme}://{parts.netloc}{path}"
+
+
 def run_eval(cfg: EvalConfig) -> dict:
     problems = validate(cfg)
-    model = cfg.model or tier_model(cfg.tier)
+    if not cfg.server:
+        model = cfg.model or tier_model(cfg.tier)
+        cfg.log(f"loading {model}…")
+        return _run(cfg, problems, cfg.client or _open(model, cfg), model)
+    from websockets.exceptions import WebSocketException
+
+    client = None
+    try:
+        # connect before anything is printed: an unreachable server is then a one-line error
+        client = cfg.client or _open(None, cfg)
+        model = client.model_name  # the server's, as its session reports it
+        cfg.log(f"{cfg.server}: {model}" + (f", mode {cfg.mode}" if cfg.mode else ""))
+        return _run(cfg, problems, client, model)
+    except (WebSocketException, json.JSONDecodeError) as err:
+        # what the client lets through: something answers at the URL, but not a pairline session
+        # (another HTTP server, a wrong path, a proxy that refuses the upgrade)
+        raise PairlineError(f"no pairline serve session at {cfg.server}: {err}") from None
+    finally:
+        if client is not None and client is not cfg.client:
+            client.close()  # the server's last session ends with the run, not with this process
+
+
+def _run(cfg: EvalConfig, problems: list[Problem], client, model: str) -> dict:
     result = {
         "kind": "humaneval",
         "command": cfg.command,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tier": cfg.tier,
+        # with a router's --mode, the tier is the one asked for; a plain server's is the --tier label
+        "tier": cfg.mode if cfg.mode in TIERS else cfg.tier,
         "model": model,
+        "server": cfg.server,  # None: the model ran in this process
+        "mode": cfg.mode,
         "machine": machine(),
         "git": _git_state(),
         "loadavg_start": _loadavg(),
         "settings": {
             "max_tokens": cfg.max_tokens,
-            "n_ctx": cfg.n_ctx,
+            "n_ctx": None if cfg.server else cfg.n_ctx,  # a server has its own
             "speculation": cfg.speculation,
             "timeout_s": cfg.timeout_s,
             "temperature": 0.0,
@@ -405,8 +455,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         "records": [],
         "complete": False,
     }
-    cfg.log(f"loading {model}…")
-    client = cfg.client or _open(model, cfg)
     result["model_name"] = client.model_name
     result["load_s"] = round(client.load_s, 2)
     result["runtime"], result["threads"] = runtime_of(client)
@@ -428,7 +476,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     return result
 
 
-def _open(model: str, cfg: EvalConfig):
+def _open(model: str | None, cfg: EvalConfig):
     from pairline.assistant.client import open_client
 
     return open_client(model, n_ctx=cfg.n_ctx, server=cfg.server, runtime=cfg.runtime, mode=cfg.mode)
@@ -620,8 +668,9 @@ def print_table(results: list[dict], console=None) -> None:
             continue
         f = s["failures"]
         la0, la1 = (r.get("loadavg_start") or [None])[0], (r.get("loadavg_end") or [None])[0]
+        where = f"at {r['server']}" if r.get("server") else f"{r.get('runtime')} ×{r.get('threads')}"
         table.add_row(
-            f"{r['tier']} · {r['model']}\n{r.get('runtime')} ×{r.get('threads')}",
+            f"{r['tier']} · {r['model']}\n{where}",
             r["settings"].get("speculation", "?"), str(s["n"]),
             f"{s['pass_at_1']:.1f}%\n{s['passed']}/{s['n']}", f"{s['median_wall_s']:.1f} s",
             f"{s['mean_wall_s']:.1f} s", "–" if s["median_ttft_s"] is None else f"{s['median_ttft_s']:.1f} s",

@@ -55,10 +55,10 @@ def _abort_callbacks(lib) -> tuple | None:
     `bool (*)(void *)`: over a CancelToken's flag ("" or "\x01") it returns 0 until the token is
     cancelled, then 1. off is the NULL callback. None where no C library with strlen is found."""
     try:
-        libc = ctypes.CDLL(None)  # the C library the process already has (POSIX)
-    except (OSError, TypeError):
-        libc = getattr(ctypes, "cdll", None) and ctypes.cdll.msvcrt  # Windows
-    try:
+        try:
+            libc = ctypes.CDLL(None)  # POSIX: the C library the process already has
+        except TypeError:  # Windows has no CDLL(None)
+            libc = ctypes.cdll.msvcrt
         poll = lib.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
     except (AttributeError, OSError):
         return None

@@ -84,7 +84,18 @@ def test_coder_does_not_prime_a_remote_client(server, tmp_path):
 
 
 def test_bad_url_and_unreachable_server():
-    with pytest.raises(PairlineError, match="ws:// or wss://"):
-        RemoteClient("http://localhost:1")
+    with pytest.raises(PairlineError, match="http://HOST:PORT or ws://HOST:PORT"):
+        RemoteClient("localhost:1")
     with pytest.raises(PairlineError, match="cannot reach pairline serve"):
         RemoteClient("ws://127.0.0.1:9")
+
+
+def test_http_address_and_something_else_at_the_url(server):
+    """`pairline serve` prints its http:// address: that works as --server too. A URL where
+    something other than a session answers (here the server's own /health) is a one-line error."""
+    base = server.ws_url.removesuffix("/v1/responses").replace("ws://", "http://")
+    client = RemoteClient(base)
+    assert client.url == server.ws_url and client.model_name
+    client.close()
+    with pytest.raises(PairlineError, match="no pairline serve session at"):
+        RemoteClient(base + "/health/v1/responses")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pairline.assistant.client import session_url
 from pairline.bench import humaneval as he
 from pairline.bench.plot import load_results, plot, wilson
 from tests.test_router_live import free_port, start_serve, stop, wait_healthy
@@ -283,7 +284,7 @@ def test_a_server_run_is_labelled_with_the_servers_model_and_url():
     ],
 )
 def test_server_url_takes_http_and_ws(given, url):
-    assert he.server_url(given) == url
+    assert session_url(given) == url
 
 
 def test_wilson_interval_is_sane():

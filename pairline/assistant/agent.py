@@ -780,7 +780,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("task", nargs="?", default=None, help="what to do (omit with --resume)")
     parser.add_argument("--repo", default=None, metavar="DIR", help="the repository (default: the current folder's)")
     parser.add_argument("--model", default=DEFAULT_DEEP, help=f"model name or path (default: {DEFAULT_DEEP})")
-    parser.add_argument("--server", default=None, metavar="URL", help="a `pairline serve` or `pairline route` (ws://...)")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="a `pairline serve` or `pairline route` (http://HOST:PORT or ws://...)")
     parser.add_argument("--mode", default=None, choices=["deep", "realtime", "auto"],
                         help="with --server on a router: the tier to ask for")
     add_runtime_option(parser)

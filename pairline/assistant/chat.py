@@ -555,7 +555,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("files", nargs="*", metavar="FILE", help="files to put in the chat")
     parser.add_argument("--model", default=DEFAULT_REALTIME, help=f"model name or path (default: {DEFAULT_REALTIME})")
-    parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
+    parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (http://HOST:PORT or ws://...)")
     add_runtime_option(parser)
     parser.add_argument("--no-commit", action="store_true", help="in a git repository, do not commit edits")
     parser.add_argument("--root", default=None, metavar="DIR", help="workspace root (default: git repo or cwd)")

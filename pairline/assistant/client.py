@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from pairline.engine.generate import CancelToken, Timings, Usage
 from pairline.errors import PairlineError
@@ -150,6 +151,19 @@ def open_client(
 # --------------------------------------------------------------------------- remote: a `pairline serve` session
 
 
+def session_url(url: str) -> str:
+    """`--server` as the session's WebSocket URL. `pairline serve` prints its http:// address first,
+    so http(s):// is taken too, and an OpenAI-style base URL ending in /v1."""
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise PairlineError(f"--server takes http://HOST:PORT or ws://HOST:PORT, got {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/responses"):
+        path = path.removesuffix("/v1") + "/v1/responses"
+    return f"{scheme}://{parts.netloc}{path}"
+
+
 class RemoteClient:
     """A session of `pairline serve` over its WebSocket protocol (docs/protocol.md). The server keeps
     the conversation and its KV; each call sends only the messages the session has not seen yet.
@@ -163,9 +177,7 @@ class RemoteClient:
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
                  mode: str | None = None) -> None:
-        if not url.startswith(("ws://", "wss://")):
-            raise PairlineError(f"--server takes a ws:// or wss:// URL, got {url!r}")
-        self.url = url if url.rstrip("/").endswith("/v1/responses") else url.rstrip("/") + "/v1/responses"
+        self.url = session_url(url)
         self.api_key = api_key
         self.timeout = timeout
         self.mode = mode  # a router's tier, sent in session.update; None: not sent at all
@@ -178,6 +190,7 @@ class RemoteClient:
         self._connect()
 
     def _connect(self) -> None:
+        from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect
 
         self.close()
@@ -188,7 +201,11 @@ class RemoteClient:
             created = json.loads(self.ws.recv(timeout=10))
         except (OSError, TimeoutError) as err:
             raise PairlineError(f"cannot reach pairline serve at {self.url}: {err}") from None
-        if created.get("type") != "session.created":
+        except (WebSocketException, json.JSONDecodeError) as err:
+            # something answers there, but not a pairline session: another HTTP server, a wrong path
+            self.close()
+            raise PairlineError(f"no pairline serve session at {self.url}: {err}") from None
+        if not isinstance(created, dict) or created.get("type") != "session.created":
             raise PairlineError(f"pairline serve refused the session: {created.get('error', created)}")
         if self.mode is not None:
             self._send_mode()

@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--root", default=None, metavar="DIR", help="workspace root (default: the git repository or current folder)"
     )
-    parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (ws://...)")
+    parser.add_argument("--server", default=None, metavar="URL", help="a running `pairline serve` (http://HOST:PORT or ws://...)")
     add_runtime_option(parser)
     parser.add_argument(
         "--max-tokens",

@@ -32,7 +32,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pairline.errors import PairlineError
 
@@ -373,7 +372,9 @@ def validate(cfg: EvalConfig) -> list[Problem]:
     if cfg.runtime not in (None, *RUNTIMES):
         raise PairlineError(f"unknown runtime {cfg.runtime!r}; use one of {', '.join(RUNTIMES)}")
     if cfg.server is not None:
-        cfg.server = server_url(cfg.server)
+        from pairline.assistant.client import session_url
+
+        cfg.server = session_url(cfg.server)
         # both would be silently ignored: the server's own model and runtime answer
         if cfg.model:
             raise PairlineError("--model picks a local model; with --server the model is the server's")
@@ -390,19 +391,6 @@ def validate(cfg: EvalConfig) -> list[Problem]:
     if cfg.timeout_s <= 0:
         raise PairlineError(f"--timeout must be positive, got {cfg.timeout_s:g}")
     return select(load_problems(), cfg.limit, cfg.problems)
-
-
-def server_url(url: str) -> str:
-    """`--server` as the session's WebSocket URL. `pairline serve` prints its http:// address first,
-    so http(s):// is taken too, and an OpenAI-style base URL ending in /v1."""
-    parts = urlsplit(url.strip())
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise PairlineError(f"--server takes http://HOST:PORT or ws://HOST:PORT, got {url!r}")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/v1/responses"):
-        path = path.removesuffix("/v1") + "/v1/responses"
-    return f"{scheme}://{parts.netloc}{path}"
 
 
 def run_eval(cfg: EvalConfig) -> dict:

@@ -55,8 +55,9 @@ def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path
                     fmt="o", color=color, ms=9, capsize=4, lw=1.2)
         drafts = {"prediction": "prompt as prediction", "lookup": "prompt lookup", "off": "no drafts"}.get(
             r["settings"].get("speculation"), "?")
+        where = f"at {r['server']}" if r.get("server") else f"{r.get('runtime')} ×{r.get('threads')}"
         label = (f"{r.get('tier')}: {r['model']}\npass@1 {y:.1f}% ({s['passed']}/{s['n']}), "
-                 f"{x:.1f} s/task\n{r.get('runtime')} ×{r.get('threads')}, {drafts}")
+                 f"{x:.1f} s/task\n{where}, {drafts}")
         # labels stack in rows at the bottom (pass@1 of these tiers sits in the upper half), one row
         # per point, so neighbours never overlap; a thin line leads to each point
         ax.annotate(label, (x, y), textcoords=("data", "axes fraction"), xytext=(x * 1.1, 0.04 + 0.15 * i),

@@ -205,7 +205,10 @@ class RemoteClient:
             # something answers there, but not a pairline session: another HTTP server, a wrong path
             self.close()
             raise PairlineError(f"no pairline serve session at {self.url}: {err}") from None
-        if not isinstance(created, dict) or created.get("type") != "session.created":
+        if not isinstance(created, dict):
+            self.close()
+            raise PairlineError(f"no pairline serve session at {self.url}: it sent {str(created)[:80]}")
+        if created.get("type") != "session.created":
             raise PairlineError(f"pairline serve refused the session: {created.get('error', created)}")
         if self.mode is not None:
             self._send_mode()
@@ -220,11 +223,24 @@ class RemoteClient:
             self.family = "llama" if "smol" in model.lower() or "llama" in model.lower() else "qwen2"
         self.session, self.instructions = [], None
 
+    def _send(self, event: dict) -> None:
+        """One client event; a connection that broke is a one-line error, and the next call reconnects."""
+        from websockets.exceptions import WebSocketException
+
+        try:
+            self.ws.send(json.dumps(event))
+        except (OSError, WebSocketException) as err:
+            self.ws = None
+            raise PairlineError(f"lost the connection to pairline serve: {err}") from None
+
     def _send_mode(self) -> None:
-        self.ws.send(json.dumps({"type": "session.update", "session": {"mode": self.mode}}))
+        from websockets.exceptions import WebSocketException
+
+        self._send({"type": "session.update", "session": {"mode": self.mode}})
         try:
             answer = json.loads(self.ws.recv(timeout=10))
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, WebSocketException, json.JSONDecodeError) as err:
+            self.close()
             raise PairlineError(f"{self.url} did not answer the mode request: {err}") from None
         if answer.get("type") != "session.updated":
             err = answer.get("error") or {}
@@ -275,7 +291,7 @@ class RemoteClient:
         if prediction:
             event["prediction"] = {"type": "content", "content": prediction}
         reply = Reply(iter(()), cancel)
-        self.ws.send(json.dumps(event))
+        self._send(event)
         self.instructions = system
 
         def deltas() -> Iterator[str]:

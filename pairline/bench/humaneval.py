@@ -399,19 +399,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         model = cfg.model or tier_model(cfg.tier)
         cfg.log(f"loading {model}…")
         return _run(cfg, problems, cfg.client or _open(model, cfg), model)
-    from websockets.exceptions import WebSocketException
-
     client = None
     try:
-        # connect before anything is printed: an unreachable server is then a one-line error
+        # connect before anything is printed: an unreachable or wrong server (the client's one-line
+        # errors) is then the only line
         client = cfg.client or _open(None, cfg)
         model = client.model_name  # the server's, as its session reports it
         cfg.log(f"{cfg.server}: {model}" + (f", mode {cfg.mode}" if cfg.mode else ""))
         return _run(cfg, problems, client, model)
-    except (WebSocketException, json.JSONDecodeError) as err:
-        # what the client lets through: something answers at the URL, but not a pairline session
-        # (another HTTP server, a wrong path, a proxy that refuses the upgrade)
-        raise PairlineError(f"no pairline serve session at {cfg.server}: {err}") from None
     finally:
         if client is not None and client is not cfg.client:
             client.close()  # the server's last session ends with the run, not with this process
@@ -638,6 +633,13 @@ def write_json(result: dict, path: Path) -> Path:
     return path
 
 
+def where_ran(result: dict) -> str:
+    """A run's engine in a label: the server's URL, or the local runtime and its threads."""
+    if result.get("server"):
+        return f"at {result['server']}"
+    return f"{result.get('runtime')} ×{result.get('threads')}"
+
+
 def print_table(results: list[dict], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -656,9 +658,8 @@ def print_table(results: list[dict], console=None) -> None:
             continue
         f = s["failures"]
         la0, la1 = (r.get("loadavg_start") or [None])[0], (r.get("loadavg_end") or [None])[0]
-        where = f"at {r['server']}" if r.get("server") else f"{r.get('runtime')} ×{r.get('threads')}"
         table.add_row(
-            f"{r['tier']} · {r['model']}\n{where}",
+            f"{r['tier']} · {r['model']}\n{where_ran(r)}",
             r["settings"].get("speculation", "?"), str(s["n"]),
             f"{s['pass_at_1']:.1f}%\n{s['passed']}/{s['n']}", f"{s['median_wall_s']:.1f} s",
             f"{s['mean_wall_s']:.1f} s", "–" if s["median_ttft_s"] is None else f"{s['median_ttft_s']:.1f} s",

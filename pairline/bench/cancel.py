@@ -103,8 +103,7 @@ def cmd_cancel(args) -> int:
         **run_cancel_bench(engine, prompt, args.repeats, args.seed,
                            log=lambda m: err.print(f"[dim]bench:[/] {m}", highlight=False)),
     }
-    path = default_out_path(args.out, args.model, "cancel")
-    path = path.with_name(path.name.replace("engine-", "cancel-", 1))
+    path = default_out_path(args.out, args.model, kind="cancel")
     write_json(result, path)
     med, worst = result["median_latency_s"], result["max_latency_s"]
     print(f"{args.model} on {result['runtime']}: {len(result['runs'])} cancels inside a "

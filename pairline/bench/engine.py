@@ -925,10 +925,10 @@ def compute_goals(result: dict) -> dict:
 # ----------------------------------------------------------------------------------- output
 
 
-def default_out_path(out: str | None, model: str, label: str | None = None) -> Path:
+def default_out_path(out: str | None, model: str, label: str | None = None, kind: str = "engine") -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name if "/" in model else model)
-    name = f"engine-{safe}{'-' + label if label else ''}-{stamp}.json"
+    name = f"{kind}-{safe}{'-' + label if label else ''}-{stamp}.json"
     if out is None:
         return Path("bench-results") / name
     p = Path(out)

@@ -42,6 +42,8 @@ def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
+    from pairline.bench.humaneval import where_ran
+
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     machines = []
     ordered = sorted(results, key=lambda r: r["summary"]["median_wall_s"])
@@ -55,9 +57,8 @@ def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path
                     fmt="o", color=color, ms=9, capsize=4, lw=1.2)
         drafts = {"prediction": "prompt as prediction", "lookup": "prompt lookup", "off": "no drafts"}.get(
             r["settings"].get("speculation"), "?")
-        where = f"at {r['server']}" if r.get("server") else f"{r.get('runtime')} ×{r.get('threads')}"
         label = (f"{r.get('tier')}: {r['model']}\npass@1 {y:.1f}% ({s['passed']}/{s['n']}), "
-                 f"{x:.1f} s/task\n{where}, {drafts}")
+                 f"{x:.1f} s/task\n{where_ran(r)}, {drafts}")
         # labels stack in rows at the bottom (pass@1 of these tiers sits in the upper half), one row
         # per point, so neighbours never overlap; a thin line leads to each point
         ax.annotate(label, (x, y), textcoords=("data", "axes fraction"), xytext=(x * 1.1, 0.04 + 0.15 * i),

@@ -129,7 +129,8 @@ class ThreadTuner:
         self.calibrated = True
         self.seconds.update(seconds)
         self._best = min(self.seconds, key=self.seconds.get)
-        self.interval = self.next_probe = self.steps + next_probe
+        self.interval = next_probe
+        self.next_probe = self.steps + next_probe
 
     def record(self, count: int, seconds: float) -> None:
         self.steps += 1
@@ -223,7 +224,6 @@ class LlamaCppRuntime:
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(MAX_BATCH, 0, 1)
         self._n_past = 0
-        self._watching: CancelToken | None = None
         if self.model.tuner is None:
             self.model.tuner = ThreadTuner(sorted({self.threads, max(1, self.threads // 2), 1}, reverse=True))
         self.tuner = self.model.tuner
@@ -269,7 +269,7 @@ class LlamaCppRuntime:
             raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
         before = self._n_past
         out = []
-        self._watch(cancel)
+        watching = cancel is not None and self._watch(cancel)
         try:
             for start in range(0, n, MAX_BATCH):
                 piece = tokens[start : start + MAX_BATCH]
@@ -282,24 +282,26 @@ class LlamaCppRuntime:
             self.truncate(before)  # pieces that finished before the one stopped go too
             raise
         finally:
-            self._watch(None)
+            if watching:
+                self._watch(None)
         return np.concatenate(out) if len(out) > 1 else (out[0] if out else None)
 
-    def _watch(self, cancel: CancelToken | None) -> None:
+    def _watch(self, cancel: CancelToken | None) -> bool:
         """Have ggml poll `cancel` after every graph node, so a cancel stops a long prefill chunk
         within milliseconds instead of at its end (a 256-token chunk of the 1.5B model takes
         seconds on a laptop CPU). The poll is libc's strlen over the token's flag byte, not a Python
         callback: ggml calls it from its worker thread hundreds of times per call, and a Python
-        callback would need the GIL each time, waiting on whichever thread holds it."""
+        callback would need the GIL each time, waiting on whichever thread holds it. `None` stops
+        the polling. False where libc offers no strlen: calls then run to their end."""
         callbacks = _abort_callbacks(self.lib)
-        if callbacks is None or (cancel is None and self._watching is None):
-            return
+        if callbacks is None:
+            return False
         poll, off = callbacks
-        self._watching = cancel
         if cancel is None:
             self.lib.llama_set_abort_callback(self.ctx, off, None)
         else:
             self.lib.llama_set_abort_callback(self.ctx, poll, ctypes.addressof(cancel.flag))
+        return True
 
     def _decode(self, tokens: list[int], rows: Rows, threads: int | None = None) -> np.ndarray | None:
         if threads is None and not self.tuner.calibrated:

@@ -823,7 +823,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             raise PairlineError('the task is empty; say what the agent should do: pairline agent "TASK"')
         Budgets(**{k: v for k, v in overrides.items() if v is not None}).check()
     out = _Printer(args.json)
-    out.note(f"loading {args.model if not args.server else args.server}…")
+    out.note(f"loading {args.server or args.model}…")
     client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime, mode=args.mode)
     common = {"n_ctx": args.ctx, "cmd_timeout": args.cmd_timeout, "on_event": out.event, "info": info}
     if args.resume is not None:

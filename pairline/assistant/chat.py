@@ -597,7 +597,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if missing:
         raise PairlineError(f"{', '.join(missing)} does not exist")
     console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[dim]loading {args.model}…[/]")
+    console.print(f"[dim]loading {args.server or args.model}…[/]")
     client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime)
     writer = LineWriter(console)
     session = ChatSession(

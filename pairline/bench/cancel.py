@@ -90,6 +90,9 @@ def cmd_cancel(args) -> int:
         raise PairlineError("--prompt-tokens must be at least 2 and --repeats at least 1")
     err = Console(stderr=True)
     engine = load_engine(args.model, runtime=args.runtime, n_ctx=args.prompt_tokens + 64)
+    if args.prompt_tokens + 64 > engine.runtime.n_ctx:  # the model's own context is the cap
+        raise PairlineError(f"--prompt-tokens {args.prompt_tokens} does not fit {args.model}'s context of "
+                            f"{engine.runtime.n_ctx} tokens with room to decode (64)")
     source = next(t["source"] for t in load_tasks() if t["name"] == PROMPT_SOURCE)
     ids = engine.tokenizer.encode(source)
     prompt = (ids * (args.prompt_tokens // len(ids) + 1))[: args.prompt_tokens]

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pairline.engine.guard import preferred_repack
+
 ENGINES = ("pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup", "hf-fp32", "hf-bf16")
 PAIRLINE_ENGINES = ("pairline-llamacpp", "pairline-torch")
 LLAMACPP_ENGINES = ("pairline-llamacpp", "llamacpp", "llamacpp-lookup")  # need llama-cpp-python
@@ -224,6 +226,26 @@ def conversion_cache_state(model: str, dtype: str) -> str:
 # ---------------------------------------------------------------------------------------- llama.cpp
 
 
+@contextlib.contextmanager
+def _extra_bufts(on: bool):
+    """llama-cpp-python's Llama() has no option for llama.cpp's `use_extra_bufts` (the weight repack):
+    hand it default model params with the field set, for the length of one load."""
+    import llama_cpp.llama as high_level
+
+    real = high_level.llama_cpp.llama_model_default_params
+
+    def params():
+        p = real()
+        p.use_extra_bufts = on
+        return p
+
+    high_level.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        high_level.llama_cpp.llama_model_default_params = real
+
+
 class LlamaCppBackend:
     """The raw peer: llama-cpp-python's high-level `Llama`, driven as its users drive it
     (`create_completion(prompt=token ids, temperature=0, stream=True)`), plain or with its own
@@ -238,18 +260,22 @@ class LlamaCppBackend:
         self.llama_cpp = llama_cpp
         self.lookup = lookup
         threads = threads or os.cpu_count() or 1
+        # the raw peer gets the weight layout pairline's own llama.cpp runtime was given by its check:
+        # where the repack crashes (AMX, docs/engine.md) the peer's plain Llama() would crash too
+        self.repack = preferred_repack(Path(model_path))
         t1 = time.perf_counter()
-        self.llm = llama_cpp.Llama(
-            model_path=model_path,
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-            # its prompt lookup fails on prompts over 512 tokens without every row's logits
-            # (shared/cpu-measurements.md); plain decoding needs only the last row
-            logits_all=lookup,
-            draft_model=LlamaPromptLookupDecoding(num_pred_tokens=LOOKUP_DRAFT_TOKENS) if lookup else None,
-        )
+        with _extra_bufts(self.repack):
+            self.llm = llama_cpp.Llama(
+                model_path=model_path,
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+                # its prompt lookup fails on prompts over 512 tokens without every row's logits
+                # (shared/cpu-measurements.md); plain decoding needs only the last row
+                logits_all=lookup,
+                draft_model=LlamaPromptLookupDecoding(num_pred_tokens=LOOKUP_DRAFT_TOKENS) if lookup else None,
+            )
         load_s = time.perf_counter() - t1
         self.vocab = self.llm._model.vocab
         self.info = {
@@ -261,6 +287,7 @@ class LlamaCppBackend:
             "import_s": self.import_s,
             "threads": threads,
             "logits_all": lookup,
+            "repack": self.repack,
             "draft_model": f"LlamaPromptLookupDecoding(num_pred_tokens={LOOKUP_DRAFT_TOKENS})" if lookup else None,
             "rss_after_load_mb": current_rss_mb(),
             "n_ctx": n_ctx,

@@ -40,14 +40,15 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, DTYPES[name])
 
 
-def _converted_path(source: Path, dtype: torch.dtype) -> Path:
-    """Dequantizing a GGUF takes seconds; the result is kept once per file and dtype, keyed by the
-    file's identity, so later starts map it from disk."""
+def _converted_path(source: Path, dtype: torch.dtype, kind: str = "") -> Path:
+    """Dequantizing a GGUF takes seconds; the result is kept once per file, dtype and kind, keyed by
+    the file's identity, so later starts map it from disk."""
     from pairline.models.fetch import cache_dir
 
     st = source.stat()
     key = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "converted" / f"{source.stem}-{key}-{str(dtype).split('.')[-1]}.safetensors"
+    suffix = f"-{kind}" if kind else ""
+    return cache_dir() / "converted" / f"{source.stem}-{key}-{str(dtype).split('.')[-1]}{suffix}.safetensors"
 
 
 def load_state(path: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -56,26 +57,40 @@ def load_state(path: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, t
 
     if path.is_dir():
         return load_weights(path, dtype)
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     cached = _converted_path(path, dtype)
     if cached.is_file():
-        with safe_open(str(cached), "pt") as f:
-            meta = f.metadata() or {}
-        if "pairline_config" in meta:
-            return config_from_json(meta["pairline_config"]), load_file(str(cached))
+        cfg, state = _read_cached(cached)
+        if cfg is not None:
+            return cfg, state
     cfg, state = load_weights(path, dtype)
+    # tied weights share storage; safetensors wants each tensor once
+    _write_cached(cached, cfg, {k: v for k, v in state.items() if k != "output.weight" or not cfg.tie_embeddings})
+    return cfg, state
+
+
+def _read_cached(path: Path) -> tuple[ModelConfig | None, dict[str, torch.Tensor]]:
+    """(config, tensors) from a cache file that `_write_cached` wrote; (None, {}) for any other file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "pairline_config" not in meta:
+        return None, {}
+    return config_from_json(meta["pairline_config"]), load_file(str(path))
+
+
+def _write_cached(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        # tied weights share storage; safetensors wants each tensor once
-        unique = {k: v.contiguous() for k, v in state.items() if k != "output.weight" or not cfg.tie_embeddings}
-        save_file(unique, str(tmp), metadata={"pairline_config": config_to_json(cfg)})
-        os.replace(tmp, cached)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"pairline_config": config_to_json(cfg)})
+        os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs start-up time
-    return cfg, state
 
 
 def config_to_json(cfg: ModelConfig) -> str:
@@ -119,6 +134,24 @@ def choose_runtime(requested: str | None, path: Path, device: str) -> str:
     return "torch"
 
 
+def candidates_for(chosen: str, requested: str | None, path: Path, dtype: str | None, quant: str | None) -> list:
+    """The configurations that may run this model here, best guess first. On the CPU each is checked
+    in a child process before this one uses it (engine/guard.py); llama.cpp's two weight layouts
+    compete on the speeds their checks measured, and torch is the fallback where auto chose llama.cpp."""
+    from pairline.engine.guard import Candidate
+
+    if quant in (None, "auto"):  # resolved here, so a check's key names the weights it ran
+        quant = os.environ.get("PAIRLINE_QUANT") or None
+    if chosen == "llamacpp":
+        found = [Candidate("llamacpp", repack=True), Candidate("llamacpp", repack=False)]
+        if (requested or "auto") == "auto" and (os.environ.get("PAIRLINE_RUNTIME") or "auto") == "auto":
+            found.append(Candidate("torch", dtype=dtype, quant=quant))
+            if quant in (None, "auto"):  # bf16 weights compete where doctor --tune measured them
+                found.append(Candidate("torch", dtype=dtype, quant="none"))
+        return found
+    return [Candidate("torch", dtype=dtype, quant=quant)]
+
+
 def load_engine(
     model: str,
     *,
@@ -135,11 +168,19 @@ def load_engine(
     t0 = time.perf_counter()
     path = resolve(model)
     chosen = choose_runtime(runtime, path, device)
+    if device == "cpu" and path.is_file():
+        from pairline.engine.guard import choose
+
+        picked = choose(candidates_for(chosen, runtime, path, dtype, quant), path)
+        chosen, dtype, quant = picked.runtime, picked.dtype or dtype, picked.quant or quant
+        repack = picked.repack
+    else:
+        repack = None
     # The tokenizer (a 150k-token BPE built in Python, ~0.5 s) is built on a second thread while the
     # runtime loads: llama.cpp's load runs in C without the GIL, so the two overlap on two cores.
     with ThreadPoolExecutor(1, thread_name_prefix="pairline-tokenizer") as pool:
         pending_tokenizer = pool.submit(Tokenizer.load, path)
-        rt = _runtime(chosen, path, n_ctx, dtype, device, quant)
+        rt = _runtime(chosen, path, n_ctx, dtype, device, quant, repack)
         tokenizer = pending_tokenizer.result()
     if rt.vocab_size < tokenizer.vocab_size:
         raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
@@ -151,26 +192,63 @@ def load_engine(
     return engine
 
 
-def _runtime(chosen: str, path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+def _runtime(chosen: str, path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None,
+             repack: bool | None = None):
     if chosen == "llamacpp":
         if quant not in (None, "auto") or dtype not in (None, "auto"):
             raise PairlineError("the llamacpp runtime computes with the GGUF's own quantization; drop --dtype/--quant")
         from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
 
-        return LlamaCppRuntime(path, n_ctx=n_ctx)
+        return LlamaCppRuntime(path, n_ctx=n_ctx, repack=repack)
     if device.startswith("cuda"):
         return _cuda_runtime(path, n_ctx, dtype, device, quant)
-    return _torch_runtime(path, n_ctx, dtype, device, quant)
+    return build_torch_runtime(path, n_ctx, dtype, device, quant)
 
 
-def _torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+def build_torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+    """pairline's torch model on the CPU. The weights as it computes with them (fused, int8-quantized:
+    5.6 s for the 0.5B model on 2 cores) are kept in the cache after the first load, so a warm
+    load only maps them."""
     from pairline.engine.runtimes.torch_runtime import TorchRuntime, default_dtype, default_quant
 
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
-    cfg, state = load_state(path, torch_dtype)
     if quant in (None, "auto"):
         quant = os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
-    return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)
+    prepared = _converted_path(path, torch_dtype, f"{quant}-prepared").with_suffix(".pt") if path.is_file() else None
+    if prepared is not None and prepared.is_file():
+        cfg, state = _read_prepared(prepared)
+        if cfg is not None:
+            return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant, prepared=True)
+    cfg, state = load_state(path, torch_dtype)
+    runtime = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)
+    if prepared is not None:
+        _write_prepared(prepared, cfg, runtime.prepared_state())
+    return runtime
+
+
+def _read_prepared(path: Path) -> tuple[ModelConfig | None, dict[str, torch.Tensor]]:
+    """Memory-mapped, not read: torch's own format keeps each tensor 64-byte aligned in the file.
+    (Tensors mapped from a safetensors file sit at 8-byte offsets, and torch 2.13's int8 kernels
+    segfaulted on them: the crash guard caught it. Copying them aligned cost 1.2 s for 0.5B.)"""
+    import torch
+
+    try:
+        data = torch.load(path, mmap=True, weights_only=True)
+        return config_from_json(data["config"]), data["state"]
+    except Exception:  # a damaged or foreign file: rebuild it
+        return None, {}
+
+
+def _write_prepared(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    import torch
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"config": config_to_json(cfg), "state": state}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs start-up time
 
 
 def _cuda_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):

@@ -157,6 +157,7 @@ class _Model:
         params.n_gpu_layers = 0
         params.use_mmap = True
         params.use_extra_bufts = repack
+        self.repack = repack
         self.ptr = self.lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.ptr:
             raise PairlineError(f"llama.cpp could not load {path}: not a GGUF it supports?{_llama_errors()}")
@@ -196,11 +197,16 @@ class LlamaCppRuntime:
         threads: int | None = None,
         *,
         flash_attn: bool = False,
-        repack: bool = True,
+        repack: bool | None = None,
         _model: _Model | None = None,
     ):
-        self.model = _model or _Model(Path(path), repack)
+        if _model is None and repack is None:  # as checked in a child on this machine (engine/guard.py)
+            from pairline.engine.guard import preferred_repack
+
+            repack = preferred_repack(Path(path))
+        self.model = _model or _Model(Path(path), bool(repack))
         self.flash_attn = flash_attn
+        self.repack = self.model.repack  # llama.cpp's extra buffer types (CPU_REPACK; AMX where built)
         self.path = Path(path)
         lib = self.lib = self.model.lib
         self.vocab_size = self.model.n_vocab

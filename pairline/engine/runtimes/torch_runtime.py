@@ -65,7 +65,10 @@ class TorchRuntime:
         dtype: torch.dtype | None = None,
         device: str = "cpu",
         quant: str = "none",
+        prepared: bool = False,
     ):
+        """`state` holds the loader's names and dtype, or, with `prepared`, this runtime's own
+        weights as `prepared_state()` returned them (fused, quantized): no work left but mapping them."""
         self.cfg = cfg
         self.device = device
         self.dtype = dtype or default_dtype(device)
@@ -73,30 +76,40 @@ class TorchRuntime:
         self.vocab_size = cfg.vocab_size
         if device == "cpu":
             torch.set_num_threads(cpu_threads())
+        if quant not in QUANTS:
+            raise PairlineError(f"unknown quantization {quant!r}; use one of {', '.join(QUANTS)}")
+        if quant == "int8" and (self.dtype != torch.bfloat16 or device != "cpu"):
+            raise PairlineError("int8 weights run with bf16 activations on the CPU; use --dtype bf16")
         with torch.device("meta"):
             model = Transformer(cfg)
-        state = fuse_state_dict(state)
-        if cfg.tie_embeddings:
+            if prepared and quant == "int8":
+                quantize_int8(model, UPCAST_ROWS)  # on meta tensors: only the modules' shapes
+        if not prepared:
+            state = {k: v.to(self.dtype) for k, v in fuse_state_dict(state).items()}
+        tied = cfg.tie_embeddings and not (prepared and quant == "int8")
+        if tied:
             state.pop("output.weight", None)
-        model.load_state_dict({k: v.to(self.dtype) for k, v in state.items()}, strict=False, assign=True)
-        if cfg.tie_embeddings:
+        model.load_state_dict(state, strict=False, assign=True)
+        if tied:
             model.output.weight = model.tok_embeddings.weight
-        if any(p.is_meta for p in model.parameters()):
-            missing = [n for n, p in model.named_parameters() if p.is_meta]
+        missing = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+        if missing:
             raise PairlineError(f"model weights incomplete: {missing[0]} is missing")
         self.model = model.to(device).eval()
         emulated_bf16 = device == "cpu" and self.dtype == torch.bfloat16 and not native_bf16_cpu()
         self.model.setup_cache(self.n_ctx, self.dtype, torch.float32 if emulated_bf16 else None)
         if emulated_bf16:
             self.model.set_upcast_rows(UPCAST_ROWS)
-        if quant not in QUANTS:
-            raise PairlineError(f"unknown quantization {quant!r}; use one of {', '.join(QUANTS)}")
-        if quant == "int8":
-            if self.dtype != torch.bfloat16 or device != "cpu":
-                raise PairlineError("int8 weights run with bf16 activations on the CPU; use --dtype bf16")
+        if quant == "int8" and not prepared:
             quantize_int8(self.model, UPCAST_ROWS)
         self.quant = quant
         self._n_past = 0
+
+    def prepared_state(self) -> dict[str, torch.Tensor]:
+        """The weights as this runtime computes with them, each tensor once (a tied output
+        projection is the embedding table), for `TorchRuntime(..., prepared=True)`."""
+        tied = self.model.output.weight is self.model.tok_embeddings.weight
+        return {k: v.contiguous() for k, v in self.model.state_dict().items() if not (tied and k == "output.weight")}
 
     @property
     def n_past(self) -> int:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pairline.engine.doctor import describe
 from pairline.engine.guard import preferred_repack
 
 ENGINES = ("pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup", "hf-fp32", "hf-bf16")
@@ -127,6 +128,7 @@ class PairlineBackend:
             "rss_after_load_mb": current_rss_mb(),
             "n_ctx": rt.n_ctx,
             "verify_slope_hint": getattr(rt, "verify_slope_hint", None),
+            "configuration": describe(rt),  # as the crash guard chose it (pairline doctor lists the checks)
         }
 
     def set_threads(self, threads: int) -> None:

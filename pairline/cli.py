@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pairline.assistant import edit_cmd
     from pairline.bench import cli as bench_cli
     from pairline.bench import eval_cli
+    from pairline.engine import cli as engine_cli
     from pairline.models import cli as models_cli
     from pairline.router import cli as router_cli
     from pairline.server import cli as server_cli
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     server_cli.add_parser(sub)
     router_cli.add_parser(sub)
+    engine_cli.add_parser(sub)
     return parser
 
 

@@ -91,3 +91,11 @@ def test_resolve_refuses_paths_outside(box, tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(SandboxError, match="not a directory"):
         Sandbox(tmp_path / "nope")
+
+
+def test_a_command_killed_by_a_signal_reads_as_before(box):
+    # with a PID namespace the command runs under an init; the exit still says which signal
+    assert box.run("kill -TERM $$").exit_code == -15
+    assert box.run("exit 3").exit_code == 3
+    r = box.run("yes | head -2")  # SIGPIPE is the default again: no "Broken pipe" noise
+    assert r.ok and r.output == "y\ny\n"

@@ -361,3 +361,63 @@ def test_multi_file_crash_mid_write_rolls_back_the_first_file(plain_ws, monkeypa
     monkeypatch.undo()
     assert a.read_bytes() == b"a\r\n" and b.read_bytes() == b"b\n"  # the first file was put back
     assert plain_ws.history == [] and _leftovers(plain_ws.root) == []
+
+
+# --------------------------------------------------------------------------- issue 22: rows 10 and 12
+
+
+def test_new_file_race_folder_swapped_for_a_symlink_is_refused(plain_ws, tmp_path, monkeypatch):
+    # Row 10: the path is checked, then (in the window before the write) a command swaps the folder
+    # for a symlink pointing outside. The real write must not follow it.
+    root = plain_ws.root
+    (root / "sub").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = plain_ws.resolve(root / "sub" / "new.py")
+    real_check = Workspace._check
+
+    def check_then_swap(self, writes):
+        real_check(self, writes)  # the check passes on the real folder ...
+        (root / "sub").rename(root / "sub-moved")  # ... then the attacker swaps it
+        (root / "sub").symlink_to(outside)
+
+    monkeypatch.setattr(Workspace, "_check", check_then_swap)
+    with pytest.raises(FileChangedError, match="no longer a folder"):
+        plain_ws.apply([(target, "pwned = True\n", None)], "create")
+    assert list(outside.iterdir()) == []  # nothing was created outside the workspace
+    assert list((root / "sub-moved").iterdir()) == [] and plain_ws.history == []
+
+
+def test_new_file_in_a_new_folder_is_made_beneath_the_root(plain_ws):
+    new = plain_ws.root / "a" / "b" / "c.py"
+    plain_ws.apply([(new, "x = 1\n", None)], "create")
+    assert new.read_text() == "x = 1\n" and _leftovers(new.parent) == []
+    plain_ws.undo()
+    assert not new.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_new_files_get_the_users_umask(plain_ws, umask):
+    # Row 12: a new file (and a new folder) gets 0666/0777 less the umask, as an editor would make it;
+    # it was 0600 whatever the umask
+    old = os.umask(umask)
+    try:
+        new = plain_ws.root / "pkg" / "new.py"
+        plain_ws.apply([(new, "x = 1\n", None)], "create")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(new.parent.stat().st_mode) == 0o777 & ~umask
+
+
+def test_edited_file_keeps_its_mode_whatever_the_umask(plain_ws):
+    f = plain_ws.root / "run.sh"
+    f.write_text("echo 1\n")
+    os.chmod(f, 0o750)
+    _, fp = read_text_file(f)
+    old = os.umask(0o077)
+    try:
+        plain_ws.apply([(f, "echo 2\n", fp)], "edit")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o750 and f.read_text() == "echo 2\n"

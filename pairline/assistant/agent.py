@@ -27,10 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pairline.assistant import agent_format as fmt
-from pairline.assistant.agent_tools import GitTampered, ToolResult, Tools, repo_files
+from pairline.assistant.agent_tools import ToolResult, Tools, repo_files
 from pairline.assistant.client import Client
 from pairline.assistant.coder import LinkedCancel
 from pairline.assistant.edit_cmd import unified_diff
+from pairline.assistant.gitsafe import GitTampered
+from pairline.assistant.gitsafe import git_head as _head
+from pairline.assistant.gitsafe import git_output as _git
+from pairline.assistant.gitsafe import git_status as _status
 from pairline.assistant.sandbox import Limits, Sandbox
 from pairline.assistant.workspace import Workspace, run_git
 from pairline.engine.generate import CancelToken
@@ -197,22 +201,6 @@ def load_trajectory(path: Path) -> list[dict]:
     return events
 
 
-def _git(root: Path, *args: str, check: bool = True) -> str:
-    """git's output, or "" where it failed and `check` is off."""
-    proc = run_git(root, *args, check=check, timeout=60)
-    return proc.stdout if proc.returncode == 0 else ""
-
-
-def _head(root: Path) -> str | None:
-    out = _git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
-    return out or None
-
-
-def _status(root: Path) -> set[str]:
-    out = _git(root, "status", "--porcelain", "-z", "--untracked-files=all", check=False)
-    return {entry[3:] for entry in out.split("\0") if len(entry) > 3}
-
-
 # --------------------------------------------------------------------------- the agent
 
 
@@ -238,6 +226,7 @@ class Agent:
         example: bool = True,
         nudge: bool = True,
         info: dict | None = None,
+        allow_weak_sandbox: bool = False,  # run commands even where the kernel lacks a protection
     ):
         if not task.strip():
             raise PairlineError("the task is empty; say what the agent should do")
@@ -250,7 +239,8 @@ class Agent:
         self.n_ctx = _model_ctx(client, n_ctx)
         self.turn_tokens = turn_tokens
         self.on_event = on_event or (lambda e: None)
-        self.sandbox = sandbox or Sandbox(ws.root, Limits(timeout_s=cmd_timeout, output_bytes=64_000))
+        self.sandbox = sandbox or Sandbox(ws.root, Limits(timeout_s=cmd_timeout, output_bytes=64_000),
+                                          allow_weak=allow_weak_sandbox)
         self.tools = Tools(ws, self.sandbox, test_cmd, cmd_timeout=cmd_timeout)
         self.example = example
         self.nudge = nudge
@@ -796,6 +786,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size in tokens (default 8192)")
     parser.add_argument("--resume", default=None, metavar="RUN", help="go on with a run (its id or trajectory path)")
     parser.add_argument("--json", action="store_true", help="print the trajectory's events as JSONL on stdout")
+    parser.add_argument("--allow-weak-sandbox", action="store_true",
+                        help="run commands even where this kernel lacks a sandbox protection (docs/agent.md)")
     parser.set_defaults(func=cmd_agent)
     return parser
 
@@ -825,7 +817,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     out = _Printer(args.json)
     out.note(f"loading {args.server or args.model}…")
     client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime, mode=args.mode)
-    common = {"n_ctx": args.ctx, "cmd_timeout": args.cmd_timeout, "on_event": out.event, "info": info}
+    common = {"n_ctx": args.ctx, "cmd_timeout": args.cmd_timeout, "on_event": out.event, "info": info,
+              "allow_weak_sandbox": args.allow_weak_sandbox}
     if args.resume is not None:
         agent = Agent.resume(args.resume, client, budgets=overrides, test_cmd=args.test_cmd, repo=args.repo, **common)
     else:
@@ -833,6 +826,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         budgets = Budgets(**{k: v for k, v in overrides.items() if v is not None})
         agent = Agent(client, ws, args.task, budgets=budgets, test_cmd=args.test_cmd or DEFAULT_TEST_CMD,
                       turn_tokens=args.turn_tokens, **common)
+    if weak := agent.sandbox.weakness():
+        out.note(weak)
     result = run_in_thread(agent)
     out.final(result)
     return result.exit_code

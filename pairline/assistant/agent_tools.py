@@ -7,8 +7,8 @@ git commit per edit, undoable. Commands run in the `Sandbox`.
 
 Two guards keep the agent's own git calls, which run outside the sandbox, from running code a
 sandboxed command planted: `GitGuard` puts `.git/config`, hooks and `info/` back as they were
-after every command, and the workspace's git calls run with hooks and fsmonitor off (see
-docs/agent.md).
+after every command and again right before every git call, and every git call runs with hooks,
+fsmonitor, filters and diff/merge drivers off (`gitsafe`, docs/agent.md).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pairline.assistant.agent_format import Action, truncate_middle
 from pairline.assistant.coder import load_file
 from pairline.assistant.edit_cmd import unified_diff
 from pairline.assistant.edits import EditError, apply_block
+from pairline.assistant.gitsafe import GitGuard, protect
 from pairline.assistant.rewrite import restore_layout
 from pairline.assistant.sandbox import RunResult, Sandbox, SandboxError
 from pairline.assistant.workspace import FileChangedError, Workspace, read_text_file, run_git
@@ -74,7 +75,8 @@ class Tools:
         self.sandbox = sandbox
         self.test_cmd = test_cmd
         self.cmd_timeout = cmd_timeout
-        self.guard = GitGuard(ws.root) if ws.git else None
+        # kept here, so every git call in this repository restores .git first while the run lasts
+        self.guard: GitGuard | None = protect(ws.root) if ws.git else None
         self.originals: dict[str, str | None] = {}  # path -> text before the run first edited it
 
     # ---------------------------------------------------------------- files
@@ -264,77 +266,3 @@ def _edit_failed(problems: list[str], applied: int) -> str:
 def _run_observation(r: RunResult) -> str:
     out = r.output.rstrip() or "(no output)"
     return f"{r.summary()}\n{truncate_middle(out, RUN_CHARS)}"
-
-
-# --------------------------------------------------------------------------- git safety
-
-
-class GitGuard:
-    """What git runs on its own: `.git/config` (fsmonitor, filters, hooksPath, includes), hooks and
-    `info/`. A sandboxed command may write inside `.git` (the sandbox cannot carve it out of the
-    writable repository), so after each command these are compared with the snapshot taken at the
-    start and put back. A `.git` that stopped being the same folder stops the run."""
-
-    WATCHED = ("config", "config.worktree", "commondir", "hooks", "info")
-
-    def __init__(self, root: Path):
-        self.git = root / ".git"
-        self.snapshot = self._take()
-
-    def _kind(self) -> str:
-        if self.git.is_symlink():
-            return "link:" + os.readlink(self.git)
-        if self.git.is_dir():
-            return f"dir:{self.git.stat().st_ino}"
-        if self.git.is_file():
-            return "file:" + hashlib.sha256(self.git.read_bytes()).hexdigest()
-        return "missing"
-
-    def _take(self) -> dict[str, tuple[int, bytes] | str]:
-        snap: dict[str, tuple[int, bytes] | str] = {"": self._kind()}
-        if not snap[""].startswith("dir:"):
-            return snap
-        for name in self.WATCHED:
-            p = self.git / name
-            if p.is_file() and not p.is_symlink():
-                snap[name] = (p.stat().st_mode & 0o7777, p.read_bytes())
-            elif p.is_symlink():
-                snap[name] = "link:" + os.readlink(p)
-            elif p.is_dir():
-                for dirpath, _dirs, files in os.walk(p):
-                    for f in files:
-                        q = Path(dirpath) / f
-                        rel = q.relative_to(self.git).as_posix()
-                        snap[rel] = ("link:" + os.readlink(q)) if q.is_symlink() else (
-                            q.stat().st_mode & 0o7777, q.read_bytes())
-        return snap
-
-    def restore(self) -> list[str]:
-        """Put the watched files back; the paths that had changed. Raises PairlineError if `.git`
-        itself was replaced (nothing sensible to put back: the run must stop)."""
-        now = self._take()
-        if now[""] != self.snapshot[""]:
-            raise GitTampered(".git was replaced by a command; the agent stopped before running git again")
-        changed = sorted(k for k in set(now) | set(self.snapshot) if k and now.get(k) != self.snapshot.get(k))
-        for rel in changed:
-            p = self.git / rel
-            want = self.snapshot.get(rel)
-            if p.is_symlink() or p.is_file():
-                p.unlink()
-            elif p.is_dir():
-                import shutil
-
-                shutil.rmtree(p)
-            if want is None:
-                continue
-            p.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(want, str):
-                os.symlink(want.removeprefix("link:"), p)
-            else:
-                p.write_bytes(want[1])
-                os.chmod(p, want[0])
-        return [f".git/{c}" for c in changed]
-
-
-class GitTampered(PairlineError):
-    """A command replaced `.git`: the run stops before git runs again."""

@@ -1,10 +1,18 @@
 """Run shell commands and tests for the agent and the eval, confined to one directory.
 
 `Sandbox(root).run("pytest -q")` runs the command with `root` as its working directory, a scrubbed
-environment, a wall-time limit (the whole process group is killed), an output limit (head and tail
-kept), and, where this Linux kernel allows, no network and no writes outside `root` and a private
-temp dir. `Sandbox.protections` says which of those were in force; docs/agent.md says what the
-sandbox does not protect against.
+environment, a wall-time limit, an output limit (head and tail kept), and, where this Linux kernel
+allows (probed once, see `available_protections`):
+- one PID namespace per command: when the command ends, times out or is cancelled, every process it
+  started dies with it, `setsid` and daemons included; at most `Limits.processes` at once;
+- no network (a network namespace), and no new Unix sockets (seccomp), so nothing outside is reached;
+- Landlock: writes only in `root` and a private temp dir; reads only there, in the toolchain and in
+  the system directories (not `$HOME`, not `/tmp`, not a file in /etc only root may read);
+- a cgroup per command where one can be made: processes and the memory of the whole tree.
+
+The agent refuses to run commands when one of `REQUIRED` is missing, unless the user allowed a weak
+sandbox (`allow_weak`, `pairline agent --allow-weak-sandbox`). docs/agent.md says what the sandbox
+does not protect against.
 
 File tools go through `Sandbox.resolve`, which refuses paths that leave the root (`..`, absolute
 paths elsewhere, symlinks pointing out).
@@ -18,6 +26,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,11 +36,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pairline.assistant import confine
+from pairline.assistant import cgroups, confine
 from pairline.errors import PairlineError
 
 _CONFINE = Path(confine.__file__).resolve()
 _SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Read and execute beneath these whole. /etc is added entry by entry (`_world_readable`).
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/nix/store", "/proc",
+                "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev/zero", "/dev/full", "/dev/random",
+                "/dev/urandom")
+# What a command needs to be called confined; without one of these the agent asks for a flag.
+REQUIRED = ("no-network", "pid-namespace", "no-writes-outside", "no-reads-outside", "no-unix-sockets")
+EXTRA_READ_ENV = "PAIRLINE_SANDBOX_READ"  # more readable folders, separated by os.pathsep
 
 
 class SandboxError(PairlineError):
@@ -45,6 +61,8 @@ class Limits:
     memory_bytes: int | None = 4 << 30  # address space per process
     cpu_s: int | None = None  # CPU seconds per process (the wall limit usually bites first)
     file_bytes: int | None = 256 << 20  # largest file a command may write
+    processes: int | None = 1024  # processes and threads at once in the command's tree (a PID namespace's floor: 300)
+    tree_memory_bytes: int | None = 8 << 30  # memory of the whole tree, where a cgroup can be made
 
 
 @dataclass(slots=True)
@@ -71,19 +89,110 @@ class RunResult:
 
 
 @functools.cache
-def available_protections() -> tuple[str, ...]:
-    """What this kernel lets an unprivileged process enforce, probed once per process."""
-    found = ["workdir", "scrubbed-env", "time-limit", "output-limit", "rlimits"]
+def kernel_features() -> dict:
+    """What confine.py could apply on this kernel (each tried in a throwaway child), probed once."""
     if sys.platform != "linux":
-        return tuple(found)
-    if confine.landlock_abi() >= 1:
-        found.append("no-writes-outside")
-    probe = subprocess.run([sys.executable, "-I", str(_CONFINE), json.dumps(
-        {"no_network": True, "cwd": "/", "env": {"PATH": _SYSTEM_PATH}}), "true"],
-        capture_output=True, timeout=30)
-    if probe.returncode == 0:
+        return {}
+    try:
+        proc = subprocess.run([sys.executable, "-I", str(_CONFINE), json.dumps({"probe": True})],
+                              capture_output=True, text=True, timeout=30)
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+
+
+@functools.cache
+def available_protections() -> tuple[str, ...]:
+    """What this kernel lets this process enforce, probed once per process."""
+    found = ["workdir", "scrubbed-env", "time-limit", "output-limit", "rlimits"]
+    k = kernel_features()
+    if k.get("landlock", 0) >= 1:
+        found += ["no-writes-outside", "no-reads-outside"]
+    if k.get("network_namespace"):
         found.append("no-network")
+    if k.get("pid_namespace"):
+        found.append("pid-namespace")
+    if k.get("seccomp"):
+        found.append("no-unix-sockets")
+    groups = cgroups.supported() if sys.platform == "linux" else frozenset()
+    # RLIMIT_NPROC binds a non-root user inside its own user namespace (root is exempt)
+    if k.get("pid_max") or "pids" in groups or (k.get("user_namespace") and os.getuid() != 0):
+        found.append("process-limit")
+    if "memory" in groups:
+        found.append("memory-limit")
     return tuple(found)
+
+
+def _public(st: os.stat_result) -> bool:
+    # Every user may read it (and enter it, for a folder): not a secret by the system's own account.
+    need = 0o005 if stat.S_ISDIR(st.st_mode) else 0o004
+    return st.st_mode & need == need
+
+
+@functools.cache
+def _world_readable(top: str, budget: int = 20000) -> tuple[str, ...]:
+    """`top` when everything beneath it is world-readable, else its world-readable parts, folder by
+    folder; plus the files outside it that its symlinks point to (/etc/resolv.conf). A file only
+    root or a group may read (/etc/shadow, ssh host keys, sudoers) is left out."""
+    extra: list[str] = []
+    left = [budget]
+
+    def visit(path: str) -> tuple[bool, list[str]]:
+        left[0] -= 1
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True, []
+        if not _public(st):
+            return False, []
+        if not stat.S_ISDIR(st.st_mode):
+            return True, [path]
+        if left[0] <= 0:
+            return False, []  # too big to check: leave out what is not checked
+        whole, parts = True, []
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            return False, []
+        for entry in entries:
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                with contextlib.suppress(OSError):
+                    if not target.startswith(top + "/") and os.path.isfile(target) and _public(os.stat(target)):
+                        extra.append(target)
+                continue
+            sub_whole, sub_parts = visit(entry.path)
+            whole = whole and sub_whole
+            parts += sub_parts
+        return (True, [path]) if whole else (False, parts)
+
+    return tuple(visit(top)[1] + extra)
+
+
+def _home_guarded(path: str, home: str) -> bool:
+    """True for $HOME, a folder above it, or one of its dot-directories: never readable whole."""
+    p, h = os.path.realpath(path), os.path.realpath(home)
+    if h.startswith(p.rstrip("/") + "/"):  # a folder above $HOME: "/", "/home"
+        return True
+    return h != "/" and (p == h or (os.path.dirname(p) == h and os.path.basename(p).startswith(".")))
+
+
+def readable_paths(extra: Sequence[str] = ()) -> list[str]:
+    """Where a command may read and execute besides its repository and temp dir: the system
+    directories, the world-readable part of /etc, the Python toolchain pairline runs on (its venv
+    and base install, even inside a dot-directory of $HOME, but never $HOME or a dot-directory
+    whole), and `extra` plus $PAIRLINE_SANDBOX_READ (the user's explicit choice: a toolchain in
+    ~/.cargo, say)."""
+    home = os.path.expanduser("~")
+    toolchain = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+                 os.path.dirname(os.path.realpath(sys.executable))}
+    # /etc's symlinks mostly point into /usr: those need no rule of their own
+    etc = [p for p in _world_readable("/etc") if not any(p.startswith(d + "/") for d in _SYSTEM_DIRS)]
+    paths = [*_SYSTEM_DIRS, *dict.fromkeys(etc)]
+    paths += sorted(p for p in toolchain if p and not _home_guarded(p, home))
+    env = os.environ.get(EXTRA_READ_ENV, "")
+    paths += [os.path.expanduser(p) for p in [*extra, *env.split(os.pathsep)] if p]
+    return paths
 
 
 @dataclass
@@ -92,6 +201,8 @@ class Sandbox:
     limits: Limits = field(default_factory=Limits)
     network: bool = False  # True lets commands reach the network (pip install, say)
     extra_env: dict[str, str] = field(default_factory=dict)
+    allow_weak: bool = False  # run commands even where a REQUIRED protection is missing
+    read_paths: list[str] = field(default_factory=list)  # more folders commands may read
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -102,6 +213,20 @@ class Sandbox:
     def protections(self) -> tuple[str, ...]:
         found = available_protections()
         return tuple(p for p in found if not (self.network and p == "no-network"))
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The REQUIRED protections this kernel cannot give (no-network counts only when asked for)."""
+        have = available_protections()
+        return tuple(p for p in REQUIRED if p not in have and not (self.network and p == "no-network"))
+
+    def weakness(self) -> str | None:
+        """One line for the user where the sandbox is weak here, or None."""
+        if not self.missing:
+            return None
+        verdict = ("commands run anyway (--allow-weak-sandbox)" if self.allow_weak else
+                   "commands are refused; pass --allow-weak-sandbox to run them anyway")
+        return f"sandbox: this kernel does not give {', '.join(self.missing)}; {verdict}"
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """`path` (relative to the root, or absolute inside it) as an absolute path inside the root."""
@@ -134,6 +259,39 @@ class Sandbox:
         env.update(self.extra_env)
         return env
 
+    def _spec(self, home: str, group: cgroups.CommandGroup | None) -> dict:
+        have = available_protections()
+        pidns = "pid-namespace" in have
+        no_network = not self.network and "no-network" in have
+        processes = self.limits.processes
+        return {
+            "cwd": str(self.root),
+            "env": self._env(home),
+            "user_namespace": pidns or no_network,
+            "no_network": no_network,
+            "pid_namespace": pidns,
+            # pid_max bounds PIDs, not processes: room for the init and the command itself
+            "pid_max": processes + 2 if pidns and processes and kernel_features().get("pid_max") else None,
+            "processes": processes + 2 if processes else None,
+            "cgroup_procs": group.procs_files() if group else [],
+            "landlock": "no-writes-outside" in have,
+            "writable_dirs": [str(self.root), home],
+            "writable_files": ["/dev/null"],
+            "readable": readable_paths(self.read_paths) if "no-reads-outside" in have else None,
+            "seccomp": "no-unix-sockets" in have,
+            "memory_bytes": self.limits.memory_bytes,
+            "cpu_s": self.limits.cpu_s,
+            "file_bytes": self.limits.file_bytes,
+        }
+
+    def _group(self) -> cgroups.CommandGroup | None:
+        if sys.platform != "linux":
+            return None
+        have = cgroups.supported()
+        processes = self.limits.processes if "pids" in have else None
+        memory = self.limits.tree_memory_bytes if "memory" in have else None
+        return cgroups.create(processes, memory) if processes or memory else None
+
     def run(self, command: str | Sequence[str], timeout_s: float | None = None, stdin: str | None = None,
             cancel=None) -> RunResult:
         """Run `command` (a shell string, run by /bin/sh, or an argv list) inside the sandbox. `cancel`
@@ -147,25 +305,22 @@ class Sandbox:
             if not argv:
                 raise SandboxError("empty command")
             shown = shlex.join(argv)
+        if self.missing and not self.allow_weak:
+            raise SandboxError(self.weakness() or "the sandbox is weak here")
         timeout = self.limits.timeout_s if timeout_s is None else timeout_s
-        protections = available_protections()
         with tempfile.TemporaryDirectory(prefix="pairline-sandbox-") as home:
-            spec = {
-                "cwd": str(self.root),
-                "env": self._env(home),
-                "no_network": not self.network and "no-network" in protections,
-                "landlock": "no-writes-outside" in protections,
-                "writable_dirs": [str(self.root), home],
-                "writable_files": ["/dev/null"],
-                "memory_bytes": self.limits.memory_bytes,
-                "cpu_s": self.limits.cpu_s,
-                "file_bytes": self.limits.file_bytes,
-            }
-            launcher = [sys.executable, "-I", str(_CONFINE), json.dumps(spec)] if sys.platform == "linux" else []
-            return self._supervise(launcher + argv, shown, timeout, stdin, spec["env"], cancel)
+            group = self._group()
+            try:
+                spec = self._spec(home, group)
+                launcher = [sys.executable, "-I", str(_CONFINE), json.dumps(spec)] if sys.platform == "linux" else []
+                return self._supervise(launcher + argv, shown, timeout, stdin, spec["env"], cancel,
+                                       graceful=spec["pid_namespace"])
+            finally:
+                if group is not None:
+                    group.remove()  # kills anything left in it first
 
     def _supervise(self, argv: list[str], shown: str, timeout: float, stdin: str | None,
-                   env: dict[str, str], cancel=None) -> RunResult:
+                   env: dict[str, str], cancel=None, graceful: bool = False) -> RunResult:
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(argv, cwd=self.root, env=env,
@@ -199,12 +354,24 @@ class Sandbox:
         finally:
             # also on Ctrl-C in this process: the command runs in its own session, so the terminal's
             # SIGINT never reaches it, and it would go on running unsupervised
-            _kill_group(proc.pid)  # also reaps anything the command left running in the background
-            proc.wait()
+            _stop(proc, graceful)
         reader.join(timeout=2.0)  # a daemonised grandchild may hold the pipe open: stop reading anyway
         return RunResult(command=shown, exit_code=None if timed_out or cancelled else proc.returncode,
                          output=capture.text(), timed_out=timed_out, truncated=capture.dropped > 0,
                          wall_s=time.perf_counter() - t0, cancelled=cancelled)
+
+
+def _stop(proc: subprocess.Popen, graceful: bool) -> None:
+    """End the command and everything it started. With a PID namespace, SIGTERM to the launcher
+    makes it kill the namespace's init and return only once the namespace is empty; the process
+    group is killed after that in any case (and is all there is without a namespace)."""
+    if graceful and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    _kill_group(proc.pid)
+    proc.wait()
 
 
 def _kill_group(pgid: int) -> None:

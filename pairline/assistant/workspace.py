@@ -11,16 +11,18 @@ CRLF and a missing final newline stays missing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
-import shutil
+import secrets
 import stat
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# every git call goes through gitsafe's one helper: no hooks, filters or drivers the repository chose
+from pairline.assistant.gitsafe import git_toplevel, run_git
 from pairline.errors import PairlineError
 
 MAX_BYTES = 256 * 1024  # an edit model rewrites the whole file: beyond this it is neither fast nor wise
@@ -146,37 +148,6 @@ def atomic_write(path: str | os.PathLike, text: str, expected: Fingerprint) -> N
 # --------------------------------------------------------------------------- the workspace: paths, git, undo
 
 
-# Every git call pairline makes runs no hooks and no fsmonitor: the repository's files are the
-# model's to change (the agent runs commands in it), and a hook it wrote, say through a
-# `core.hooksPath` inside the worktree as husky sets, must not run outside the sandbox.
-_NO_HOOKS = ("-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false")
-
-
-def run_git(root: Path, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    """git in `root`, the one way pairline runs it; output decoded as UTF-8 (odd bytes replaced)."""
-    try:
-        proc = subprocess.run(["git", *_NO_HOOKS, *args], cwd=root, capture_output=True, encoding="utf-8",
-                              errors="replace", timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise PairlineError(f"git {args[0]} failed: {err}") from None
-    if check and proc.returncode != 0:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-        raise PairlineError(f"git {args[0]} failed: {last[0] if last else f'exit {proc.returncode}'}")
-    return proc
-
-
-def git_toplevel(start: Path) -> Path | None:
-    if shutil.which("git") is None:
-        return None
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 and proc.stdout.strip() else None
-
-
 @dataclass(slots=True)
 class FileChange:
     path: str  # relative to the root, with forward slashes
@@ -245,20 +216,13 @@ class Workspace:
         """Write every (path, text, fingerprint-when-read) atomically; None creates a new file
         (refused if one appeared meanwhile). Every file is checked before any is written, so a file
         changed under us means nothing is written. Then commit (git) or keep backups."""
-        for real, _text, fp in writes:
-            if fp is None:
-                if os.path.lexists(real):
-                    raise FileChangedError(f"{self.display(real)} appeared on disk meanwhile; nothing was written")
-            elif current_fingerprint(real) != fp:
-                raise FileChangedError(
-                    f"{self.display(real)} changed on disk since pairline read it; nothing was written"
-                )
+        self._check(writes)
         changes: list[FileChange] = []
         try:
             for real, text, fp in writes:
                 before = None if fp is None else real.read_bytes()
                 if fp is None:
-                    create_file(real, text)
+                    create_file(real, text, root=self.root)
                 else:
                     atomic_write(real, text, fp)
                 changes.append(FileChange(self.rel(real), before, text.encode("utf-8")))
@@ -273,12 +237,22 @@ class Workspace:
         self.history.append(entry)
         return entry
 
+    def _check(self, writes: list[tuple[Path, str, Fingerprint | None]]) -> None:
+        for real, _text, fp in writes:
+            if fp is None:
+                if os.path.lexists(real):
+                    raise FileChangedError(f"{self.display(real)} appeared on disk meanwhile; nothing was written")
+            elif current_fingerprint(real) != fp:
+                raise FileChangedError(
+                    f"{self.display(real)} changed on disk since pairline read it; nothing was written"
+                )
+
     def _roll_back(self, changes: list[FileChange]) -> None:
         for c in reversed(changes):
             real = self.root / c.path
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, PairlineError):
                 if c.before is None:
-                    real.unlink()
+                    unlink_beneath(self.root, c.path)
                 else:
                     restore_bytes(real, c.before)
 
@@ -331,28 +305,88 @@ class Workspace:
             real = self.root / c.path
             if c.before is None:
                 with contextlib.suppress(FileNotFoundError):
-                    real.unlink()
+                    unlink_beneath(self.root, c.path)
             else:
                 restore_bytes(real, c.before)
         self.history.pop()
         return entry
 
 
-def create_file(real: Path, text: str) -> None:
-    """A new file, written whole or not at all (temp file, then a link that fails if it exists)."""
-    real.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".pairline-tmp")
+def _open_beneath(root: Path, parts: tuple[str, ...], create: bool) -> int:
+    """An fd for the folder root/parts[0]/..., reached one component at a time with O_NOFOLLOW, so a
+    folder swapped for a symlink after the path was checked is refused rather than followed.
+    Missing folders are made (mode 0777 less the umask) when `create`."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, real)  # unlike rename, refuses to replace a file that appeared meanwhile
-    except FileExistsError:
-        raise FileChangedError(f"{real.name} appeared on disk meanwhile; nothing was written") from None
-    finally:
+        for name in parts:
+            if name in ("", ".", "..") or "/" in name:
+                raise PairlineError(f"unexpected path component {name!r}")
+            try:
+                nxt = os.open(name, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                nxt = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise FileChangedError(f"{'/'.join(parts)} is no longer a folder inside the workspace (a symlink "
+                                   "or a file took its place); nothing was written") from None
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_file(real: Path, text: str, root: Path | None = None) -> None:
+    """A new file, written whole or not at all (temp file, then a link that fails if it exists),
+    with the mode the user's umask gives a new file. With `root` (a folder checked earlier), the
+    file is made relative to it without following any symlink on the way: a folder swapped for a
+    symlink after the check makes this fail instead of writing elsewhere."""
+    real = Path(real)
+    anchor = Path(root) if root is not None else real.parent
+    rel = real.relative_to(anchor).parts
+    if not rel:
+        raise PairlineError(f"{real} is not a file path")
+    dir_fd = _open_beneath(anchor, rel[:-1], create=True)
+    name = rel[-1]
+    try:
+        tmp = f".{name}.{secrets.token_hex(4)}.pairline-tmp"
+        # 0666 less the umask, as any editor would create it (mkstemp would give 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            # unlike rename, refuses to replace a file that appeared meanwhile; both names are
+            # relative to the checked folder, and link() follows no symlink
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            raise FileChangedError(f"{name} appeared on disk meanwhile; nothing was written") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def unlink_beneath(root: Path, rel: str) -> None:
+    """Remove root/rel (a file pairline created) without following a symlink on the way."""
+    parts = Path(rel).parts
+    dir_fd = _open_beneath(root, parts[:-1], create=False)
+    try:
+        os.unlink(parts[-1], dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def restore_bytes(real: Path, data: bytes) -> None:

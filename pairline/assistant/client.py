@@ -86,7 +86,7 @@ class InProcessClient:
         self.load_s = engine.load_s
 
     def count_tokens(self, text: str) -> int:
-        return len(self.engine.tokenizer.encode(text, add_bos=False))
+        return len(self.engine.tokenizer.encode_text(text))
 
     def stream(
         self,
@@ -103,11 +103,11 @@ class InProcessClient:
 
         cancel = cancel or CancelToken()
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
-        pred = self.engine.tokenizer.encode(prediction, add_bos=False) if prediction else None
+        pred = self.engine.tokenizer.encode_text(prediction) if prediction else None
         if prefix:
             ids = self.engine.chat_prompt(messages)
             shared = self.engine.system_prefix(messages, ids)  # Engine.chat marks it itself
-            ids += self.engine.tokenizer.encode(prefix, add_bos=False)
+            ids += self.engine.tokenizer.encode_text(prefix)  # the model's own answer so far: plain text
             gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared,
                                        speculation=speculation)
         else:

@@ -17,7 +17,7 @@ from pairline.engine.prefix_store import PrefixStore
 from pairline.engine.runtime import Interrupted, Runtime
 from pairline.engine.sampling import Sampler, SamplingParams
 from pairline.engine.speculative import DraftPolicy, PredictionDraft, PromptLookup, StepCosts
-from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, render_chat
+from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, encode_chat
 from pairline.errors import PairlineError
 
 Speculation = Literal["auto", "off", "prompt_lookup"]
@@ -197,15 +197,16 @@ class Engine:
     # ---------------------------------------------------------------- public API
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        return self.tokenizer.encode(render_chat(messages, self.tokenizer.family), add_bos=None)
+        """The conversation's ids: control tokens by id, content as plain text, so a file or a message
+        holding `<|im_end|>` cannot forge a turn."""
+        return encode_chat(messages, self.tokenizer)
 
     def system_prefix(self, messages: list[dict], prompt: list[int]) -> int:
         """How many leading tokens of `prompt` are the rendered system turn (0 without one): the part
         every request of a tool shares, worth keeping on disk."""
         if not messages or messages[0].get("role") != "system":
             return 0
-        head = self.tokenizer.encode(render_chat(messages[:1], self.tokenizer.family, add_generation_prompt=False),
-                                     add_bos=None)
+        head = encode_chat(messages[:1], self.tokenizer, add_generation_prompt=False)
         return len(head) if prompt[: len(head)] == head else 0
 
     def generate(
@@ -223,7 +224,8 @@ class Engine:
         if not ids:
             raise PairlineError("the prompt is empty")
         if isinstance(prediction, str):
-            prediction = self.tokenizer.encode(prediction, add_bos=False) if prediction else None
+            # predicted output is content: `<|im_end|>` in it is text, as the model would write it
+            prediction = self.tokenizer.encode_text(prediction) if prediction else None
         if len(ids) >= self.runtime.n_ctx:
             raise PairlineError(
                 f"the prompt has {len(ids)} tokens; the context holds {self.runtime.n_ctx} (raise --ctx)"

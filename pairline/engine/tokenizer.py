@@ -3,7 +3,13 @@
 The hot path (encode/decode) runs in the Rust `tokenizers` library. This module only wires it up
 the way the GGUF says the model was trained: the same vocab and merges, the same pre-tokenizer
 split (picked by `tokenizer.ggml.pre`), control tokens as whole specials. We never execute the
-chat template a model file carries; ChatML is rendered by our own code.
+chat template a model file carries; ChatML is built by our own code.
+
+Content never forges a turn: a conversation becomes ids with its control tokens (`<|im_start|>`,
+`<|im_end|>`) inserted by id, and everything else (roles, user text, file contents, tool and model
+output) through `Tokenizer.encode_text`, where `<|im_end|>` written in the text is just the
+characters `<`, `|`, `im`... Only `Tokenizer.encode` reads control tokens out of text, for a prompt
+its caller wrote whole (a raw /v1/completions prompt).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import codecs
 import json
 import mmap
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -159,6 +166,18 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
         raise PairlineError(f"{path}: corrupt GGUF metadata ({err})") from None
 
 
+def skip_gguf_metadata(buf: mmap.mmap) -> int:
+    """The offset at which a GGUF's tensor infos begin: past the header and every key/value
+    (`pairline doctor` reads the tensors' sizes from there)."""
+    (n_kv,) = _U64.unpack_from(buf, 16)
+    pos = 24
+    for _ in range(n_kv):
+        _, pos = _read_string(buf, pos)
+        (vtype,) = _U32.unpack_from(buf, pos)
+        _, pos = _read_value(buf, pos + 4, vtype)
+    return pos
+
+
 def _reader_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
     # A caller that already parsed the file (e.g. the weight loader) shares its reader.
     return {key: field.contents() for key, field in reader.fields.items()}
@@ -227,6 +246,10 @@ class Tokenizer:
         pre: str | None = None,
     ):
         self._tok = tok
+        # `encode_special_tokens` (split special tokens as text) is a switch on the whole tokenizer,
+        # and encodes run on several threads: each encode sets it under this lock. (A second copy of
+        # the tokenizer would cost 0.5 s of load for Qwen's vocab; the switch costs under 1 us.)
+        self._lock = threading.Lock()
         self.family = family
         self.bos_id = bos_id
         self.eos_id = eos_id
@@ -325,13 +348,32 @@ class Tokenizer:
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids for `text`. Special tokens written in the text (`<|im_start|>`) become their
-        single ids: our chat prompts are built as text. BOS follows the model file by default."""
-        ids = self._tok.encode(text, add_special_tokens=False).ids
+        single ids, so only for text its caller wrote whole (a raw completion prompt); content goes
+        through `encode_text`, conversations through `ChatTemplate.encode`. BOS follows the model
+        file by default."""
+        ids = self._encode(text, split_special=False)
         if self.add_bos if add_bos is None else add_bos:
             if self.bos_id is None:
                 raise PairlineError("this tokenizer has no BOS token")
             ids.insert(0, self.bos_id)
         return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids for content (user text, a file, tool or model output): special tokens written in
+        it are split like any other text, so `<|im_end|>` in a file can never end a turn. No BOS."""
+        return self._encode(text, split_special=True)
+
+    def _encode(self, text: str, split_special: bool) -> list[int]:
+        with self._lock:
+            self._tok.encode_special_tokens = split_special
+            return self._tok.encode(text, add_special_tokens=False).ids
+
+    def control_id(self, token: str) -> int:
+        """The id of a control token the prompt inserts itself (`<|im_start|>`)."""
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise PairlineError(f"this tokenizer has no {token} token")
+        return i
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text for `ids`, special tokens included; ids outside the vocab are skipped."""
@@ -419,22 +461,61 @@ class ChatTemplate:
             raise PairlineError(f"no chat template for model family {family!r}")
         return cls(family, _DEFAULT_SYSTEM[family])
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def with_system(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`messages` with the family's default system turn first when they have none (as the
+        official template does)."""
         if not messages:
             raise PairlineError("cannot render an empty conversation")
-        parts = []
-        if messages[0].get("role") != "system":
-            parts.append(_turn("system", self.default_system))
-        for message in messages:
-            role, content = message.get("role"), message.get("content")
-            if role not in _ROLES:
-                raise PairlineError(f"unknown chat role {role!r} (expected system, user or assistant)")
-            if not isinstance(content, str):
-                raise PairlineError(f"chat message content must be text, got {type(content).__name__}")
-            parts.append(_turn(role, content))
+        if messages[0].get("role") == "system":
+            return messages
+        return [{"role": "system", "content": self.default_system}, *messages]
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The conversation as text (what the model reads, for display and comparison with the
+        official template). Never tokenize this: text in it could forge a turn; use `encode`."""
+        parts = [_turn(*_checked(m)) for m in self.with_system(messages)]
         if add_generation_prompt:
             parts.append("<|im_start|>assistant\n")
         return "".join(parts)
+
+    def encode(self, tokenizer: Tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+               add_bos: bool | None = None) -> list[int]:
+        """Token ids of the whole conversation (default system turn included): the ids of `render`'s
+        text when no content holds a special token, and plain text where one does."""
+        ids = self.encode_turns(tokenizer, self.with_system(messages), add_generation_prompt)
+        if tokenizer.add_bos if add_bos is None else add_bos:
+            if tokenizer.bos_id is None:
+                raise PairlineError("this tokenizer has no BOS token")
+            ids.insert(0, tokenizer.bos_id)
+        return ids
+
+    def encode_turns(self, tokenizer: Tokenizer, messages: list[dict[str, Any]],
+                     add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of just these turns (no default system, no BOS): a session appends them to the
+        ids it already holds. Control tokens go in by id; "role\\ncontent" is encoded as one plain
+        text, so its pieces split exactly where the whole rendered text splits."""
+        start, end = tokenizer.control_id("<|im_start|>"), tokenizer.control_id("<|im_end|>")
+        newline = tokenizer.encode_text("\n")
+        ids: list[int] = []
+        for message in messages:
+            role, content = _checked(message)
+            ids += [start, *tokenizer.encode_text(f"{role}\n{content}"), end, *newline]
+        if add_generation_prompt:
+            ids += [start, *tokenizer.encode_text("assistant\n")]
+        return ids
+
+    def end_of_turn(self, tokenizer: Tokenizer) -> list[int]:
+        """What closes an assistant turn after its generated ids: `<|im_end|>` by id, then a newline."""
+        return [tokenizer.control_id("<|im_end|>"), *tokenizer.encode_text("\n")]
+
+
+def _checked(message: dict[str, Any]) -> tuple[str, str]:
+    role, content = message.get("role"), message.get("content")
+    if role not in _ROLES:
+        raise PairlineError(f"unknown chat role {role!r} (expected system, user or assistant)")
+    if not isinstance(content, str):
+        raise PairlineError(f"chat message content must be text, got {type(content).__name__}")
+    return role, content
 
 
 def _turn(role: str, content: str) -> str:
@@ -442,4 +523,11 @@ def _turn(role: str, content: str) -> str:
 
 
 def render_chat(messages: list[dict[str, Any]], family: str, add_generation_prompt: bool = True) -> str:
+    """The conversation as text, for display; `encode_chat` gives the ids a model should see."""
     return ChatTemplate.for_family(family).render(messages, add_generation_prompt)
+
+
+def encode_chat(messages: list[dict[str, Any]], tokenizer: Tokenizer, add_generation_prompt: bool = True,
+                add_bos: bool | None = None) -> list[int]:
+    """The conversation's token ids, control tokens by id and content as plain text (no forged turns)."""
+    return ChatTemplate.for_family(tokenizer.family).encode(tokenizer, messages, add_generation_prompt, add_bos)

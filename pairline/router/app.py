@@ -48,6 +48,7 @@ from pairline.server.openai_http import (
     sse_data,
 )
 from pairline.server.protocol import ProtocolError, api_key_error, bearer_ok
+from pairline.server.web_guard import WebGuard, WebPolicy
 from pairline.server.ws import CLOSE_GOING_AWAY
 
 log = logging.getLogger("pairline.router")
@@ -500,6 +501,14 @@ def build_app(router: Router) -> Starlette:
         WebSocketRoute("/v1/responses", websocket_endpoint),
     ], lifespan=lifespan)
     app.state.router = router
+    cfg = router.cfg
+
+    def refused(code: str) -> None:
+        router.metrics.inc("requests_rejected_total", labels(tier="none", reason=code))
+
+    # outermost (added last): a foreign page's request is refused before the key check or any read
+    app.add_middleware(WebGuard, policy=WebPolicy.build(cfg.host, cfg.allowed_hosts, cfg.allowed_origins),
+                       count=refused)
     return app
 
 

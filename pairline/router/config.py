@@ -58,6 +58,10 @@ class RouterConfig:
     port: int = 8780
     default_mode: str = "auto"
     api_key_env: str | None = None  # clients must send this key (Authorization: Bearer) when set
+    # besides loopback names and IP addresses: Host names a remote bind answers to, and web origins
+    # whose pages may use the router ("*": any); docs/server.md, "Threat model"
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
     failover: bool = True  # a whole tier down: serve from the other one, marked
     retries: int = 2  # further attempts before the first token, on other backends
     retry_backoff_s: float = 0.05  # doubled on each further attempt
@@ -113,7 +117,8 @@ class _Checker:
     def value(self, v: Any, path: list, type_: str) -> Any:
         base = type_.replace(" | None", "")
         ok = {"str": isinstance(v, str), "int": isinstance(v, int) and not isinstance(v, bool),
-              "float": isinstance(v, (int, float)) and not isinstance(v, bool), "bool": isinstance(v, bool)}.get(base)
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool), "bool": isinstance(v, bool),
+              "list[str]": isinstance(v, list) and all(isinstance(x, str) for x in v)}.get(base)
         if ok is False:
             self.fail(path, f"must be {'a' if base != 'int' else 'an'} {_TYPE_WORDS[base]}, got {_tname(v)}")
         return float(v) if base == "float" else v
@@ -121,7 +126,8 @@ class _Checker:
 
 _INTERNAL = {"RouterConfig": ("classify", "tiers", "api_key", "source"), "TierConfig": ("name", "backends"),
              "BackendConfig": ("api_key",)}
-_TYPE_WORDS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean (true/false)"}
+_TYPE_WORDS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean (true/false)",
+               "list[str]": "list of strings"}
 
 
 def _tname(v: Any) -> str:

@@ -25,6 +25,7 @@ from pairline.server.metrics import Metrics
 from pairline.server.openai_http import HttpApi, error_response
 from pairline.server.protocol import ProtocolError, api_key_error, bearer_ok
 from pairline.server.scheduler import Scheduler, _free_ram, kv_bytes
+from pairline.server.web_guard import WebGuard, WebPolicy
 from pairline.server.ws import CLOSE_GOING_AWAY, websocket_endpoint
 
 log = logging.getLogger("pairline.server")
@@ -138,6 +139,9 @@ def build_app(engine: Engine, cfg: ServerConfig | None = None) -> Starlette:
     )
     app.state.pairline = server
     app.add_middleware(AccessLog, server=server)
+    # outermost (added last): a foreign page's request is refused before the key check or any read
+    policy = WebPolicy.build(server.cfg.host, server.cfg.allowed_hosts, server.cfg.allowed_origins)
+    app.add_middleware(WebGuard, policy=policy, count=server.metrics.error)
     return app
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
+
+API_KEY_ENV = "PAIRLINE_API_KEY"  # the same variable the clients (`--server`) send their key from
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", "-m", default=DEFAULT_REALTIME, help=f"name or path (default {DEFAULT_REALTIME})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (HTTP and WebSocket)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on /v1 (HTTP and WebSocket). Prefer the {API_KEY_ENV} "
+                   "environment variable, read when this flag is absent: a flag is visible to every user in `ps`")
+    add_web_options(p)
     p.add_argument("--max-sessions", type=int, default=8, metavar="N",
                    help="KV caches kept resident (least recently used evicted past N or past 1/4 of free RAM)")
     p.add_argument("--ctx", type=int, default=8192, metavar="N", help="context per session, tokens (default 8192)")
@@ -43,15 +49,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sock = bind_socket(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
     engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
-    cfg = ServerConfig(host=args.host, port=args.port, api_key=args.api_key, max_sessions=args.max_sessions,
-                       max_queue=args.max_queue, idle_timeout_s=args.idle_timeout)
+    cfg = ServerConfig(host=args.host, port=args.port, api_key=api_key(args), max_sessions=args.max_sessions,
+                       max_queue=args.max_queue, idle_timeout_s=args.idle_timeout,
+                       allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin))
     app = build_app(engine, cfg)
     server = make_uvicorn(app, args.host, args.port)
+    warn_if_exposed(args.host, cfg.api_key, "pairline serve", f"set {API_KEY_ENV}")
     logging.getLogger("pairline.server").info("serving %s on http://%s:%d (ws://%s:%d/v1/responses), loaded in %.1fs",
                                               engine.model_name, args.host, args.port, args.host, args.port,
                                               engine.load_s)
     server.run(sockets=[sock])
     return 0
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else $PAIRLINE_API_KEY, else None (no key)."""
+    return args.api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def add_web_options(p: argparse.ArgumentParser) -> None:
+    """What web pages and names get in (docs/server.md, "Threat model"); `pairline route` has them too."""
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients use to reach this server (repeatable; '*' for any). Loopback names and "
+                   "IP addresses are always accepted; other names are refused, against DNS rebinding")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://app.example:8443) whose pages may use this server (repeatable; '*' for "
+                   "any). Pages on loopback names are always allowed; other pages are refused")
+
+
+def warn_if_exposed(host: str, key: str | None, what: str, remedy: str) -> None:
+    """A bind beyond this machine with no key: anyone who can reach the port drives the model."""
+    if key is None and host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        logging.getLogger("pairline.server").warning(
+            "%s listens on %s with no API key: anyone who can reach this port can use it (%s)", what, host, remedy)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -10,6 +10,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     api_key: str | None = None  # None: no auth (loopback default)
+    # besides loopback names and IP addresses (docs/server.md, "Threat model"): the Host names a
+    # remote bind answers to, and the web origins whose pages may use the server ("*": any)
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     max_sessions: int = 8  # KV caches kept resident (one engine fork each); LRU beyond that
     kv_budget_bytes: int | None = None  # also cap resident forks by memory (None: 1/4 of free RAM)
     max_connections: int = 64  # open WebSocket sessions (their text is kept; their KV may be evicted)

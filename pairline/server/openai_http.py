@@ -21,6 +21,7 @@ from pairline.server.protocol import (
     new_id,
     opt_int,
     opt_number,
+    parse_json,
     parse_prediction,
     text_of,
 )
@@ -62,17 +63,25 @@ def fingerprint(model: str) -> str:
 
 
 async def read_json(request: Request, limit: int) -> dict:
-    body = await request.body()
-    if len(body) > limit:
-        raise ProtocolError(f"request body of {len(body)} bytes exceeds the limit of {limit}", code="request_too_large",
-                            status=413)
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        raise ProtocolError(f"request body is not valid JSON: {err}", code="invalid_json") from None
+    """The request's JSON object. A body over `limit` bytes is refused from its Content-Length before
+    any of it is read, or, sent without one (chunked), as soon as what arrived passes the limit: at
+    most `limit` bytes are ever held. (uvicorn stops reading the socket while a body waits unread.)"""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"request body of {int(declared)} bytes", limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large("request body", limit)
+    data = parse_json(bytes(body), "request body")
     if not isinstance(data, dict):
         raise ProtocolError("request body must be a JSON object", code="invalid_json")
     return data
+
+
+def _too_large(what: str, limit: int) -> ProtocolError:
+    return ProtocolError(f"{what} exceeds the limit of {limit} bytes", code="request_too_large", status=413)
 
 
 def _sampling(body: dict, server, max_field: str, default_max: int) -> SamplingParams:

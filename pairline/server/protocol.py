@@ -47,6 +47,44 @@ def bearer_ok(header: str | None, api_key: str | None) -> bool:
     return hmac.compare_digest(header[7:].strip().encode(), api_key.encode())  # constant time: no timing oracle
 
 
+# JSON from a client nests this deep at most. The protocol needs about 6 levels (a body, its
+# messages, a message, its content parts, a part); a generous limit keeps JSON schemas a router
+# passes on working, while a 100,000-deep body is a clean 400 instead of a RecursionError deep in
+# json.loads, or later in json.dumps when the value is echoed back (metadata).
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(raw: str | bytes, what: str) -> Any:
+    """A client's JSON (`what` names it in the error): any failure, nesting too deep included, is
+    a ProtocolError `invalid_json`, never a traceback."""
+    try:
+        value = json.loads(raw)
+        too_deep = json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH
+    except RecursionError:  # json.loads gave up at the interpreter's limit, far past ours
+        too_deep = True
+    except ValueError as err:  # UnicodeDecodeError included
+        raise ProtocolError(f"{what} is not valid JSON: {err}", code="invalid_json") from None
+    if too_deep:
+        raise ProtocolError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    return value
+
+
+def json_depth(value: Any, stop_past: int) -> int:
+    """How deep `value`'s arrays and objects nest (a scalar is 0), walked without recursion; the
+    walk stops at the first level past `stop_past`."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > stop_past:
+            break
+        pending.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
 def unknown_field(name: str, where: str) -> ProtocolError:
     return ProtocolError(f"unknown field {name!r} in {where}", code="unknown_parameter", param=name)
 
@@ -172,10 +210,7 @@ async def dispatch_event(target: EventTarget, raw: str, limit: int) -> None:
         if len(raw) * 4 > limit and len(raw.encode("utf-8", errors="replace")) > limit:
             raise ProtocolError(f"message of {len(raw)} characters exceeds the limit of {limit} bytes",
                                 code="message_too_large")
-        try:
-            ev = json.loads(raw)
-        except ValueError as err:
-            raise ProtocolError(f"message is not valid JSON: {err}", code="invalid_json") from None
+        ev = parse_json(raw, "message")
         if not isinstance(ev, dict):
             raise ProtocolError("a client event must be a JSON object", code="invalid_event")
         event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None

@@ -24,7 +24,7 @@ class Session:
         self.last_response_id: str | None = None
         self.created = time.time()
         self.last_active = time.monotonic()
-        self._end = tokenizer.encode("<|im_end|>\n", add_bos=False)  # closes an assistant turn
+        self._end = self.template.end_of_turn(tokenizer)  # closes an assistant turn
 
     def describe(self) -> dict:
         d = self.defaults
@@ -40,15 +40,14 @@ class Session:
 
     def turn_prompt(self, new_messages: list[dict], instructions: str | None) -> tuple[list[int], list[dict]]:
         """Token ids for the next turn: the stored ids plus only the new messages and the assistant
-        header. Changing the instructions re-renders the history behind a new system message."""
+        header. Changing the instructions re-renders the history behind a new system message.
+        Control tokens go in by id and every message as plain text, so no input forges a turn."""
         system = instructions if instructions is not None else self._system()
         if not self.messages or system != self._system():
             history = [m for m in self.messages if m["role"] != "system"]
             msgs = ([{"role": "system", "content": system}] if system is not None else []) + history + new_messages
-            text = self.template.render(msgs, add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_bos=None), msgs
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in new_messages)
-        ids = self.tokenizer.encode(text + "<|im_start|>assistant\n", add_bos=False)
+            return self.template.encode(self.tokenizer, msgs, add_generation_prompt=True), msgs
+        ids = self.template.encode_turns(self.tokenizer, new_messages, add_generation_prompt=True)
         return self.tokens + ids, self.messages + new_messages
 
     def commit(self, prompt: list[int], messages: list[dict], g: Generation, response_id: str) -> None:

@@ -502,7 +502,7 @@ def _validate(cfg: BenchConfig) -> None:
 
 
 def run_engine_bench(cfg: BenchConfig) -> dict:
-    from pairline.engine.tokenizer import Tokenizer, render_chat
+    from pairline.engine.tokenizer import Tokenizer, encode_chat
     from pairline.models.fetch import resolve
 
     _validate(cfg)
@@ -602,7 +602,7 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
         _checkpoint(cfg, result)
 
         if "edit" in cfg.phases and editors:
-            _run_edits(cfg, {n: workers[n] for n in editors}, tok, render_chat, result, t_start)
+            _run_edits(cfg, {n: workers[n] for n in editors}, tok, encode_chat, result, t_start)
     finally:
         failed = sys.exc_info()[0] is not None  # e.g. Ctrl-C: stop the workers now, mid-measurement
         for n in list(workers):
@@ -694,7 +694,7 @@ def _select_tasks(cfg: BenchConfig) -> list[dict]:
     return tasks
 
 
-def _run_edits(cfg: BenchConfig, workers: dict[str, Worker], tok, render_chat, result: dict, t_start: float) -> dict:
+def _run_edits(cfg: BenchConfig, workers: dict[str, Worker], tok, encode_chat, result: dict, t_start: float) -> dict:
     tasks = _select_tasks(cfg)
     repeats = cfg.edit_repeats or cfg.repeats
     plan = _edit_plan(cfg, list(workers))
@@ -713,7 +713,7 @@ def _run_edits(cfg: BenchConfig, workers: dict[str, Worker], tok, render_chat, r
         source = task["source"]
         if cfg.edit_lines:
             source = "".join(source.splitlines(keepends=True)[: cfg.edit_lines])
-        prompt = tok.encode(render_chat(edit_messages(task["instruction"], task["path"], source), tok.family))
+        prompt = encode_chat(edit_messages(task["instruction"], task["path"], source), tok)
         prediction = tok.encode(fenced(source), add_bos=False)
         seed = cfg.useless_seed * 1_000_003 + zlib.crc32(task["name"].encode())
         useless = useless_prediction(tok, len(prediction), seed)

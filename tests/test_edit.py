@@ -277,6 +277,9 @@ class _Tok:
     def encode(self, text, add_bos=None):
         return list(text.encode())
 
+    def encode_text(self, text):
+        return list(text.encode())
+
 
 @dataclass
 class _Event:

@@ -178,7 +178,7 @@ class ChatSession:
         user = {"role": "user", "content": self._user_message(states, instruction)}
         messages = [*self.base_messages(), *self.history, user]
         coder = Coder(self.client, self.ws, on_event=self._on_event)
-        result = coder.run_blocks(states, messages, cancel=cancel, max_tokens=self.max_tokens)
+        result = coder.run_blocks(states, messages, cancel=cancel, max_tokens=self.max_tokens, instruction=instruction)
         self.write("\n" if result.answer and not result.answer.endswith("\n") else "")
         with self.lock:
             self.history += [user, {"role": "assistant", "content": result.answer}]
@@ -210,6 +210,8 @@ class ChatSession:
             self._print_diff(unified_diff(state.text or "", new, state.shown))
             if real not in self.files:
                 self.files.append(real)
+        for note in result.notes:  # what the check after the edit repaired
+            self.write(f"[{note}]\n")
         where = f" (commit {entry.commit[:10]})" if entry.commit else ""
         self.write(f"[applied to {', '.join(c.path for c in entry.changes)}{where}; /undo to revert]\n")
 
@@ -234,6 +236,8 @@ class ChatSession:
             self.write(e.text)
         elif e.kind == "error":
             self.write(f"\n[edit failed: {e.text}]\n")
+        elif e.kind == "check":
+            self.write(f"\n[check failed: {e.text}]\n")
         elif e.kind == "retry":
             self.write("\n[retrying once with the errors]\n")
 

@@ -3,6 +3,11 @@ it streams, apply the blocks in memory, hand failures back for one retry, and re
 texts. Writing them is the caller's job (through `Workspace.apply`), so nothing is half-applied:
 either every file of the turn is written or none is.
 
+Every edited file passes `check.review` before the turn returns it: no lines lost that the
+instruction did not ask to remove (a rewrite that stopped early gets the original's tail back), and
+Python still parses with no name left undefined. A failure goes back to the model once, as its own
+error; if it still fails, nothing is returned to write.
+
 Two ways to edit:
 - `blocks`: search/replace blocks (the default: the answer is as short as the change);
 - `rewrite`: the whole file, with the old file as the prediction (fast when the file is small,
@@ -12,11 +17,12 @@ Two ways to edit:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pairline.assistant import prompts
+from pairline.assistant import check, prompts
 from pairline.assistant.client import Client, Reply
 from pairline.assistant.edits import DIVIDER, BlockParser, EditBlock, EditError, apply_block
 from pairline.assistant.rewrite import (
@@ -88,7 +94,8 @@ def load_file(ws: Workspace, path: str | Path) -> FileState:
 
 @dataclass(slots=True)
 class Event:
-    """What the caller shows: kind is text | block | error | retry | rewrite_line | status."""
+    """What the caller shows: kind is text | block | error (a block failed) | check (the check after
+    the edit failed) | retry | rewrite_line | status (a repair, said once)."""
 
     kind: str
     text: str = ""
@@ -108,7 +115,9 @@ class TurnStats:
     requests: int = 0
     blocks: int = 0
     well_formed: bool = True
-    retried: bool = False
+    retried: bool = False  # any retry: failed blocks, or a failed check
+    check_retried: bool = False  # the check after the edit failed and went back to the model
+    repaired: bool = False  # a rewrite that stopped early got the original's tail back
 
     def add(self, reply: Reply, started: float) -> None:
         self.requests += 1
@@ -134,6 +143,13 @@ class TurnResult:
     errors: list[str] = field(default_factory=list)
     answer: str = ""  # the model's text (primer included), for the chat history
     stats: TurnStats = field(default_factory=TurnStats)
+    notes: list[str] = field(default_factory=list)  # what the check repaired, for the user
+
+
+def _added(state: FileState, new: str) -> str:
+    """The lines `new` has that the file did not (all of them for a new file)."""
+    extra = Counter(new.split("\n")) - Counter(state.model_text.split("\n") if state.text is not None else [])
+    return "\n".join(extra.elements())
 
 
 def choose_mode(mode: str, files: list[FileState]) -> str:
@@ -195,7 +211,7 @@ class Coder:
         messages = prompts.edit_messages(self.prompt, {f.shown: f.model_text for f in files}, instruction)
         if history:
             messages = messages[:-1] + history + messages[-1:]
-        return self.run_blocks(files, messages, cancel=cancel, max_tokens=max_tokens)
+        return self.run_blocks(files, messages, cancel=cancel, max_tokens=max_tokens, instruction=instruction)
 
     # ---------------------------------------------------------------- search/replace
 
@@ -298,53 +314,122 @@ class Coder:
         prefix: str | None = None,
         cancel: CancelToken | None = None,
         max_tokens: int | None = None,
+        instruction: str = "",
     ) -> TurnResult:
-        """One search/replace turn on prepared messages (the chat builds its own history)."""
+        """One search/replace turn on prepared messages (the chat builds its own history).
+        `instruction` is what the user asked for this turn: the check uses it to tell a deletion
+        that was asked for from one that was not (without it, no deletion is taken as asked)."""
         cancel = cancel or CancelToken()
         result = TurnResult("unchanged", files={f.real: f for f in files})
         result.stats.mode = "blocks"
         if prefix is None:
             prefix = prompts.primer(self.prompt, files[0].shown) if self.can_prefix else ""
-        current = {f.real: f.model_text for f in files}
         budget = max_tokens or 1024
-        reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result)
-        result.answer = answer
+        original = {f.real: f.model_text for f in files}
+        current, convo, applied = self._blocks_round(messages, prefix, cancel, budget, result, dict(original))
+        if current is None:
+            return result
+        errors, restart = self._check(current, result, instruction, rewrite=False)
+        if errors and not cancel.cancelled:
+            # the check's own retry, once. Lines lost: the model writes its blocks again on the file
+            # as it was (a small model cannot put a deleted function back with a block). Only broken
+            # Python (a rename that left a use behind): its blocks stay, and it adds the fixes.
+            result.stats.retried = result.stats.check_retried = True
+            self.on_event(Event("retry", "\n".join(errors)))
+            again = [*convo, {"role": "user", "content": check.retry_message(errors, "blocks" if restart else "fix")}]
+            base, skip = (dict(original), ()) if restart else (dict(current), applied)
+            current, _, _ = self._blocks_round(again, prefix, cancel, budget, result, base, retry=False, applied=skip)
+            if current is None:
+                return result
+            errors, _ = self._check(current, result, instruction, rewrite=False)
+        if errors:
+            result.status, result.errors = "malformed", errors
+            return result
+        self._collect(current, result)
+        return result
+
+    def _blocks_round(
+        self,
+        messages: list[dict],
+        prefix: str,
+        cancel: CancelToken,
+        budget: int,
+        result: TurnResult,
+        current: dict[Path, str],
+        retry: bool = True,
+        applied: tuple[EditBlock, ...] = (),
+    ) -> tuple[dict[Path, str] | None, list[dict], tuple[EditBlock, ...]]:
+        """Ask for blocks and apply them to `current` in memory, with one retry for blocks that fail
+        (`retry`); blocks equal to one of `applied` are skipped (already in `current`). The new
+        texts, the conversation so far and the blocks applied; None (status set) if cancelled or
+        if blocks still fail."""
+        reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result, applied)
+        result.answer = f"{result.answer}\n{answer}" if result.answer else answer
+        convo = [*messages, {"role": "assistant", "content": answer}]
         result.stats.blocks += len(blocks)
-        result.stats.well_formed = parser.well_formed and bool(blocks)  # parsed cleanly, at least one block
+        if retry:  # the turn's first answer: parsed cleanly, with at least one block
+            result.stats.well_formed = parser.well_formed and bool(blocks)
         if cancel.cancelled:
             result.status = "cancelled"
-            return result
+            return None, convo, ()
         failed = self._apply_all(blocks, current, result)
         problems = [why for _, why in failed] + [
             f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed
         ]
-        if problems and not cancel.cancelled:
+        if problems and retry:
             # one retry: the errors go back to the model, which answers with the failed blocks only
             result.stats.retried = True
             self.on_event(Event("retry", "\n".join(problems)))
-            applied = len(blocks) - len(failed)
-            retry = [
-                *messages,
-                {"role": "assistant", "content": result.answer},
-                {"role": "user", "content": prompts.retry_message(problems, applied)},
-            ]
+            n_good = len(blocks) - len(failed)
+            # new lists, never appended to: a client may keep the messages it was given
+            convo = [*convo, {"role": "user", "content": prompts.retry_message(problems, n_good)}]
             good = tuple(b for b in blocks if all(b is not f for f, _ in failed))
-            reply, answer2, parser2, blocks2 = self._ask(retry, prefix, cancel, budget, result, good)
+            reply, answer2, parser2, blocks2 = self._ask(convo, prefix, cancel, budget, result, (*applied, *good))
             result.answer += "\n" + answer2
+            convo = [*convo, {"role": "assistant", "content": answer2}]
             result.stats.blocks += len(blocks2)
             if cancel.cancelled:
                 result.status = "cancelled"
-                return result
+                return None, convo, ()
             failed = self._apply_all(blocks2, current, result)
+            blocks = [*good, *blocks2]
             problems = [why for _, why in failed] + [
                 f"The answer was malformed: {m.message} (line {m.line})." for m in parser2.malformed
             ]
-        result.errors = problems
         if problems:
-            result.status = "malformed"
-            return result
-        self._collect(current, result)
-        return result
+            result.status, result.errors = "malformed", problems
+            return None, convo, ()
+        return current, convo, (*applied, *blocks)
+
+    def _check(
+        self, current: dict[Path, str], result: TurnResult, instruction: str, *, rewrite: bool
+    ) -> tuple[list[str], bool]:
+        """`check.review` on every file the edit changed; repaired texts replace the model's in
+        `current`, and their notes go to the result. The errors, and whether lines were lost (else
+        only the Python check failed)."""
+        errors: list[str] = []
+        notes: list[str] = []
+        lost = False
+        changed = {
+            real: text
+            for real, text in current.items()
+            if result.files[real].text is None or text != result.files[real].model_text
+        }
+        for real, text in changed.items():
+            state = result.files[real]
+            old = state.model_text if state.text is not None else None
+            # what the edit adds to its other files: a function moved there is not lost here
+            elsewhere = "\n".join(_added(result.files[r], t) for r, t in changed.items() if r != real)
+            verdict = check.review(state.shown, old, text, instruction, rewrite=rewrite, elsewhere=elsewhere)
+            current[real] = verdict.text
+            for err in verdict.errors:
+                self.on_event(Event("check", err, path=state.shown))
+            errors += verdict.errors
+            notes += verdict.notes
+            lost = lost or bool(verdict.lost)
+        result.notes = notes
+        result.stats.repaired = bool(notes)
+        return errors, lost
 
     def _apply_all(
         self, blocks: list[EditBlock], current: dict[Path, str], result: TurnResult
@@ -385,6 +470,8 @@ class Coder:
         return [f.shown for f in result.files.values()]
 
     def _collect(self, current: dict[Path, str], result: TurnResult) -> None:
+        for note in result.notes:  # said once the edit is final (a retried attempt's repair is not)
+            self.on_event(Event("status", note))
         for real, model_text in current.items():
             state = result.files[real]
             new = model_text if state.text is None else restore_layout(state.text, model_text)
@@ -400,8 +487,45 @@ class Coder:
         req = build_request(f.shown, f.text or "", instruction)
         result.stats.predicted = self.client.count_tokens(req.prediction)
         budget = max_tokens or max_tokens_for(self.client, [f], "rewrite")
+        messages = req.messages
+        for attempt in (1, 2):
+            new_model = self._rewrite_once(f, messages, req.prediction, req.model_text, budget, cancel, result)
+            if new_model is None:
+                return result
+            current = {f.real: new_model}
+            errors, _ = self._check(current, result, instruction, rewrite=True)
+            if not errors:
+                self._collect(current, result)
+                return result
+            if attempt == 2 or cancel.cancelled:
+                break
+            # one retry with the check's errors; the prediction is the original file again
+            result.stats.retried = result.stats.check_retried = True
+            self.on_event(Event("retry", "\n".join(errors)))
+            messages = [
+                *messages,
+                {"role": "assistant", "content": result.answer},
+                {"role": "user", "content": check.retry_message(errors, "rewrite")},
+            ]
+        result.status, result.errors = "malformed", errors
+        result.notes = []
+        return result
+
+    def _rewrite_once(
+        self,
+        f: FileState,
+        messages: list[dict],
+        prediction: str,
+        model_text: str,
+        budget: int,
+        cancel: CancelToken,
+        result: TurnResult,
+    ) -> str | None:
+        """One rewrite answer: the file in it (LF), or None with the result's status set."""
         started = time.perf_counter()
-        reply = self.client.stream(req.messages, max_tokens=budget, prediction=req.prediction, cancel=cancel)
+        # the request's own cancel, so that stopping it at the closing fence leaves the turn (and a retry) alive
+        inner = LinkedCancel(cancel)
+        reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner)
         lines = BlockStream()
         for delta in reply:
             self.on_event(Event("text", delta))
@@ -412,38 +536,13 @@ class Coder:
         for line in lines.finish():
             self.on_event(Event("rewrite_line", line, path=f.shown))
         result.stats.add(reply, started)
-        result.answer = reply.text
+        result.answer = reply.text  # the latest answer: a retry's conversation holds the earlier one
         if reply.finish_reason == "cancelled" and lines.state != "done":
             result.status = "cancelled"
-            return result
+            return None
         try:
-            new_model = extract_code(reply.text, original=req.model_text, truncated=reply.finish_reason == "length")
+            return extract_code(reply.text, original=model_text, truncated=reply.finish_reason == "length")
         except MalformedOutputError as err:
             result.status, result.errors = "malformed", [str(err)]
             result.stats.well_formed = False
-            return result
-        cut = looks_cut_short(req.model_text, new_model)
-        if cut:
-            result.status, result.errors = "malformed", [cut]
-            result.stats.well_formed = False
-            return result
-        self._collect({f.real: new_model}, result)
-        return result
-
-
-def looks_cut_short(original: str, new: str) -> str | None:
-    """Why a rewritten file looks like a fragment of the original (a small model closes its code
-    block after the function it changed), or None. Such a file would silently delete the rest, so
-    it is refused: most of the original's lines gone is not what an edit instruction means (an
-    intended deletion of most of a file can be done with search/replace blocks)."""
-    old_lines = [x for x in original.splitlines() if x.strip()]
-    if len(old_lines) < 20:
-        return None
-    kept = set(new.splitlines())
-    lost = sum(1 for x in old_lines if x not in kept)
-    if lost * 2 > len(old_lines):
-        return (
-            f"the model's rewrite keeps only {len(old_lines) - lost} of the file's {len(old_lines)} non-blank "
-            "lines; it looks cut short, so nothing was written (use search/replace blocks for this edit)"
-        )
-    return None
+            return None

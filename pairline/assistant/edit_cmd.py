@@ -24,14 +24,17 @@ EXIT_INTERRUPTED = 130
 _EPILOG = """\
 modes:
   search/replace blocks (the default): the model writes only the lines that change
-  whole-file rewrite with the old file as the prediction: for one file of up to 60 lines, or --rewrite
+  whole-file rewrite with the old file as the prediction: for one file of up to 60 lines, or --rewrite;
+  a rewrite that stops early (or starts late) is a region: the rest of the file is kept as it was
 
 exit codes:
   0  the edit was applied (with --dry-run: there is a change to apply)
   1  nothing changed: the model's edit leaves the files as they were
   2  usage or setup error (bad file, outside the workspace, unknown model, ...)
   3  the model's answer was malformed (bad blocks even after one retry, no code block, cut off by
-     --max-tokens); nothing written
+     --max-tokens), or the edit failed the check after it, even after one retry: it would delete
+     lines the instruction does not ask to remove, or leave Python that does not parse or uses a
+     name nothing defines; nothing written
   4  the file changed on disk while the model worked (any of them); nothing written
 130  interrupted (Ctrl-C); nothing written
 
@@ -333,7 +336,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
     t_gen = last_view = time.perf_counter()
 
     def on_event(e: Event) -> None:
-        nonlocal n_chunks, last_view, watcher
+        nonlocal n_chunks, last_view, watcher, live_diff
         if e.kind == "text":
             n_chunks += 1
             if mode == "blocks":
@@ -351,6 +354,13 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
             out.event("retry", reason=e.text)
             out.note("retrying once with the errors…")
             watcher = BlockParser(default_path=watcher.default_path)  # the retry's answer starts afresh
+            live_diff = LiveDiff(files[0].model_text.splitlines())
+        elif e.kind == "check":
+            out.event("check_error", path=e.path, message=e.text)
+            out.note(f"check failed: {e.text}")
+        elif e.kind == "status":
+            out.event("repair", message=e.text)
+            out.note(e.text)
         now = time.perf_counter()
         if live is not None and now - last_view >= 0.03:
             last_view = now
@@ -381,6 +391,8 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
             mode=mode,
             well_formed=s.well_formed,
             retried=s.retried,
+            check_retried=s.check_retried,
+            repaired=s.repaired,
             blocks=s.blocks,
             ttft_s=s.ttft_s,
             tokens=s.tokens,

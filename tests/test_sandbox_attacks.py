@@ -273,5 +273,8 @@ def test_the_command_sees_only_its_own_processes_and_shared_memory(box):
     pids = json.loads(r.output.split("pids", 1)[1].splitlines()[0])
     if os.getpid() in pids:
         pytest.skip("THIS KERNEL (or container) REFUSED A NEW /proc for the sandbox: host processes stay listed")
-    assert max(pids) < 50 and os.getppid() not in pids, r.output
+    # the namespace's own init and command, a handful of pids; the host's processes (this test's among
+    # them, in the thousands here) are not there. (Not "our parent is absent": under nohup or a container
+    # the parent is pid 1, which is the sandbox's init too.)
+    assert max(pids) < 50 and len(pids) < 10, r.output
     assert "pool [1, 2]" in r.output, r.output  # POSIX semaphores on the private /dev/shm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,14 @@ import torch
 
 from pairline.engine.config import ModelConfig
 from pairline.engine.runtime import Rows, check_forward, cpu_threads
-from pairline.engine.runtimes.torch_model import EXACT_ROWS, Transformer, fuse_state_dict, quantize_int8
+from pairline.engine.runtimes.torch_model import (
+    EXACT_ROWS,
+    Int8Linear,
+    Linear,
+    Transformer,
+    fuse_state_dict,
+    quantize_int8,
+)
 from pairline.errors import PairlineError
 
 if TYPE_CHECKING:
@@ -50,9 +58,31 @@ def default_quant(device: str, dtype: torch.dtype) -> str:
     return "int8" if device == "cpu" and dtype == torch.bfloat16 else "none"
 
 
+PROBE_ROWS = (3, 17)  # verify widths the probe tries: a small draft and one past 16-row kernel blocks
+
+
+@torch.inference_mode()
+def rows_independent(model: torch.nn.Module) -> bool:
+    """Whether each linear layer shape of `model` gives a row of a k-row input exactly what it gives
+    that row alone, for k in PROBE_ROWS (random inputs; one layer of each kind and shape)."""
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for module in model.modules():
+        if not isinstance(module, Linear | Int8Linear):
+            continue
+        kind = (type(module), tuple(module.weight.shape))
+        if kind in seen:
+            continue
+        seen.add(kind)
+        for k in PROBE_ROWS:
+            x = torch.randn(k, module.weight.shape[1], generator=gen).to(torch.bfloat16)
+            if not torch.equal(module(x), torch.cat([module(x[i : i + 1]) for i in range(k)])):
+                return False
+    return True
+
+
 class TorchRuntime:
     name = "torch"
-    batch_invariant = True  # verify rows take the decode path, row by row: tests/test_runtime_contract.py
     exact_rows = EXACT_ROWS  # wider calls (prefill chunks) take the batched path
     interruptible = True  # a cancel stops forward between layers
     verify_slope_hint = 0.6  # until measured: a 17-token verify costs ~11x a step here (docs/benchmarks.md)
@@ -110,6 +140,14 @@ class TorchRuntime:
         projection is the embedding table), for `TorchRuntime(..., prepared=True)`."""
         tied = self.model.output.weight is self.model.tok_embeddings.weight
         return {k: v.contiguous() for k, v in self.model.state_dict().items() if not (tied and k == "output.weight")}
+
+    @functools.cached_property
+    def batch_invariant(self) -> bool:
+        """Measured, not assumed: attention takes each verify row on its own (the decode path), but
+        whether a k-row matmul gives each row the bits of a one-row matmul depends on the kernels this
+        CPU gets. oneDNN's bf16 GEMMs on avx512_bf16 hardware do not; its emulated bf16 (AVX2) and the
+        int8 kernel did (tests/test_runtime_contract.py). Probed on this model's own layers at first use."""
+        return rows_independent(self.model)
 
     @property
     def n_past(self) -> int:

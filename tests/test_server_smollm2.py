@@ -98,7 +98,12 @@ def test_cancel_and_steer_on_real_weights(srv):
     ws.close()
 
 
-def test_openai_sdk_stream_with_prediction(srv, engine):
+def test_openai_sdk_stream_with_prediction(srv, engine, monkeypatch):
+    # This test must exercise verification: drafts are sized by the cost hint, not by the timings the
+    # earlier tests taught the engine (on a busy or slow CPU those made it draft nothing: 0 accepted).
+    # (forks share the engine's StepCosts object, so it is changed in place)
+    monkeypatch.setattr(engine.step_costs, "learn", False)
+    monkeypatch.setattr(engine.step_costs, "seconds", {})
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x", timeout=120, max_retries=0)
     ask = f"Rename greet to welcome. Reply with the whole file.\n```python\n{CODE}```"
     messages = [{"role": "user", "content": ask}]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -91,6 +92,7 @@ class Checked:
 # ---------------------------------------------------------------------------------- the key
 
 
+@functools.cache  # a process's CPU does not change; choose() asks for each candidate's key
 def cpu_description() -> dict:
     """The CPU as the kernel names it: model and feature flags (what decides which kernels run)."""
     model, flags = platform.processor() or platform.machine(), ""
@@ -104,6 +106,7 @@ def cpu_description() -> dict:
     return {"model": model, "machine": platform.machine(), "flags": " ".join(sorted(flags.split()))}
 
 
+@functools.cache
 def _library_identity(runtime: str) -> str:
     """The runtime library's version and, for a compiled one, its build: a rebuild with other
     flags (GGML_NATIVE on another CPU) compiles other kernels."""

@@ -320,6 +320,16 @@ def review(
     return out
 
 
+def review_files(edited: list[tuple[str, str | None, str]], instruction: str, *, rewrite: bool = False) -> list[Review]:
+    """`review` on each (shown path, old text or None for a new file, new text) of one edit. Each file's
+    review knows what the edit added to its other files: a function moved there is not lost here."""
+    added = ["\n".join((Counter(new.split("\n")) - Counter((old or "").split("\n"))).elements())
+             for _, old, new in edited]
+    return [review(shown, old, new, instruction, rewrite=rewrite,
+                   elsewhere="\n".join(a for j, a in enumerate(added) if j != i))
+            for i, (shown, old, new) in enumerate(edited)]
+
+
 def retry_message(errors: list[str], mode: str) -> str:
     """The user turn that hands a failed check back to the model for its one retry. `mode`: rewrite
     (the whole file again), blocks (all blocks again, none were kept) or fix (the blocks were kept:

@@ -17,7 +17,6 @@ Two ways to edit:
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +82,11 @@ class FileState:
     def model_text(self) -> str:
         return for_model(self.text or "")
 
+    @property
+    def old_model_text(self) -> str | None:
+        """What an edit of this file is checked against: None for a file the edit creates."""
+        return None if self.text is None else self.model_text
+
 
 def load_file(ws: Workspace, path: str | Path) -> FileState:
     real = ws.resolve(path)
@@ -144,12 +148,6 @@ class TurnResult:
     answer: str = ""  # the model's text (primer included), for the chat history
     stats: TurnStats = field(default_factory=TurnStats)
     notes: list[str] = field(default_factory=list)  # what the check repaired, for the user
-
-
-def _added(state: FileState, new: str) -> str:
-    """The lines `new` has that the file did not (all of them for a new file)."""
-    extra = Counter(new.split("\n")) - Counter(state.model_text.split("\n") if state.text is not None else [])
-    return "\n".join(extra.elements())
 
 
 def choose_mode(mode: str, files: list[FileState]) -> str:
@@ -415,12 +413,10 @@ class Coder:
             for real, text in current.items()
             if result.files[real].text is None or text != result.files[real].model_text
         }
-        for real, text in changed.items():
+        edited = [(result.files[real].shown, result.files[real].old_model_text, text) for real, text in changed.items()]
+        verdicts = check.review_files(edited, instruction, rewrite=rewrite)
+        for real, verdict in zip(changed, verdicts, strict=True):
             state = result.files[real]
-            old = state.model_text if state.text is not None else None
-            # what the edit adds to its other files: a function moved there is not lost here
-            elsewhere = "\n".join(_added(result.files[r], t) for r, t in changed.items() if r != real)
-            verdict = check.review(state.shown, old, text, instruction, rewrite=rewrite, elsewhere=elsewhere)
             current[real] = verdict.text
             for err in verdict.errors:
                 self.on_event(Event("check", err, path=state.shown))

@@ -3,8 +3,10 @@ honouring cancel between chunks like the engine does between decode steps."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from pairline.assistant.client import Reply
 from pairline.engine.generate import CancelToken, Timings, Usage
@@ -56,3 +58,22 @@ class ScriptedClient:
         reply.usage = Usage()
         reply.timings = Timings()
         return reply
+
+
+def git(root: Path, *args: str) -> str:
+    """git's output in `root`; a failing git fails the test."""
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def git_repo(parent: Path, files: dict[str, bytes]) -> Path:
+    """parent/repo: a new git repository whose one commit ("init") holds `files`."""
+    root = parent / "repo"
+    root.mkdir()
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@example.com")
+    git(root, "config", "user.name", "T")
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    git(root, "add", *files)
+    git(root, "commit", "-q", "-m", "init")
+    return root

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from pairline.assistant.agent_tools import Tools
 from pairline.assistant.gitsafe import git_status
 from pairline.assistant.sandbox import Limits, Sandbox, available_protections
 from pairline.assistant.workspace import Workspace, read_text_file
+from tests.assistant_helpers import git, git_repo
 
 
 def need(*protections: str) -> None:
@@ -46,21 +46,9 @@ def _alive(marker: str) -> list[int]:
     return found
 
 
-def _git(root, *args) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def repo(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    _git(root, "init", "-q")
-    _git(root, "config", "user.email", "t@example.com")
-    _git(root, "config", "user.name", "T")
-    (root / "a.txt").write_text("one\n")
-    _git(root, "add", "a.txt")
-    _git(root, "commit", "-q", "-m", "init")
-    return root
+    return git_repo(tmp_path, {"a.txt": b"one\n"})
 
 
 @pytest.fixture
@@ -95,7 +83,7 @@ def test_row1_setsid_script_planting_a_git_filter_does_not_escape(repo, tmp_path
     entry = ws.apply([(repo / "a.txt", "two\n", fp)], "edit")
     git_status(repo)  # the end-of-run status
     assert not pwned.exists()
-    assert entry.commit and _git(repo, "show", "HEAD:a.txt") == "two\n"
+    assert entry.commit and git(repo, "show", "HEAD:a.txt") == "two\n"
 
 
 # --------------------------------------------------------------------------- row 2

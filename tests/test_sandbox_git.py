@@ -18,23 +18,12 @@ from pairline.assistant.gitsafe import git_output, git_status, protect
 from pairline.assistant.sandbox import Limits, Sandbox
 from pairline.assistant.workspace import Workspace, read_text_file
 from pairline.errors import PairlineError
-
-
-def _git(root, *args) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+from tests.assistant_helpers import git, git_repo
 
 
 @pytest.fixture
 def repo(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    _git(root, "init", "-q")
-    _git(root, "config", "user.email", "t@example.com")
-    _git(root, "config", "user.name", "T")
-    (root / "a.txt").write_text("1\n2\n3\n4\n5\n6\n7\n")
-    _git(root, "add", "a.txt")
-    _git(root, "commit", "-q", "-m", "init")
-    return root
+    return git_repo(tmp_path, {"a.txt": b"1\n2\n3\n4\n5\n6\n7\n"})
 
 
 @pytest.fixture
@@ -44,7 +33,7 @@ def pwned(tmp_path):
 
 def _plant(root, pwned, *settings: tuple[str, str], attributes: str = "") -> None:
     for key, value in settings:
-        _git(root, "config", key, value.replace("PWN", f"mkdir -p {pwned.parent}; touch {pwned}"))
+        git(root, "config", key, value.replace("PWN", f"mkdir -p {pwned.parent}; touch {pwned}"))
     if attributes:
         (root / ".gitattributes").write_text(attributes)
 
@@ -62,13 +51,13 @@ def test_clean_smudge_and_process_filters_do_not_run(repo, pwned):
     git_status(repo)
     ws.undo()  # reset
     assert not pwned.exists()
-    assert entry.commit and _git(repo, "show", f"{entry.commit}:a.txt") == "edited\n"  # stored as is
+    assert entry.commit and git(repo, "show", f"{entry.commit}:a.txt") == "edited\n"  # stored as is
 
 
 def test_filter_defined_in_an_included_worktree_file_does_not_run(repo, pwned):
     # the include points at a file in the worktree, which a command may rewrite at any time
     (repo / "evil.cfg").write_text(f'[filter "y"]\n\tclean = sh -c \'touch {pwned}; cat\'\n\trequired = true\n')
-    _git(repo, "config", "include.path", "../evil.cfg")
+    git(repo, "config", "include.path", "../evil.cfg")
     (repo / ".gitattributes").write_text("*.txt filter=y\n")
     ws = Workspace(repo, git=True)
     _edit(ws, repo / "a.txt", "edited\n")
@@ -80,7 +69,7 @@ def test_diff_textconv_and_external_diff_do_not_run(repo, pwned):
     _plant(repo, pwned, ("diff.y.textconv", "sh -c 'PWN; cat \"$0\"'"), ("diff.y.command", "sh -c 'PWN'"),
            ("diff.external", "sh -c 'PWN'"), attributes="* diff=y\n")
     ws = Workspace(repo, git=True)
-    start = _git(repo, "rev-parse", "HEAD").strip()
+    start = git(repo, "rev-parse", "HEAD").strip()
     _edit(ws, repo / "a.txt", "edited\n")
     diff = git_output(repo, "diff", start, "HEAD")  # as the agent's final diff and resume check
     git_output(repo, "diff", "--name-only", start, "HEAD")
@@ -94,7 +83,7 @@ def test_merge_driver_does_not_run_on_a_revert(repo, pwned):
     ws = Workspace(repo, git=True)
     entry = _edit(ws, repo / "a.txt", "1\ntwo\n3\n4\n5\n6\n7\n")
     (repo / "a.txt").write_text("1\ntwo\n3\n4\n5\nsix\n7\n")
-    _git(repo, "commit", "-q", "-am", "user")
+    git(repo, "commit", "-q", "-am", "user")
     _plant(repo, pwned, ("merge.z.driver", "sh -c 'PWN; false'"), attributes="* merge=z\n")
     proc = gitsafe.run_git(repo, "revert", "--no-edit", entry.commit, check=False)
     gitsafe.run_git(repo, "revert", "--abort", check=False)
@@ -148,7 +137,7 @@ def test_the_guard_never_writes_through_a_symlinked_git_folder(repo, tmp_path):
 
 
 def test_a_driver_name_git_could_not_be_told_about_stops_git(repo):
-    _git(repo, "config", "filter.a=b.clean", "cat")
+    git(repo, "config", "filter.a=b.clean", "cat")
     with pytest.raises(PairlineError, match="cannot switch off"):
         gitsafe.run_git(repo, "status")
 

@@ -164,25 +164,12 @@ def test_missing_and_directory(tmp_path):
 
 # --------------------------------------------------------------------------- Workspace: root, git, undo
 
-import subprocess  # noqa: E402
-
 from pairline.assistant.workspace import Workspace  # noqa: E402
-
-
-def _git(root, *args) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+from tests.assistant_helpers import git, git_repo  # noqa: E402
 
 
 def _repo(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
-    _git(root, "init", "-q")
-    _git(root, "config", "user.email", "t@example.com")
-    _git(root, "config", "user.name", "T")
-    (root / "a.py").write_bytes(b"x = 1\r\n")
-    _git(root, "add", "a.py")
-    _git(root, "commit", "-q", "-m", "init")
-    return root
+    return git_repo(tmp_path, {"a.py": b"x = 1\r\n"})
 
 
 @pytest.fixture
@@ -295,21 +282,21 @@ def test_git_each_edit_is_a_commit_and_undo_drops_it(tmp_path, monkeypatch):
     root = _repo(tmp_path)
     monkeypatch.chdir(root)
     (root / "other.py").write_text("staged by the user\n")
-    _git(root, "add", "other.py")
+    git(root, "add", "other.py")
     ws = Workspace.open()
     assert ws.git and ws.root == root.resolve()
     f = root / "a.py"
     before = f.read_bytes()
     _, fp = read_text_file(f)
     entry = ws.apply([(f, "x = 2\r\n", fp)], "set x to 2")
-    assert _git(root, "rev-parse", "HEAD").strip() == entry.commit
-    assert _git(root, "log", "-1", "--format=%s").strip() == "pairline: set x to 2"
-    assert _git(root, "show", "--name-only", "--format=", "HEAD").split() == ["a.py"]  # not other.py
+    assert git(root, "rev-parse", "HEAD").strip() == entry.commit
+    assert git(root, "log", "-1", "--format=%s").strip() == "pairline: set x to 2"
+    assert git(root, "show", "--name-only", "--format=", "HEAD").split() == ["a.py"]  # not other.py
     ws.undo()
     assert f.read_bytes() == before
-    assert _git(root, "log", "--format=%s").split("\n")[0] == "init"
-    assert "A  other.py" in _git(root, "status", "--porcelain")  # the user's staged file is untouched
-    assert " M a.py" not in _git(root, "status", "--porcelain")
+    assert git(root, "log", "--format=%s").split("\n")[0] == "init"
+    assert "A  other.py" in git(root, "status", "--porcelain")  # the user's staged file is untouched
+    assert " M a.py" not in git(root, "status", "--porcelain")
 
 
 def test_git_undo_reverts_when_other_commits_followed(tmp_path, monkeypatch):
@@ -320,12 +307,12 @@ def test_git_undo_reverts_when_other_commits_followed(tmp_path, monkeypatch):
     _, fp = read_text_file(f)
     entry = ws.apply([(f, "x = 2\r\n", fp)], "two")
     (root / "b.py").write_text("b\n")
-    _git(root, "add", "b.py")
-    _git(root, "commit", "-q", "-m", "user commit")
+    git(root, "add", "b.py")
+    git(root, "commit", "-q", "-m", "user commit")
     ws.undo()
     assert f.read_bytes() == b"x = 1\r\n"
-    log = _git(root, "log", "--format=%s").split("\n")
-    assert log[0].startswith("Revert") and entry.commit not in _git(root, "rev-parse", "HEAD")
+    log = git(root, "log", "--format=%s").split("\n")
+    assert log[0].startswith("Revert") and entry.commit not in git(root, "rev-parse", "HEAD")
 
 
 def test_git_no_commit(tmp_path, monkeypatch):
@@ -335,7 +322,7 @@ def test_git_no_commit(tmp_path, monkeypatch):
     f = root / "a.py"
     _, fp = read_text_file(f)
     entry = ws.apply([(f, "x = 3\n", fp)], "three")
-    assert entry.commit is None and _git(root, "log", "--format=%s").strip() == "init"
+    assert entry.commit is None and git(root, "log", "--format=%s").strip() == "init"
     ws.undo()
     assert f.read_bytes() == b"x = 1\r\n"
 

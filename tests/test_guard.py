@@ -75,6 +75,9 @@ def test_choose_falls_back_and_says_so_once(cache, capsys, monkeypatch):
 def test_nothing_passing_is_one_clear_error(cache):
     with pytest.raises(PairlineError, match="no way to run this model passed its check.*SIGSEGV.*not finite"):
         guard.choose([fake("segfaulting", "a"), fake("poisoned", "b")], cache)
+    with pytest.raises(PairlineError) as again:  # the refusals recorded: each named once
+        guard.choose([fake("segfaulting", "a"), fake("poisoned", "b")], cache)
+    assert str(again.value).count("not finite") == 1
 
 
 def test_another_cpu_or_model_is_checked_again(cache, monkeypatch):

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from pairline.errors import PairlineError
+from pairline.errors import PairlineError, notice
 
 # Bumped when what the child checks changes, so older verdicts are not trusted for the new check.
 CHECK_VERSION = 1
@@ -290,6 +290,8 @@ def choose(candidates: list[Candidate], path: Path) -> Candidate:
     for c in later:
         if passed:
             break
+        if any(c == seen for seen, _ in verdicts):  # recorded, and refused: already counted
+            continue
         fresh[c] = recorded(c, path) is None
         r = check(c, path)
         verdicts.append((c, r))
@@ -301,8 +303,6 @@ def choose(candidates: list[Candidate], path: Path) -> Candidate:
     best = _fastest(passed)
     for c, r in refused:
         if fresh.get(c):
-            from pairline.errors import notice
-
             notice(f"{c.label} failed its check on this CPU ({r.reason}); {best.label} runs instead "
                    "(remembered; `pairline doctor` lists every check)")
     return best

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -40,7 +41,7 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, DTYPES[name])
 
 
-def _converted_path(source: Path, dtype: torch.dtype, kind: str = "") -> Path:
+def _converted_path(source: Path, dtype: torch.dtype, kind: str = "", ext: str = "safetensors") -> Path:
     """Dequantizing a GGUF takes seconds; the result is kept once per file, dtype and kind, keyed by
     the file's identity, so later starts map it from disk."""
     from pairline.models.fetch import cache_dir
@@ -48,7 +49,7 @@ def _converted_path(source: Path, dtype: torch.dtype, kind: str = "") -> Path:
     st = source.stat()
     key = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     suffix = f"-{kind}" if kind else ""
-    return cache_dir() / "converted" / f"{source.stem}-{key}-{str(dtype).split('.')[-1]}{suffix}.safetensors"
+    return cache_dir() / "converted" / f"{source.stem}-{key}-{str(dtype).split('.')[-1]}{suffix}.{ext}"
 
 
 def load_state(path: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -83,14 +84,20 @@ def _read_cached(path: Path) -> tuple[ModelConfig | None, dict[str, torch.Tensor
 def _write_cached(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
+    _save_to_cache(path, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                                               metadata={"pairline_config": config_to_json(cfg)}))
+
+
+def _save_to_cache(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file beside `path`, then rename it: a reader sees the old file or the new
+    one, never half of one. Quietly: a full disk or a read-only cache only costs start-up time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"pairline_config": config_to_json(cfg)})
+        write(tmp)
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache only costs start-up time
+        pass
 
 
 def config_to_json(cfg: ModelConfig) -> str:
@@ -214,7 +221,7 @@ def build_torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     if quant in (None, "auto"):
         quant = os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
-    prepared = _converted_path(path, torch_dtype, f"{quant}-prepared").with_suffix(".pt") if path.is_file() else None
+    prepared = _converted_path(path, torch_dtype, f"{quant}-prepared", "pt") if path.is_file() else None
     if prepared is not None and prepared.is_file():
         cfg, state = _read_prepared(prepared)
         if cfg is not None:
@@ -242,13 +249,7 @@ def _read_prepared(path: Path) -> tuple[ModelConfig | None, dict[str, torch.Tens
 def _write_prepared(path: Path, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
     import torch
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"config": config_to_json(cfg), "state": state}, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs start-up time
+    _save_to_cache(path, lambda tmp: torch.save({"config": config_to_json(cfg), "state": state}, tmp))
 
 
 def _cuda_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):

@@ -48,6 +48,7 @@ from pairline.bench.peers import (
     make_backend,
     peak_rss_mb,
 )
+from pairline.engine.guard import cpu_description
 from pairline.errors import PairlineError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -367,16 +368,9 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "cores": os.cpu_count(),
     }
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and "cpu_model" not in info:
-                info["cpu_model"] = value.strip()
-            elif key == "flags" and not flags:
-                flags = set(value.split())
+    cpu = cpu_description()  # the crash guard's reading, which keys its checks
+    info["cpu_model"] = cpu["model"]
+    flags = set(cpu["flags"].split())
     info["flags"] = {
         "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,

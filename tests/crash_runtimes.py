@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pairline.engine.runtime import RuntimeDefaults
 
-class TinyRuntime:
+
+class TinyRuntime(RuntimeDefaults):
     """Finite logits from a fixed table: the configuration that passes."""
 
     name = "tiny"

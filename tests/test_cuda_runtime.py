@@ -344,7 +344,7 @@ def test_greedy_stream_matches_stepping_and_rolls_back():
         r.forward(TOKENS[:6], "none")
     expect, tok = [], 42
     for _ in range(8):
-        tok = int(ref.argmax([tok]))
+        tok = int(ref.argmax([tok])[0])
         expect.append(tok)
     assert list(rt.greedy_stream(42, 8)) == expect and rt.n_past == 14
     # stop early: the cache keeps exactly the inputs whose outputs were read
@@ -521,7 +521,7 @@ def test_gpu_greedy_stream_equals_stepping():
         r.forward(list(range(1, 50)), "none")
     tok, expect = 3, []
     for _ in range(64):
-        tok = int(ref.argmax([tok]))
+        tok = int(ref.argmax([tok])[0])
         expect.append(tok)
     assert list(rt.greedy_stream(3, 64)) == expect and rt.n_past == 49 + 64
 

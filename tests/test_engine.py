@@ -198,3 +198,64 @@ def test_context_fills_up_with_length(tokenizer):
     eng = tiny_engine(tokenizer, n_ctx=128)
     g = eng.generate(list(range(100, 220)), SamplingParams(max_tokens=100, ignore_eos=True)).run()
     assert g.finish_reason == "length" and 1 <= len(g.token_ids) <= 9
+
+
+def test_prefill_ahead_gives_the_same_answer_and_leaves_one_token(tokenizer):
+    eng = tiny_engine(tokenizer, n_ctx=4096, prefill_chunk=64)
+    prompt = eng.tokenizer.encode((CODE * 6)[:1500])
+    fresh = _greedy(eng, prompt, n=12, speculation="off")
+    eng.reset()
+    ends = list(eng.prefill(prompt))
+    assert ends == [*range(64, len(prompt), 64), len(prompt)]  # one step per chunk
+    assert eng.cached == prompt
+    assert list(eng.prefill(prompt)) == []  # already cached: nothing to run
+    again = eng.generate(prompt, SamplingParams(max_tokens=12, ignore_eos=True), speculation="off").run()
+    assert again.usage.cached_tokens == len(prompt) - 1  # only the last position ran, for its logits
+    assert again.token_ids == fresh.token_ids
+
+
+def test_prefill_ahead_extends_the_cache_and_stops_when_cancelled(tokenizer):
+    eng = tiny_engine(tokenizer, n_ctx=4096, prefill_chunk=64)
+    prompt = eng.tokenizer.encode((CODE * 6)[:1500])
+    eng.reset()
+    list(eng.prefill(prompt[:100]))
+    cancel = CancelToken()
+    steps = eng.prefill(prompt, cancel=cancel)
+    assert next(steps) == 164  # reuses the 100 cached tokens, then whole chunks from there
+    cancel.cancel()
+    assert list(steps) == []
+    assert eng.cached == prompt[:164] and eng.runtime.n_past == 164
+
+
+class _ArgmaxOnly:
+    """A runtime that answers greedy requests only through argmax (as the CUDA runtime prefers):
+    a logits call for any rows but "none" fails the test."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.argmax_calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    has_argmax = True
+
+    def forward(self, tokens, rows="last", **kw):
+        assert rows == "none", "greedy decoding asked for logits"
+        return self.inner.forward(tokens, rows, **kw)
+
+    def argmax(self, tokens, rows="last"):
+        self.argmax_calls += 1
+        return self.inner.forward(tokens, rows).argmax(-1)
+
+
+def test_greedy_decoding_uses_the_runtimes_argmax(tokenizer):
+    eng = tiny_engine(tokenizer, n_ctx=1024)
+    plain = _greedy(eng, CODE, n=24, speculation="off")
+    guessed = _greedy(eng, CODE, n=24, prediction=plain.token_ids[:12] + [1, 2, 3])
+    eng.runtime = _ArgmaxOnly(eng.runtime)
+    eng.reset()
+    assert _greedy(eng, CODE, n=24, speculation="off").token_ids == plain.token_ids
+    again = _greedy(eng, CODE, n=24, prediction=plain.token_ids[:12] + [1, 2, 3])
+    assert again.token_ids == guessed.token_ids and again.usage.accepted_prediction_tokens > 0
+    assert eng.runtime.argmax_calls > 0

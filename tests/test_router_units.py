@@ -15,10 +15,11 @@ from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
 from pairline.errors import PairlineError
-from pairline.router.app import Router, RouterThread
+from pairline.router.app import RouterThread
 from pairline.router.balance import CircuitBreaker, HashRing, Target, choose
 from pairline.router.classify import classify, classify_messages, count_files
 from pairline.router.config import ClassifyConfig, parse_config
+from pairline.router.core import Router
 from pairline.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,7 +12,7 @@ import pytest
 from websockets.sync.client import connect
 
 from pairline.engine.tokenizer import Tokenizer
-from pairline.server.protocol import MAX_JSON_DEPTH, ProtocolError, parse_json
+from pairline.wire.protocol import MAX_JSON_DEPTH, ProtocolError, parse_json
 from tests.security_helpers import start_router, start_server
 
 TERMINAL = ("response.completed", "response.incomplete", "response.cancelled", "response.failed")

@@ -21,7 +21,7 @@ from pairline.router.app import RouterThread
 from pairline.router.config import parse_config
 from pairline.server.app import ServerThread
 from pairline.server.config import ServerConfig
-from pairline.server.web_guard import WebPolicy, host_of
+from pairline.wire.guard import WebPolicy, host_of
 from tests.engine_helpers import tiny_engine
 from tests.security_helpers import router_toml, start_router, start_server
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pairline.engine.doctor import describe
+from pairline.engine.doctor import configuration_label
 from pairline.engine.guard import preferred_repack
 
 ENGINES = ("pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup", "hf-fp32", "hf-bf16")
@@ -115,20 +115,20 @@ class PairlineBackend:
                 kw["quant"] = quant
         self.engine = load_engine(model, runtime=runtime, n_ctx=n_ctx, **kw)
         rt = self.engine.runtime
-        rt_dtype = getattr(rt, "dtype", None)
+        said = rt.describe()
         self.info = {
             "engine": f"pairline-{runtime}",
-            "runtime": getattr(rt, "name", runtime),
-            "dtype": str(rt_dtype).removeprefix("torch.") if rt_dtype is not None else "gguf",
-            "quant": getattr(rt, "quant", None) or ("gguf" if runtime == "llamacpp" else None),
+            "runtime": rt.name,
+            "dtype": said["dtype"] or "gguf",
+            "quant": said["quant"],
             "load_s": self.engine.load_s,
             "import_s": self.import_s,
             "load_cache": cache,
-            "threads": getattr(rt, "threads", None) or torch.get_num_threads(),
+            "threads": said["threads"] or torch.get_num_threads(),
             "rss_after_load_mb": current_rss_mb(),
             "n_ctx": rt.n_ctx,
-            "verify_slope_hint": getattr(rt, "verify_slope_hint", None),
-            "configuration": describe(rt),  # as the crash guard chose it (pairline doctor lists the checks)
+            "verify_slope_hint": rt.verify_slope_hint,
+            "configuration": configuration_label(rt),  # as the crash guard chose it (pairline doctor lists the checks)
         }
 
     def set_threads(self, threads: int) -> None:

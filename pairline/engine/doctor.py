@@ -135,7 +135,7 @@ def _diagnose_model(report: Report, model: str, *, tune: bool, recheck: bool, ru
             guard.check(guard.Candidate("torch", quant=quant), path)
     engine = load_engine(model, runtime=runtime, n_ctx=512)
     report.model, report.load_s = model, round(engine.load_s, 2)
-    report.configuration = describe(engine.runtime)
+    report.configuration = configuration_label(engine.runtime)
     report.phases = phases_of(report.configuration)
     report.decode_tok_s = round(measure_decode(engine), 1)
     if path.is_file():
@@ -144,7 +144,7 @@ def _diagnose_model(report: Report, model: str, *, tune: bool, recheck: bool, ru
         report.fraction_of_limit = round(report.decode_tok_s / report.limit_tok_s, 3)
 
 
-def describe(runtime) -> str:
+def configuration_label(runtime) -> str:
     """The configuration a loaded runtime is, in the words of the guard's labels."""
     if runtime.name == "llamacpp":
         return guard.Candidate("llamacpp", repack=runtime.repack).label

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from pairline.engine.prefix_store import PrefixStore
-from pairline.engine.runtime import Interrupted, Runtime
+from pairline.engine.runtime import Interrupted, Runtime, common_prefix
 from pairline.engine.sampling import Sampler, SamplingParams
 from pairline.engine.speculative import DraftPolicy, PredictionDraft, PromptLookup, StepCosts
 from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, encode_chat
@@ -191,7 +191,7 @@ class Engine:
         self.cached: list[int] = []  # exactly the tokens whose KV the runtime holds
         self.load_s = 0.0
         # what verify calls cost on this runtime, learned as it runs; shared by forks (same cores)
-        self.step_costs = StepCosts(getattr(runtime, "verify_slope_hint", 0.35))
+        self.step_costs = StepCosts(runtime.verify_slope_hint)
         self.prefix_store: PrefixStore | None = None  # set by load_engine where the runtime saves states
 
     # ---------------------------------------------------------------- public API
@@ -245,6 +245,20 @@ class Engine:
         prompt = self.chat_prompt(messages)
         return self.generate(prompt, params, keep_prefix=self.system_prefix(messages, prompt), **kw)
 
+    def prefill(self, tokens: list[int], *, cancel: CancelToken | None = None) -> Iterator[int]:
+        """Make the KV cache hold `tokens`, reusing the longest prefix it already holds, one chunk of
+        `prefill_chunk` tokens per step: yields how many positions are cached after each chunk.
+        Without holding the lock: the caller takes `engine.lock` around each `next()`, so a
+        scheduler steps other work in between and a server can prefill ahead of a request. Once
+        `cancel` is set it stops at the next chunk's edge (inside a chunk where the runtime is
+        interruptible), the cache holding the chunks done. A later request for these tokens then
+        prefills nothing but its last position (which it needs logits for)."""
+        if not tokens:
+            return
+        keep, shared = self._reuse(tokens, 0, need_logits=False)
+        for end, _ in self._chunks(tokens, keep, shared, cancel or CancelToken(), last="none"):
+            yield end
+
     def fork(self) -> Engine:
         """An engine on the same weights with its own KV cache (a server session's). Forks share
         one lock: they compete for the same cores, so their requests run one at a time."""
@@ -266,9 +280,13 @@ class Engine:
         self.runtime.truncate(n)
         del self.cached[n:]
 
-    def _forward(self, tokens: list[int], rows, cancel: CancelToken | None = None) -> np.ndarray | None:
+    def _forward(self, tokens: list[int], rows, cancel: CancelToken | None = None, ids: bool = False):
+        """Logits for `rows` ([1, V] or [n, V], None for "none"), or with `ids` the greedy ids ([1] or
+        [n]) from the runtime's own argmax, which spares a device runtime shipping logits to the host."""
         try:
-            if cancel is not None and getattr(self.runtime, "interruptible", False):
+            if ids and rows != "none":
+                out = self.runtime.argmax(tokens, rows)
+            elif cancel is not None and self.runtime.interruptible:
                 out = self.runtime.forward(tokens, rows, cancel=cancel)
             else:
                 out = self.runtime.forward(tokens, rows)
@@ -282,33 +300,46 @@ class Engine:
         self.cached.extend(tokens)
         return out
 
-    def _prefill(self, g: Generation) -> np.ndarray | None:
-        """Evaluate the prompt's uncached suffix in chunks; returns the last position's logits."""
-        prompt = g.prompt
-        common = 0
-        for a, b in zip(self.cached, prompt, strict=False):
-            if a != b:
-                break
-            common += 1
-        keep = min(common, len(prompt) - 1)  # at least one token must run to produce logits
+    def _prefill(self, g: Generation, ids: bool) -> np.ndarray | None:
+        """Evaluate the prompt's uncached suffix in chunks; returns the last position's logits (its
+        greedy id, with `ids`), None when cancelled."""
+        keep, shared = self._reuse(g.prompt, g.keep_prefix, need_logits=True)
+        g.usage.cached_tokens = keep
+        end, out = keep, None
+        for step in self._chunks(g.prompt, keep, shared, g.cancel, "last", ids):
+            end, out = step
+        return out[-1] if end == len(g.prompt) else None  # short of the end: cancelled
+
+    def _reuse(self, tokens: list[int], keep_prefix: int, need_logits: bool) -> tuple[int, int]:
+        """Keep the cached prefix `tokens` starts with (restoring a saved system prompt's KV where
+        that is longer). Returns (positions kept, the shared prefix's length where it is still to
+        be computed and saved, else 0)."""
+        common = common_prefix(self.cached, tokens)
+        keep = min(common, len(tokens) - 1) if need_logits else common  # logits need one token run
         self._truncate(keep)
-        shared = g.keep_prefix if 0 < g.keep_prefix < len(prompt) and self.prefix_store else 0
-        if keep < shared and self._restore(prompt[:shared]):
+        shared = keep_prefix if 0 < keep_prefix < len(tokens) and self.prefix_store else 0
+        if keep < shared and self._restore(tokens[:shared]):
             keep = shared
         keep = min(keep, len(self.cached))  # a state the runtime refused leaves the cache empty
-        g.usage.cached_tokens = keep
-        cuts = sorted({*range(keep, len(prompt), self.prefill_chunk), *([shared] if keep < shared else [])})
-        logits = None
-        for start, end in zip(cuts, [*cuts[1:], len(prompt)], strict=True):
-            if g.cancel.cancelled:
-                return None
+        return keep, shared if keep < shared else 0
+
+    def _chunks(self, tokens: list[int], keep: int, shared: int, cancel: CancelToken, last: str,
+                ids: bool = False) -> Iterator[tuple[int, np.ndarray | None]]:
+        """Run tokens[keep:] in chunks (cut at `shared` too, to save its KV); yields (end, output) per
+        chunk, `last` rows for the final one. Stops early, quietly, once `cancel` is set."""
+        if keep >= len(tokens):
+            return  # all cached already
+        cuts = sorted({*range(keep, len(tokens), self.prefill_chunk), *([shared] if shared else [])})
+        for start, end in zip(cuts, [*cuts[1:], len(tokens)], strict=True):
+            if cancel.cancelled:
+                return
             try:
-                logits = self._forward(prompt[start:end], "last" if end == len(prompt) else "none", g.cancel)
+                out = self._forward(tokens[start:end], last if end == len(tokens) else "none", cancel, ids)
             except Interrupted:
-                return None
+                return
             if end == shared:
-                self.prefix_store.save(prompt[:shared], self.runtime.save_state())
-        return logits[-1]
+                self.prefix_store.save(tokens[:shared], self.runtime.save_state())
+            yield end, out
 
     def _restore(self, tokens: list[int]) -> bool:
         """Load the saved KV of `tokens` into the (empty) cache; False when none is stored."""
@@ -332,15 +363,16 @@ class Engine:
 
     def _draft_cap(self) -> int:
         """A batch-invariant runtime is exact only for calls up to its `exact_rows` tokens."""
-        exact = getattr(self.runtime, "exact_rows", 0)
+        exact = self.runtime.exact_rows
         return exact - 1 if exact else 1 << 30
 
-    def _verify(self, sampler: Sampler, drafts: list[int], logits: np.ndarray) -> tuple[int, int]:
-        """logits[i] predicts the token after drafts[:i]. Returns (accepted drafts, next token).
-        Greedy: accept while the draft is the argmax. Sampling: a draft is one certain proposal,
-        so accept it with probability p(draft), else draw from p without it (lossless)."""
+    def _verify(self, sampler: Sampler, drafts: list[int], logits: np.ndarray, ids: bool) -> tuple[int, int]:
+        """logits[i] predicts the token after drafts[:i] (with `ids`, it is that row's greedy id).
+        Returns (accepted drafts, next token). Greedy: accept while the draft is the argmax.
+        Sampling: a draft is one certain proposal, so accept it with probability p(draft), else
+        draw from p without it (lossless)."""
         if sampler.params.greedy:
-            best = np.argmax(logits, axis=-1).tolist()
+            best = [int(t) for t in logits] if ids else np.argmax(logits, axis=-1).tolist()
             n = 0
             while n < len(drafts) and drafts[n] == best[n]:
                 n += 1
@@ -363,6 +395,7 @@ class Engine:
         stream = _TextStream(tok, p.stop)
         sampler = Sampler(p)
         g.usage.prompt_tokens = len(g.prompt)
+        ids = p.greedy and self.runtime.has_argmax  # greedy ids come from the runtime, not its logits
 
         def finish(reason: str) -> Iterator[TokenEvent]:
             g.finish_reason = reason
@@ -371,14 +404,14 @@ class Engine:
             if tail:
                 yield TokenEvent(-1, tail, len(g.token_ids), time.perf_counter() - t0)
 
-        logits = self._prefill(g)
+        logits = self._prefill(g, ids)
         t_prefill = time.perf_counter()
         g.timings.prefill_s = t_prefill - t0
         if logits is None:
             yield from self._cancelled(g, finish)
             return
         drafter, policy = self._drafter(g)
-        next_tok = sampler.sample(logits)
+        next_tok = int(logits) if ids else sampler.sample(logits)
         t_first = time.perf_counter()
         g.timings.ttft_s = t_first - t0
         pending = [next_tok]  # sampled, not yet in the KV
@@ -417,13 +450,13 @@ class Engine:
                 n_before = self.runtime.n_past
                 t_step = time.perf_counter()
                 try:
-                    logits = self._forward([last, *drafts], "all" if drafts else "last", g.cancel)
+                    logits = self._forward([last, *drafts], "all" if drafts else "last", g.cancel, ids)
                 except Interrupted:
                     yield from self._cancelled(g, finish)
                     return
                 self.step_costs.record(1 + len(drafts), time.perf_counter() - t_step)
                 g.timings.forward_calls += 1
-                accepted, next_tok = self._verify(sampler, drafts, logits)
+                accepted, next_tok = self._verify(sampler, drafts, logits, ids)
                 g.steps.append((len(drafts), accepted))
                 if drafts:
                     self._truncate(n_before + 1 + accepted)

@@ -33,7 +33,7 @@ from pathlib import Path
 from pairline.errors import PairlineError, notice
 
 # Bumped when what the child checks changes, so older verdicts are not trusted for the new check.
-CHECK_VERSION = 1
+CHECK_VERSION = 2  # 2: the child is pairline.engine.guard_child
 CHECK_TIMEOUT_S = 300.0  # a first torch int8 conversion of a 1.5B model takes a minute on 2 cores
 PROBE_PREFILL = 128  # tokens: the prefill-shaped call (a batched GEMM path)
 PROBE_VERIFY = 8  # tokens with every row's logits: the verify-shaped call
@@ -52,7 +52,7 @@ class Candidate:
     repack: bool | None = None  # llamacpp: llama.cpp's "extra buffer types" (CPU_REPACK, AMX)
     dtype: str | None = None  # torch: bf16 | fp32
     quant: str | None = None  # torch: int8 | none
-    target: str = "pairline.engine.guard:open_runtime"
+    target: str = "pairline.engine.guard_child:open_runtime"
 
     @property
     def label(self) -> str:
@@ -194,7 +194,7 @@ def check(candidate: Candidate, path: Path) -> Checked:
 
 def _run_child(candidate: Candidate, path: Path) -> Checked:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "pairline.engine.guard", json.dumps({"candidate": asdict(candidate),
+    cmd = [sys.executable, "-m", "pairline.engine.guard_child", json.dumps({"candidate": asdict(candidate),
                                                                       "path": str(path)})]
     env = dict(os.environ, PYTHONFAULTHANDLER="1")  # a native fault prints its Python stack to stderr
     try:
@@ -322,69 +322,3 @@ def preferred_repack(path: Path) -> bool:
     """Whether llama.cpp should repack this model's weights here: only where that passed its check,
     and only where it measured faster than the plain layout."""
     return bool(choose([Candidate("llamacpp", repack=True), Candidate("llamacpp", repack=False)], path).repack)
-
-
-# ---------------------------------------------------------------------------------- the child
-
-
-def open_runtime(path: Path, options: dict, n_ctx: int):
-    """Build the runtime a Candidate names (used in the child, with the configuration forced)."""
-    if options["runtime"] == "llamacpp":
-        from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
-
-        return LlamaCppRuntime(path, n_ctx=n_ctx, repack=bool(options["repack"]))
-    if options["runtime"] == "torch":
-        from pairline.engine.load import build_torch_runtime
-
-        return build_torch_runtime(path, n_ctx, options.get("dtype"), "cpu", options.get("quant"))
-    raise PairlineError(f"unknown runtime {options['runtime']!r}")
-
-
-def _resolve(target: str):
-    import importlib
-
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def probe(runtime) -> dict:
-    """Exercise the kernels a turn uses (a prefill chunk, a verify call, decode steps) and time them."""
-    import numpy as np
-
-    vocab = runtime.vocab_size
-    tokens = [(7919 * i + 13) % vocab for i in range(PROBE_PREFILL + PROBE_VERIFY + PROBE_STEPS)]
-    half = PROBE_PREFILL // 2
-    chunks, outs = [], []  # two prefill-shaped calls; the faster counts, as a check may share the cores
-    for start, rows in ((0, "none"), (half, "last")):
-        t0 = time.perf_counter()
-        outs.append(runtime.forward(tokens[start : start + half], rows))
-        chunks.append(time.perf_counter() - t0)
-    outs = outs[1:]
-    outs.append(runtime.forward(tokens[PROBE_PREFILL : PROBE_PREFILL + PROBE_VERIFY], "all"))
-    steps = []
-    for t in tokens[PROBE_PREFILL + PROBE_VERIFY :]:
-        t1 = time.perf_counter()
-        outs.append(runtime.forward([t], "last"))
-        steps.append(time.perf_counter() - t1)
-    if not all(o is not None and np.isfinite(o).all() for o in outs):
-        return {"ok": False, "reason": "logits are not finite"}
-    return {"ok": True, "prefill_tok_s": round(half / min(chunks), 1),
-            "step_ms": round(1000 * sorted(steps)[len(steps) // 2], 2)}
-
-
-def _child(spec: dict) -> int:
-    candidate = Candidate(**spec["candidate"])
-    t0 = time.perf_counter()
-    try:
-        runtime = _resolve(candidate.target)(Path(spec["path"]), candidate.options(), PROBE_PREFILL * 4)
-        load_s = time.perf_counter() - t0
-        result = probe(runtime)
-    except Exception as err:  # a refusal the runtime could say in words: still a refusal
-        result = {"ok": False, "reason": f"{type(err).__name__}: {str(err)[:200]}"}
-        load_s = None
-    print(json.dumps({**result, "load_s": load_s and round(load_s, 3)}), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(json.loads(sys.argv[1])))

@@ -193,7 +193,7 @@ def load_engine(
         raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
     # on a GPU a 256-token prefill chunk is mostly launch overhead; cancel still lands between chunks
     engine = Engine(rt, tokenizer, model_name=model, prefill_chunk=2048 if device.startswith("cuda") else 256)
-    if hasattr(rt, "save_state") and path.is_file():
+    if rt.saves_state and path.is_file():
         engine.prefix_store = PrefixStore.for_model(path, rt.state_id)
     engine.load_s = time.perf_counter() - t0
     return engine

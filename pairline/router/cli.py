@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pairline.server.cli import add_web_options, warn_if_exposed
+from pairline.wire.listen import add_web_options, bind_socket, warn_if_exposed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,9 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from pairline.router.app import Router, build_app, make_uvicorn
+    from pairline.router.app import build_app, make_uvicorn
     from pairline.router.config import load_config
-    from pairline.server.cli import bind_socket
+    from pairline.router.core import Router
 
     cfg = load_config(args.config)
     cfg.host = args.host or cfg.host

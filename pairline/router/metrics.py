@@ -1,12 +1,12 @@
-"""The router's Prometheus metrics, labelled by tier and backend. Histograms reuse the server's
-`Histogram` (same buckets, same text format); everything is touched from the event loop only,
+"""The router's Prometheus metrics, labelled by tier and backend. Histograms are the server's kind
+(pairline.wire.metrics: same buckets, same text format); everything is touched from the event loop only,
 so no lock. The request ledger is here too: accepted = completed + errored + cancelled."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from pairline.server.metrics import Histogram, family
+from pairline.wire.metrics import Histogram, family
 
 P = "pairline:router_"
 

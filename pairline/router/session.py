@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import httpx
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pairline.router.app import Attempt, Ledger, Router, check_mode, served_by
 from pairline.router.backends import (
     RETRY_CODES,
     TERMINAL,
@@ -37,7 +36,8 @@ from pairline.router.backends import (
     sse_events,
 )
 from pairline.router.classify import Route
-from pairline.server.protocol import (
+from pairline.router.core import Attempt, Ledger, Router, check_mode, served_by
+from pairline.wire.protocol import (
     CANCEL_FIELDS,
     FINAL_EVENT,
     SAMPLING_FIELDS,
@@ -57,7 +57,7 @@ from pairline.server.protocol import (
     session_body,
     usage_responses,
 )
-from pairline.server.ws import CLOSE_POLICY, SessionSocket, client_messages
+from pairline.wire.session_socket import CLOSE_POLICY, SessionSocket, Turn, active_turn, client_messages
 
 log = logging.getLogger("pairline.router")
 
@@ -67,7 +67,7 @@ _OUTCOME = {"response.completed": "completed", "response.incomplete": "completed
 
 
 @dataclass(slots=True, eq=False)
-class Turn:
+class RouterTurn(Turn):
     """One response.create at the router: one accepted request, however many backend responses
     (steers) and attempts it takes."""
 
@@ -90,6 +90,12 @@ class Turn:
     response_id: str | None = None  # the response the client knows of, once shown
     concluded: bool = False
 
+    def current_response(self) -> str | None:
+        return self.response_id
+
+    def in_progress(self) -> bool:
+        return not (self.concluded or (self.cancel and not self.steer and not self.steer_sent))
+
 
 class RouterSession(SessionSocket):
     def __init__(self, ws: WebSocket, router: Router):
@@ -103,7 +109,7 @@ class RouterSession(SessionSocket):
         self.history: list[dict] = []  # user and assistant messages, in order
         self.last_response_id: str | None = None
         self.links: dict[str, WsLink] = {}
-        self.turn: Turn | None = None
+        self.turn: RouterTurn | None = None
         self.turn_task: asyncio.Task | None = None
         self.last_active = time.monotonic()  # the client's last event, or the end of the last turn
 
@@ -160,21 +166,13 @@ class RouterSession(SessionSocket):
         ledger = self.r.admit(route.tier)
         if ledger is None:
             raise self.r.busy_error(route.tier)
-        self.turn = Turn(ledger, mode, route, req.messages, sampling, ev.get("prediction"), req.metadata,
-                         req.event_id, self.last_response_id)
+        self.turn = RouterTurn(ledger, mode, route, req.messages, sampling, ev.get("prediction"), req.metadata,
+                               req.event_id, self.last_response_id)
         self.turn_task = asyncio.create_task(self.run_turn(self.turn))
-
-    def _active(self, response_id, code: str) -> Turn:
-        turn = self.turn
-        if turn is None or turn.concluded or (turn.cancel and not turn.steer and not turn.steer_sent):
-            raise ProtocolError("there is no response in progress", code=code)
-        if response_id is not None and response_id != turn.response_id:
-            raise ProtocolError(f"response {response_id!r} is not in progress", code=code, param="response_id")
-        return turn
 
     async def on_response_cancel(self, ev: dict) -> None:
         check_fields(ev, CANCEL_FIELDS, "response.cancel")
-        turn = self._active(ev.get("response_id"), "response_cancel_not_active")
+        turn = active_turn(self.turn, ev.get("response_id"), "response_cancel_not_active")
         turn.cancel = True
         turn.steer.clear()
         if turn.link is not None and turn.sent:
@@ -184,7 +182,8 @@ class RouterSession(SessionSocket):
 
     async def on_response_steer(self, ev: dict) -> None:
         messages = parse_steer(ev)
-        turn = self._active(ev.get("response_id") or ev.get("previous_response_id"), "response_steer_not_active")
+        turn = active_turn(self.turn, ev.get("response_id") or ev.get("previous_response_id"),
+                           "response_steer_not_active")
         if turn.link is not None and turn.sent and not turn.link.closed:
             turn.steer_sent += messages
             with contextlib.suppress(ConnectionError):
@@ -195,7 +194,7 @@ class RouterSession(SessionSocket):
 
     # ------------------------------------------------------------ turns
 
-    def conclude(self, turn: Turn, outcome: str, ok: bool | None) -> None:
+    def conclude(self, turn: RouterTurn, outcome: str, ok: bool | None) -> None:
         """The turn is over: counted, its backend released, the session free for the next turn.
         Runs before the final event goes out, so a client may send its next turn the moment it
         arrives (and /metrics already counts this one)."""
@@ -214,7 +213,7 @@ class RouterSession(SessionSocket):
         link = self.links.get(tier)
         return link.backend if link is not None and not link.closed else None
 
-    async def run_turn(self, turn: Turn) -> None:
+    async def run_turn(self, turn: RouterTurn) -> None:
         last: Retryable | None = None
         try:
             async for att in self.r.attempts(turn.route.tier, self.key, self.prefer):
@@ -249,7 +248,7 @@ class RouterSession(SessionSocket):
         finally:
             self.conclude(turn, "cancelled", None)
 
-    async def _cancelled_unseen(self, turn: Turn) -> None:
+    async def _cancelled_unseen(self, turn: RouterTurn) -> None:
         """Cancelled while no backend had shown anything: a response that never ran."""
         state = ResponseState(self.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
         state.status = "cancelled"
@@ -257,11 +256,11 @@ class RouterSession(SessionSocket):
         await self.send("response.created", response={**state.to_dict(), "status": "in_progress"})
         await self.send("response.cancelled", response=state.to_dict())
 
-    def _commit(self, turn: Turn, text: str, response_id: str) -> None:
+    def _commit(self, turn: RouterTurn, text: str, response_id: str) -> None:
         self.history += turn.new_msgs + [{"role": "assistant", "content": text}]
         self.last_response_id = response_id
 
-    async def _broken(self, turn: Turn, info: dict, response: dict | None, text: str, why: str) -> None:
+    async def _broken(self, turn: RouterTurn, info: dict, response: dict | None, text: str, why: str) -> None:
         """A backend died after the client saw part of the answer: say so, end the response as failed."""
         b = info["backend"]
         log.info("router: session %s: backend %s failed mid-response: %s", self.id, b, why)
@@ -275,7 +274,7 @@ class RouterSession(SessionSocket):
 
     # -------- a pairline backend: its own session, events relayed
 
-    async def turn_ws(self, turn: Turn, att: Attempt) -> None:
+    async def turn_ws(self, turn: RouterTurn, att: Attempt) -> None:
         r, b = self.r, att.backend
         link = self.links.get(att.tier)
         if link is None or link.backend is not b or not link.usable():
@@ -366,7 +365,7 @@ class RouterSession(SessionSocket):
 
     # -------- an OpenAI-compatible backend: the conversation resent, SSE translated
 
-    async def turn_http(self, turn: Turn, att: Attempt) -> None:
+    async def turn_http(self, turn: RouterTurn, att: Attempt) -> None:
         r, b = self.r, att.backend
         info = served_by(att, turn.mode, turn.route)
         shown = False  # has the client seen a response of this turn yet (then failures are visible)
@@ -403,7 +402,7 @@ class RouterSession(SessionSocket):
                 return
             shown = shown or again
 
-    async def _relay_sse(self, turn: Turn, att: Attempt, info: dict, resp: httpx.Response, t0: float,
+    async def _relay_sse(self, turn: RouterTurn, att: Attempt, info: dict, resp: httpx.Response, t0: float,
                          shown: bool) -> bool | None:
         """One backend response as the session's events. Returns None when the turn is over, or
         whether the client has seen a response when a steer asks for a successor."""
@@ -496,7 +495,7 @@ class RouterSession(SessionSocket):
         await self.send(final, response=state.to_dict(), pairline=info)
         return None
 
-    async def _next(self, queue: asyncio.Queue, turn: Turn, timeout: float) -> tuple[str, object]:
+    async def _next(self, queue: asyncio.Queue, turn: RouterTurn, timeout: float) -> tuple[str, object]:
         get = asyncio.ensure_future(queue.get())
         stop = asyncio.ensure_future(turn.stop.wait())
         try:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -19,14 +15,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from pairline.engine.generate import Engine
-from pairline.server.cli import bind_socket
 from pairline.server.config import ServerConfig
 from pairline.server.metrics import Metrics
-from pairline.server.openai_http import HttpApi, error_response
-from pairline.server.protocol import ProtocolError, api_key_error, bearer_ok
-from pairline.server.scheduler import Scheduler, _free_ram, kv_bytes
-from pairline.server.web_guard import WebGuard, WebPolicy
-from pairline.server.ws import CLOSE_GOING_AWAY, websocket_endpoint
+from pairline.server.openai_http import HttpApi
+from pairline.server.scheduler import Scheduler, free_ram
+from pairline.server.ws import websocket_endpoint
+from pairline.wire.asgi import UvicornThread, uvicorn_config
+from pairline.wire.guard import WebGuard, WebPolicy
+from pairline.wire.openai import error_response
+from pairline.wire.protocol import ProtocolError, api_key_error, bearer_ok
+from pairline.wire.session_socket import CLOSE_GOING_AWAY
 
 log = logging.getLogger("pairline.server")
 
@@ -40,13 +38,13 @@ class PairlineServer:
         self.model_name = engine.model_name
         self.started = int(time.time())
         self.metrics = Metrics(self.model_name)
-        per_fork = kv_bytes(engine)
-        budget = cfg.kv_budget_bytes if cfg.kv_budget_bytes is not None else _free_ram() // 4
+        per_fork = engine.runtime.kv_bytes
+        budget = cfg.kv_budget_bytes if cfg.kv_budget_bytes is not None else free_ram() // 4
         self.max_slots = max(1, min(cfg.max_sessions, budget // per_fork if per_fork else cfg.max_sessions))
         self.scheduler = Scheduler(engine, self.metrics, self.max_slots, cfg.max_queue)
         self.connections: set = set()
         self.shutting_down = False
-        self.runtime = getattr(engine.runtime, "name", type(engine.runtime).__name__)
+        self.runtime = engine.runtime.name
         log.info("server: %s on the %s runtime, n_ctx %d, at most %d KV caches resident (%s each)", self.model_name,
                  self.runtime, engine.runtime.n_ctx, self.max_slots,
                  f"{per_fork / 2**20:.0f} MiB" if per_fork else "size unknown")
@@ -175,64 +173,10 @@ class UvicornServer(uvicorn.Server):
             self.should_exit = True
 
 
-def uvicorn_config(app: Starlette, host: str, port: int, log_level: str, max_message_bytes: int,
-                   graceful_s: float) -> uvicorn.Config:
-    """uvicorn as the server and the router both run it: no access log (each logs its own lines),
-    WebSocket frames allowed well past the message limit (so an oversized message is answered with
-    the protocol's message_too_large error, not a dropped connection), no pings (sessions have their
-    own idle timeout)."""
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                          ws_max_size=max(max_message_bytes * 4, 1 << 20), ws_ping_interval=None,
-                          timeout_graceful_shutdown=graceful_s)
-
-
 def make_uvicorn(app: Starlette, host: str, port: int, log_level: str = "info") -> UvicornServer:
     cfg = app.state.pairline.cfg
     config = uvicorn_config(app, host, port, log_level, cfg.max_message_bytes, cfg.shutdown_grace_s + 1)
     return UvicornServer(config, app.state.pairline)
-
-
-LOOPBACK = "127.0.0.1"
-_T = TypeVar("_T", bound="UvicornThread")
-
-
-class UvicornThread:
-    """A uvicorn server on a free loopback port, in a daemon thread: the base of ServerThread and the
-    router's RouterThread (tests, benchmarks, in-process backends). `make(host, port)` builds the server."""
-
-    what = "the server"  # named in the error when it does not start
-
-    def __init__(self, make: Callable[[str, int], uvicorn.Server]):
-        self.sock = bind_socket(LOOPBACK, 0)  # port 0: the OS picks a free port, and it stays ours from now on
-        self.port = self.sock.getsockname()[1]
-        self.uv = make(LOOPBACK, self.port)
-        self.thread = threading.Thread(target=lambda: self.uv.run(sockets=[self.sock]), daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{LOOPBACK}:{self.port}/v1/responses"
-
-    def __enter__(self: _T) -> _T:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.uv.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError(f"{self.what} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        """What SIGTERM does to the process, then wait for the thread. (uvicorn re-raises a signal it
-        was handed only in the main thread, which this is not.)"""
-        self.uv.handle_exit(signal.SIGTERM, None)
-        self.thread.join(15)
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class ServerThread(UvicornThread):

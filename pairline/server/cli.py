@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
+
+from pairline.wire.listen import add_web_options, bind_socket, warn_if_exposed
 
 API_KEY_ENV = "PAIRLINE_API_KEY"  # the same variable the clients (`--server`) send their key from
 
@@ -66,35 +67,3 @@ def api_key(args: argparse.Namespace) -> str | None:
     """--api-key, else $PAIRLINE_API_KEY, else None (no key)."""
     return args.api_key or os.environ.get(API_KEY_ENV) or None
 
-
-def add_web_options(p: argparse.ArgumentParser) -> None:
-    """What web pages and names get in (docs/server.md, "Threat model"); `pairline route` has them too."""
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="a host name clients use to reach this server (repeatable; '*' for any). Loopback names and "
-                   "IP addresses are always accepted; other names are refused, against DNS rebinding")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                   help="a web origin (https://app.example:8443) whose pages may use this server (repeatable; '*' for "
-                   "any). Pages on loopback names are always allowed; other pages are refused")
-
-
-def warn_if_exposed(host: str, key: str | None, what: str, remedy: str) -> None:
-    """A bind beyond this machine with no key: anyone who can reach the port drives the model."""
-    if key is None and host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-        logging.getLogger("pairline.server").warning(
-            "%s listens on %s with no API key: anyone who can reach this port can use it (%s)", what, host, remedy)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening address taken now, before anything slow: a taken port fails at once, clearly.
-    `pairline serve`, `pairline route` and the test threads (port 0) all bind through it."""
-    from pairline.errors import PairlineError
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise PairlineError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-    return sock

@@ -1,12 +1,12 @@
-"""OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions (SSE or not), /v1/models.
-Wire formats match OpenAI's field for field; pairline adds `timings` (the server's own) to the
-final chunk or body. Requests share the engine through the scheduler; their KV goes to the
-prefix cache, so a request repeating an earlier prefix prefills only the rest."""
+"""The server's OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions (SSE or not),
+/v1/models. Wire formats (pairline.wire.openai) match OpenAI's field for field; pairline adds
+`timings` (the server's own) to the final chunk or body. Requests share the engine through the
+scheduler; their KV goes to the prefix cache, so a request repeating an earlier prefix prefills
+only the rest."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -15,18 +15,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
-from pairline.server.protocol import (
-    ProtocolError,
-    check_fields,
-    new_id,
-    opt_int,
-    opt_number,
-    parse_json,
-    parse_prediction,
-    text_of,
-)
 from pairline.server.scheduler import Job, QueueFull
-from pairline.server.ws import _engine_error
+from pairline.server.ws import engine_error
+from pairline.wire.openai import (
+    SSE_DONE,
+    SSE_HEADERS,
+    chat_messages,
+    completion_prompt,
+    error_response,
+    read_json,
+    sse_data,
+)
+from pairline.wire.protocol import ProtocolError, check_fields, new_id, opt_int, opt_number, parse_prediction
 
 log = logging.getLogger("pairline.server")
 
@@ -42,46 +42,10 @@ _NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.
             "response_format": ({"type": "text"},), "logit_bias": ({},), "suffix": ("",)}
 
 
-def error_response(err: ProtocolError, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": err.to_error()}, status_code=err.status, headers=headers)
-
-
-# Server-Sent Events, as the server and the router both stream them. No caching, and no buffering by a
-# proxy in between (nginx honours X-Accel-Buffering), so each chunk reaches the client as it is made.
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse_data(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-
 def fingerprint(model: str) -> str:
     import hashlib
 
     return "fp_" + hashlib.sha256(f"pairline|{model}".encode()).hexdigest()[:10]
-
-
-async def read_json(request: Request, limit: int) -> dict:
-    """The request's JSON object. A body over `limit` bytes is refused from its Content-Length before
-    any of it is read, or, sent without one (chunked), as soon as what arrived passes the limit: at
-    most `limit` bytes are ever held. (uvicorn stops reading the socket while a body waits unread.)"""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(f"request body of {int(declared)} bytes", limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large("request body", limit)
-    data = parse_json(bytes(body), "request body")
-    if not isinstance(data, dict):
-        raise ProtocolError("request body must be a JSON object", code="invalid_json")
-    return data
-
-
-def _too_large(what: str, limit: int) -> ProtocolError:
-    return ProtocolError(f"{what} exceeds the limit of {limit} bytes", code="request_too_large", status=413)
 
 
 def _sampling(body: dict, server, max_field: str, default_max: int) -> SamplingParams:
@@ -101,34 +65,6 @@ def _sampling(body: dict, server, max_field: str, default_max: int) -> SamplingP
     return SamplingParams(max_tokens=max_tokens, temperature=temperature or 0.0, top_p=top_p or 1.0,
                           top_k=opt_int(body, "top_k", 0, 1 << 20) or 0, seed=opt_int(body, "seed", -(2**63), 2**63),
                           stop=tuple(stop))
-
-
-def chat_messages(body: dict, check_roles: bool = True) -> list[dict]:
-    """Chat Completions `messages` -> [{"role", "content": str}]. `check_roles=False` (the router):
-    any role passes, for the backend to judge; an OpenAI-compatible one may take roles pairline does not."""
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise ProtocolError("'messages' must be a non-empty list", code="invalid_value", param="messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise ProtocolError(f"messages[{i}] must be an object", code="invalid_type", param=f"messages[{i}]")
-        role = {"developer": "system"}.get(m.get("role"), m.get("role"))
-        if check_roles and role not in ("system", "user", "assistant"):
-            raise ProtocolError(f"messages[{i}].role {m.get('role')!r} is not supported", code="invalid_value",
-                                param=f"messages[{i}].role")
-        out.append({"role": role, "content": text_of(m.get("content") or "", f"messages[{i}].content")})
-    return out
-
-
-def completion_prompt(body: dict) -> str:
-    """Completions `prompt`: one non-empty string (a list of exactly one is taken too)."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise ProtocolError("'prompt' must be a non-empty string", code="invalid_value", param="prompt")
-    return prompt
 
 
 class HttpApi:
@@ -236,7 +172,7 @@ class _Reply:
                         first = False
                     continue
                 if kind == "error":
-                    err = _engine_error(payload)
+                    err = engine_error(payload)
                     self.server.metrics.error(err.code)
                     self.request.state.log = err.code
                     yield sse_data({"error": err.to_error()})
@@ -269,7 +205,7 @@ class _Reply:
             if kind not in (None, "token"):
                 break
         if kind == "error":
-            err = _engine_error(payload)
+            err = engine_error(payload)
             self.server.metrics.error(err.code)
             self.request.state.log = err.code
             return error_response(err)

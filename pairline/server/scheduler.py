@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pairline.engine.generate import CancelToken, Engine, Generation, TokenEvent
+from pairline.engine.runtime import common_prefix
 from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
 from pairline.server.metrics import Metrics
@@ -24,7 +25,7 @@ from pairline.server.metrics import Metrics
 log = logging.getLogger("pairline.server")
 
 
-PIECE = 512  # tokens of a long prefill run as one scheduler step (a multiple of the engine's 256-token chunk)
+PIECE = 512  # tokens of a long prefill run as one scheduler step (whole engine chunks, at least this many)
 
 
 class QueueFull(Exception):
@@ -97,30 +98,7 @@ class Job:
         }
 
 
-def kv_bytes(engine: Engine) -> int:
-    """Bytes of one fork's KV cache (K and V, every layer, n_ctx positions)."""
-    rt = engine.runtime
-    cfg = getattr(rt, "cfg", None)
-    if cfg is not None:
-        itemsize = getattr(getattr(rt, "dtype", None), "itemsize", 2)
-        return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * rt.n_ctx * itemsize
-    path = getattr(rt, "path", None)  # llama.cpp: read the shapes from the GGUF; its KV cache is f16
-    if path is None or not str(path).endswith(".gguf"):
-        return 0
-    try:
-        from pairline.engine.tokenizer import read_gguf_metadata
-
-        md = read_gguf_metadata(path)
-        arch = md["general.architecture"]
-        heads = int(md[f"{arch}.attention.head_count"])
-        kv_heads = int(md.get(f"{arch}.attention.head_count_kv", heads))
-        head_dim = int(md.get(f"{arch}.attention.key_length") or int(md[f"{arch}.embedding_length"]) // heads)
-        return 2 * int(md[f"{arch}.block_count"]) * kv_heads * head_dim * rt.n_ctx * 2
-    except (KeyError, ValueError, OSError, PairlineError):
-        return 0
-
-
-def _free_ram() -> int:
+def free_ram() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
@@ -156,7 +134,7 @@ class KVPool:
             best, best_len = None, 0
             for s in self.slots:
                 if not s.busy and s.owner in ("http", None):
-                    n = _common_prefix(s.engine.cached, prompt)
+                    n = common_prefix(s.engine.cached, prompt)
                     if n > best_len:
                         best, best_len = s, n
             # reuse a cache the prompt mostly extends; one it would mostly overwrite is worth more kept
@@ -164,7 +142,7 @@ class KVPool:
                 return self._take(best, owner)
         free = [s for s in self.slots if s.owner is None and not s.busy]
         if free:  # a spare, or the cache of a session that ended
-            return self._take(max(free, key=lambda s: _common_prefix(s.engine.cached, prompt)), owner)
+            return self._take(max(free, key=lambda s: common_prefix(s.engine.cached, prompt)), owner)
         if len(self.slots) < self.max_slots:
             return self._take(self._new_slot(), owner)
         idle = [s for s in self.slots if not s.busy]
@@ -197,15 +175,6 @@ class KVPool:
     def release(self, slot: Slot) -> None:
         slot.busy = False
         slot.last_used = time.monotonic()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Scheduler:
@@ -339,7 +308,7 @@ class Scheduler:
         job.t_start = time.perf_counter()
         self.metrics.observe("queue", job.t_start - job.t_submit)
         if job.cancel.cancelled:
-            self._emit(job, "error", _Cancelled())
+            self._emit(job, "error", CancelledWhileQueued())
             return
         try:
             job.prompt = job.make_prompt()
@@ -362,24 +331,22 @@ class Scheduler:
 
     def _pieces_then_steps(self, job: Job) -> Iterator[TokenEvent | None]:
         """A long uncached prompt is prefilled in pieces of PIECE tokens, each one step (None), so other
-        sessions keep streaming while it loads; then the generation's own steps. Piece ends fall on the
-        engine's chunk boundaries, so the KV, and the answer, are the same as in one prefill."""
+        sessions keep streaming while it loads; then the generation's own steps. The pieces stop at
+        the start of the prompt's last chunk: the chunks are cut where one prefill would cut them,
+        so the KV, and the answer, are the same."""
         engine, prompt = job.gen.engine, job.prompt
-        common = _common_prefix(engine.cached, prompt)
-        cached = min(common, len(prompt) - 1)
+        cached = min(common_prefix(engine.cached, prompt), len(prompt) - 1)
         if len(prompt) - cached > PIECE + PIECE // 2:
             t0 = time.perf_counter()
-            one = SamplingParams(max_tokens=1)
-            for end in range(cached + PIECE, len(prompt) - PIECE // 2, PIECE):
-                if job.cancel.cancelled:
-                    break
-                steps = engine.generate(prompt[:end], one, speculation="off", cancel=job.cancel).stepwise()
-                for _ in steps:  # prefill to `end`; its one sampled token is thrown away
-                    break
-                steps.close()
-                job.prefill_pieces += 1
-                job.piece_s = time.perf_counter() - t0
-                yield None
+            chunk = engine.prefill_chunk
+            ahead = prompt[: cached + (len(prompt) - cached - 1) // chunk * chunk]
+            done = cached
+            for end in engine.prefill(ahead, cancel=job.cancel):
+                if end - done >= PIECE or end == len(ahead):
+                    done = end
+                    job.prefill_pieces += 1
+                    job.piece_s = time.perf_counter() - t0
+                    yield None
             job.cached_before = cached
         yield from job.gen.stepwise()
 
@@ -445,5 +412,5 @@ class Scheduler:
             self.pool.release(job.slot)
 
 
-class _Cancelled(Exception):
+class CancelledWhileQueued(Exception):
     """A job cancelled while it was still waiting in the queue."""

@@ -9,7 +9,7 @@ import time
 
 from pairline.engine.generate import Generation
 from pairline.engine.tokenizer import ChatTemplate, Tokenizer
-from pairline.server.protocol import ProtocolError, Sampling, new_id
+from pairline.wire.protocol import ProtocolError, Sampling, new_id
 
 
 class Session:

@@ -1,14 +1,13 @@
-"""The WebSocket session protocol at /v1/responses (docs/protocol.md): one connection is one
-session; the conversation and its KV stay on the server; each turn sends only what is new."""
+"""The server's WebSocket sessions at /v1/responses (docs/protocol.md): one connection is one
+session; the conversation and its KV stay on the server; each turn sends only what is new. The
+protocol and the socket both sides share: pairline.wire.protocol, pairline.wire.session_socket."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -16,7 +15,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
-from pairline.server.protocol import (
+from pairline.server.scheduler import CancelledWhileQueued, Job, QueueFull
+from pairline.server.sessions import Session
+from pairline.wire.protocol import (
     CANCEL_FIELDS,
     FINAL_EVENT,
     SESSION_FIELDS,
@@ -35,77 +36,30 @@ from pairline.server.protocol import (
     session_body,
     usage_responses,
 )
-from pairline.server.scheduler import Job, QueueFull
-from pairline.server.sessions import Session
+from pairline.wire.session_socket import (
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    SessionSocket,
+    Turn,
+    active_turn,
+    client_messages,
+)
 
 log = logging.getLogger("pairline.server")
 
-CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN = 1000, 1001, 1008, 1013
-
-
 @dataclass(slots=True)
-class Turn:
+class ServerTurn(Turn):
     """The response being generated, and what the client asked of it meanwhile."""
 
     job: Job
     state: ResponseState
     steer: list[dict] | None = None
 
+    def current_response(self) -> str | None:
+        return self.state.id
 
-class SessionSocket:
-    """The client's WebSocket as a session writes to it: events numbered in wire order. A server
-    session (Connection) and a router session (RouterSession) are both one, so their events are
-    stamped and shaped alike."""
-
-    def __init__(self, ws: WebSocket):
-        self.ws = ws
-        self.seq = 0
-        self.send_lock = asyncio.Lock()
-        self.closed = False
-
-    async def send(self, type_: str, **fields) -> None:
-        await self.forward({"type": type_, **fields})
-
-    async def forward(self, ev: dict) -> None:
-        """Any event to the client (the router relays a backend's), stamped with this session's own
-        sequence number: second after `type`, or where a relayed event had its backend's."""
-        if self.closed:
-            return
-        async with self.send_lock:  # one writer at a time, so sequence numbers are in wire order
-            event = {"type": ev.get("type"), "sequence_number": None, **ev}
-            event["sequence_number"] = self.seq
-            self.seq += 1
-            try:
-                await self.ws.send_text(json.dumps(event))
-            except Exception:  # the peer went away; the receive loop notices and cleans up
-                self.closed = True
-
-    async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
-        body = err.to_error()
-        body["event_id"] = event_id
-        await self.send("error", status=err.status, error=body)
-
-    def idle_since(self) -> float | None:
-        """When the client's last event arrived (time.monotonic()), or None while a response runs:
-        a session waiting on its own answer is never idle."""
-        raise NotImplementedError
-
-    async def close(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
-        """A final `error` event if given, then the close frame."""
-        raise NotImplementedError
-
-    async def watch_idle(self, idle_s: float, logger: logging.Logger, name: str) -> None:
-        """Runs beside the receive loop: once the session has gone `idle_s` without a client event
-        while no response runs, an `error` event `session_expired` (408) and a normal close, so an
-        abandoned connection does not hold its session (and what it pins) forever."""
-        while not self.closed:
-            await asyncio.sleep(min(idle_s / 4, 1.0))
-            since = self.idle_since()
-            if since is not None and time.monotonic() - since > idle_s:
-                logger.info("%s idle for %.0fs: closing", name, idle_s)
-                await self.close(CLOSE_NORMAL, "idle timeout", ProtocolError(
-                    f"session closed after {idle_s:g}s without a client event", code="session_expired", status=408))
-                return
+    def in_progress(self) -> bool:
+        return not (self.job.cancel.cancelled and self.steer is None)
 
 
 class Connection(SessionSocket):
@@ -113,7 +67,7 @@ class Connection(SessionSocket):
         super().__init__(ws)
         self.server = server
         self.session = Session(server.engine.tokenizer, server.model_name)
-        self.turn: Turn | None = None
+        self.turn: ServerTurn | None = None
         self.turn_task: asyncio.Task | None = None
 
     async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
@@ -153,22 +107,15 @@ class Connection(SessionSocket):
 
     async def on_response_cancel(self, ev: dict) -> None:
         check_fields(ev, CANCEL_FIELDS, "response.cancel")
-        turn = self._active(ev.get("response_id"), "response_cancel_not_active")
+        turn = active_turn(self.turn, ev.get("response_id"), "response_cancel_not_active")
         turn.job.cancel.cancel()
 
     async def on_response_steer(self, ev: dict) -> None:
         messages = parse_steer(ev)
-        turn = self._active(ev.get("response_id") or ev.get("previous_response_id"), "response_steer_not_active")
+        turn = active_turn(self.turn, ev.get("response_id") or ev.get("previous_response_id"),
+                           "response_steer_not_active")
         turn.steer = (turn.steer or []) + messages
         turn.job.cancel.cancel()  # lands within one decode step; the turn task continues from there
-
-    def _active(self, response_id, code: str) -> Turn:
-        turn = self.turn
-        if turn is None or turn.job.cancel.cancelled and turn.steer is None:
-            raise ProtocolError("there is no response in progress", code=code)
-        if response_id is not None and response_id != turn.state.id:
-            raise ProtocolError(f"response {response_id!r} is not in progress", code=code, param="response_id")
-        return turn
 
     # ------------------------------------------------------------ turns
 
@@ -200,7 +147,7 @@ class Connection(SessionSocket):
         job = Job(session.id, make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
                   prediction=req.prediction)
         t_recv = time.perf_counter()
-        self.turn = Turn(job, state)
+        self.turn = ServerTurn(job, state)
         try:
             server.scheduler.submit(job)
         except QueueFull as err:
@@ -240,13 +187,11 @@ class Connection(SessionSocket):
         return steer
 
     async def _failed(self, state: ResponseState, job: Job, err: Exception, event_id: str | None) -> None:
-        from pairline.server.scheduler import _Cancelled
-
-        if isinstance(err, _Cancelled):  # cancelled while queued: nothing ran
+        if isinstance(err, CancelledWhileQueued):  # cancelled while queued: nothing ran
             state.status, state.timings = "cancelled", job.server_timings()
             await self.send("response.cancelled", response=state.to_dict())
             return
-        perr = _engine_error(err)
+        perr = engine_error(err)
         state.status, state.error = "failed", {"code": perr.code, "message": perr.message}
         await self.send_error(perr, event_id)
         await self.send("response.failed", response=state.to_dict())
@@ -279,7 +224,8 @@ def _params(s: Sampling, default_max: int) -> SamplingParams:
                           top_p=s.top_p if s.top_p is not None else 1.0, seed=s.seed)
 
 
-def _engine_error(err: Exception) -> ProtocolError:
+def engine_error(err: Exception) -> ProtocolError:
+    """An engine failure as the client is told it: an `error` event here, an error body or chunk over HTTP."""
     msg = str(err)
     if "context holds" in msg or "KV cache holds" in msg:
         return ProtocolError(msg, code="context_length_exceeded", param="input")
@@ -293,18 +239,6 @@ def _log_response(session_id: str, state: ResponseState, g: Generation, t_recv: 
     log.info("ws %s %s %s in=%d cached=%d out=%d queue=%.1fms ttft=%.1fms total=%.1fms", session_id, state.id,
              state.status, g.usage.prompt_tokens, g.usage.cached_tokens, g.usage.completion_tokens,
              1e3 * t.get("queue_s", 0), 1e3 * (t.get("server_ttft_s") or 0), 1e3 * (time.perf_counter() - t_recv))
-
-
-async def client_messages(ws: WebSocket) -> AsyncIterator[str]:
-    """Each message the client sends, as text (a binary frame decoded as UTF-8, leniently), until it disconnects."""
-    while True:
-        msg = await ws.receive()
-        if msg["type"] == "websocket.disconnect":
-            return
-        raw = msg.get("text")
-        if raw is None and msg.get("bytes") is not None:
-            raw = msg["bytes"].decode("utf-8", errors="replace")
-        yield raw or ""
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:

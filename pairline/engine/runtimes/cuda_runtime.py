@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from pairline.engine.config import ModelConfig
-from pairline.engine.runtime import ContextFull, Rows, check_forward
+from pairline.engine.runtime import ContextFull, Rows, RuntimeDefaults, check_forward, kv_cache_bytes
 from pairline.engine.runtimes.cuda_model import StaticTransformer, quantize
 from pairline.engine.runtimes.torch_model import Linear, fuse_state_dict
 from pairline.engine.runtimes.torch_runtime import native_bf16_cpu
@@ -167,8 +167,9 @@ class StepGraphs:
         self.replays += 1
 
 
-class CudaRuntime:
+class CudaRuntime(RuntimeDefaults):
     name = "cuda"
+    has_argmax = True  # logits and their argmax are computed on the device (argmax())
 
     def __init__(
         self,
@@ -272,6 +273,15 @@ class CudaRuntime:
     def n_past(self) -> int:
         return self._n_past
 
+    @property
+    def kv_bytes(self) -> int:
+        c = self.cfg
+        return kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, self.n_ctx, self.dtype.itemsize)
+
+    def describe(self) -> dict:
+        return {"runtime": self.name, "quant": self.quant, "dtype": str(self.dtype).removeprefix("torch."),
+                "threads": None}
+
     def truncate(self, n: int) -> None:
         """Positions from n on are forgotten: the masks are built from positions, so stale KV past
         n_past (and in the trash slot) is never attended, and captured graphs stay valid."""
@@ -302,17 +312,17 @@ class CudaRuntime:
         return out.float().to("cpu", copy=True).numpy()  # a copy: the buffer belongs to the next step
 
     @torch.inference_mode()
-    def argmax(self, tokens: list[int], rows: Rows = "last") -> torch.Tensor:
-        """As forward, but returns greedy token ids (CPU int64): [1] for "last", [n] for "all"."""
+    def argmax(self, tokens: list[int], rows: Rows = "last") -> np.ndarray:
+        """As forward, but returns greedy token ids (int64 on the host): [1] for "last", [n] for "all"."""
         if rows == "none":
             raise ValueError("argmax needs rows 'last' or 'all'")
         plan = self._check(tokens)
         n = len(tokens)
         if plan is None:
-            return self._prefill(tokens, rows).argmax(dim=-1).cpu()
+            return self._prefill(tokens, rows).argmax(dim=-1).cpu().numpy()
         self._static(tokens, plan)
         best = self.graphs.best[n - 1 : n] if rows == "last" else self.graphs.best[:n]
-        return best.to("cpu", copy=True)
+        return best.to("cpu", copy=True).numpy()
 
     @torch.inference_mode()
     def greedy_stream(self, first: int, max_new: int) -> Iterator[int]:

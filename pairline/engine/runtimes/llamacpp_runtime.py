@@ -11,13 +11,21 @@ import collections
 import ctypes
 import threading
 import time
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pairline.engine.runtime import ContextFull, Interrupted, Rows, check_forward, cpu_threads
+from pairline.engine.runtime import (
+    ContextFull,
+    Interrupted,
+    Rows,
+    RuntimeDefaults,
+    check_forward,
+    cpu_threads,
+    kv_cache_bytes,
+)
 from pairline.errors import PairlineError
 
 if TYPE_CHECKING:
@@ -172,7 +180,7 @@ class _Model:
             self.ptr = None
 
 
-class LlamaCppRuntime:
+class LlamaCppRuntime(RuntimeDefaults):
     """llama.cpp's kernels are not batch-invariant: a k-token verify call gives its rows slightly
     other logits than k single steps (up to ~1 logit on SmolLM2), because single steps take other
     code paths (flash attention splits a lone query's keys across threads past 512 positions;
@@ -189,6 +197,7 @@ class LlamaCppRuntime:
     batch_invariant = False
     interruptible = True  # forward(cancel=...) stops mid-call (_watch)
     verify_slope_hint = 0.35  # until measured: 12-token verify ~4.4x a step (shared/cpu-measurements.md)
+    saves_state = True  # llama.cpp serialises a sequence's KV (the prefix store)
 
     def __init__(
         self,
@@ -354,6 +363,24 @@ class LlamaCppRuntime:
         if n < self._n_past:
             self.lib.llama_memory_seq_rm(self.memory, 0, n, -1)
         self._n_past = n
+
+    @cached_property
+    def kv_bytes(self) -> int:
+        """The KV cache's size from the GGUF's shapes; llama.cpp keeps it in f16."""
+        from pairline.engine.tokenizer import read_gguf_metadata
+
+        try:
+            md = read_gguf_metadata(self.path)
+            arch = md["general.architecture"]
+            heads = int(md[f"{arch}.attention.head_count"])
+            kv_heads = int(md.get(f"{arch}.attention.head_count_kv", heads))
+            head_dim = int(md.get(f"{arch}.attention.key_length") or int(md[f"{arch}.embedding_length"]) // heads)
+            return kv_cache_bytes(int(md[f"{arch}.block_count"]), kv_heads, head_dim, self.n_ctx, 2)
+        except (KeyError, ValueError, OSError, PairlineError):
+            return 0
+
+    def describe(self) -> dict:
+        return {"runtime": self.name, "quant": "gguf", "dtype": None, "threads": self.threads}
 
     # ------------------------------------------------------------ KV states (the prefix store)
 

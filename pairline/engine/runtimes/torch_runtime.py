@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pairline.engine.config import ModelConfig
-from pairline.engine.runtime import Rows, check_forward, cpu_threads
+from pairline.engine.runtime import Rows, RuntimeDefaults, check_forward, cpu_threads, kv_cache_bytes
 from pairline.engine.runtimes.torch_model import (
     EXACT_ROWS,
     Int8Linear,
@@ -81,7 +81,7 @@ def rows_independent(model: torch.nn.Module) -> bool:
     return True
 
 
-class TorchRuntime:
+class TorchRuntime(RuntimeDefaults):
     name = "torch"
     exact_rows = EXACT_ROWS  # wider calls (prefill chunks) take the batched path
     interruptible = True  # a cancel stops forward between layers
@@ -152,6 +152,15 @@ class TorchRuntime:
     @property
     def n_past(self) -> int:
         return self._n_past
+
+    @property
+    def kv_bytes(self) -> int:
+        c = self.cfg
+        return kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, self.n_ctx, self.dtype.itemsize)
+
+    def describe(self) -> dict:
+        return {"runtime": self.name, "quant": self.quant, "dtype": str(self.dtype).removeprefix("torch."),
+                "threads": torch.get_num_threads()}
 
     @torch.inference_mode()
     def forward(self, tokens: list[int], rows: Rows = "last", cancel: CancelToken | None = None) -> np.ndarray | None:

@@ -1,5 +1,5 @@
 """Wire formats: ids, errors, the client events of the WebSocket session protocol, and the
-Responses-API objects the server sends. Field names follow OpenAI's Responses API (WebSocket
+Responses-API objects a server or the router sends. Field names follow OpenAI's Responses API (WebSocket
 mode) and Realtime API; pairline's additions are `prediction` and `timings`. docs/protocol.md."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What keeps a web page in the user's browser from driving a server or router bound to this
-machine (docs/server.md, "Threat model").
+machine (docs/server.md, "Threat model"); the options that widen it: pairline.wire.listen.
 
 A page can send requests to http://127.0.0.1:PORT without the user knowing. The browser then tells
 us where they come from, and we refuse:
@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from starlette.responses import JSONResponse
-
-from pairline.server.protocol import ProtocolError
+from pairline.wire.openai import error_response
+from pairline.wire.protocol import ProtocolError
 
 log = logging.getLogger("pairline.server")
 
@@ -158,7 +157,7 @@ class WebGuard:
         if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})
             return
-        await JSONResponse({"error": err.to_error()}, status_code=err.status)(scope, receive, send)
+        await error_response(err)(scope, receive, send)
 
 
 def _headers(scope) -> dict[bytes, str]:

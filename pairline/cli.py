@@ -15,9 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from pairline.assistant import agent as agent_cmd
-    from pairline.assistant import chat as chat_cmd
-    from pairline.assistant import edit_cmd
+    from pairline.assistant import agent_cmd, chat_cmd, edit_cmd
     from pairline.bench import cli as bench_cli
     from pairline.bench import eval_cli
     from pairline.engine import cli as engine_cli

@@ -17,9 +17,11 @@ class ScriptedClient:
     a `prefix` gets the part after it (the answer must start with the prefix)."""
 
     supports_prefix = True
+    supports_stop = True  # takes stop strings (and ignores them: the answers are scripted)
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0
+    n_ctx = None
 
     def __init__(self, answers: list[str], chunk: int = 3, delay: float = 0.0):
         self.answers = list(answers)
@@ -30,6 +32,12 @@ class ScriptedClient:
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)
 
+    def reset(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"runtime": None, "threads": None}
+
     def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None,
                speculation="auto") -> Reply:
         cancel = cancel or CancelToken()
@@ -37,7 +45,7 @@ class ScriptedClient:
         answer = self.answers.pop(0) if self.answers else ""
         if prefix and answer.startswith(prefix):
             answer = answer[len(prefix) :]  # else the answer is scripted as the continuation itself
-        reply = Reply(iter(()), cancel)
+        reply = Reply(iter(()), cancel, prediction_tokens=self.count_tokens(prediction) if prediction else 0)
 
         def deltas() -> Iterator[str]:
             t0 = time.perf_counter()

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from pairline.assistant.agent import Agent, Budgets, find_run, load_trajectory
+from pairline.assistant.agent import Agent, Budgets
 from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+from pairline.assistant.trajectory import find_run, load_trajectory
 from pairline.assistant.workspace import Workspace
 from pairline.errors import PairlineError
 from tests.assistant_helpers import ScriptedClient

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pairline.assistant.agent import Agent, Budgets, load_trajectory
+from pairline.assistant.agent import Agent, Budgets
+from pairline.assistant.trajectory import load_trajectory
 from pairline.assistant.workspace import Workspace
 
 FILES = {

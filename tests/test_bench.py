@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pairline.bench import cli as bench_cli
+from pairline.bench import common, engine_report, engine_tasks
 from pairline.bench import engine as bench
 from pairline.errors import PairlineError
 
@@ -39,38 +40,38 @@ def test_parser_needs_a_subcommand():
 
 
 def test_default_out_path(tmp_path):
-    p = bench.default_out_path(None, "smollm2-135m", "quick")
+    p = common.default_out_path(None, "smollm2-135m", "quick")
     assert p.parent == Path("bench-results") and p.name.startswith("engine-smollm2-135m-quick-")
     assert p.suffix == ".json"
-    assert bench.default_out_path(str(tmp_path), "smollm2-135m").parent == tmp_path
-    assert bench.default_out_path(str(tmp_path / "x.json"), "m") == tmp_path / "x.json"
-    assert bench.default_out_path("/tmp/a/b/", "/models/My Model.gguf").name.startswith("engine-My_Model.gguf-")
+    assert common.default_out_path(str(tmp_path), "smollm2-135m").parent == tmp_path
+    assert common.default_out_path(str(tmp_path / "x.json"), "m") == tmp_path / "x.json"
+    assert common.default_out_path("/tmp/a/b/", "/models/My Model.gguf").name.startswith("engine-My_Model.gguf-")
 
 
 def test_tasks_are_well_formed():
-    tasks = bench.load_tasks()
+    tasks = common.load_tasks()
     assert {t["kind"] for t in tasks} == {"one_line", "rename", "new_function"}  # issue 3's three kinds of change
     for t in tasks:
         lines = t["source"].splitlines()
         assert 100 <= len(lines) <= 400, t["name"]
         # the instruction's target is in the file, and the original does not pass its own check
         assert all(s in t["source"] for s in t["expect_absent"]), t["name"]
-        assert not bench.edit_quality(t, t["source"], bench.fenced(t["source"]))["instruction_followed"]
-        assert bench.edit_quality(t, t["source"], bench.fenced(t["source"]))["copied_fraction"] == 1.0
+        assert not engine_tasks.edit_quality(t, t["source"], engine_tasks.fenced(t["source"]))["instruction_followed"]
+        assert engine_tasks.edit_quality(t, t["source"], engine_tasks.fenced(t["source"]))["copied_fraction"] == 1.0
 
 
 def test_edit_quality_recognises_a_correct_rename():
-    task = next(t for t in bench.load_tasks() if t["name"] == "bisect-rename")
+    task = next(t for t in common.load_tasks() if t["name"] == "bisect-rename")
     edited = task["source"].replace("insort_right", "insort_after")
-    q = bench.edit_quality(task, task["source"], f"Here it is:\n{bench.fenced(edited)}\nDone.")
+    q = engine_tasks.edit_quality(task, task["source"], f"Here it is:\n{engine_tasks.fenced(edited)}\nDone.")
     assert q["instruction_followed"]
     assert q["lines_copied_unchanged"] == len(task["source"].splitlines()) - 2
-    assert bench.extract_code("no fence at all") == "no fence at all"
-    assert bench.extract_code("```python\nx = 1\n") == "x = 1\n"  # an unterminated block (cut by max_tokens)
+    assert engine_tasks.extract_code("no fence at all") == "no fence at all"
+    assert engine_tasks.extract_code("```python\nx = 1\n") == "x = 1\n"  # an unterminated block (cut by max_tokens)
 
 
 def test_machine_info_has_the_flags():
-    info = bench.machine_info()
+    info = common.machine_info()
     assert info["cores"] >= 1
     for flag in ("avx2", "avx512f", "avx512_bf16", "bf16_hardware"):
         assert isinstance(info["flags"][flag], bool)
@@ -78,10 +79,10 @@ def test_machine_info_has_the_flags():
 
 
 def test_summary_and_ratio():
-    s = bench._summary([3.0, None, 1.0, 2.0])
+    s = common.summary([3.0, None, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
-    assert bench._summary([None])["median"] is None
-    assert bench._ratio(None, 2.0) is None and bench._ratio(3.0, 2.0) == 1.5
+    assert common.summary([None])["median"] is None
+    assert common.ratio(None, 2.0) is None and common.ratio(3.0, 2.0) == 1.5
 
 
 def test_unknown_engine_is_an_error():
@@ -132,24 +133,24 @@ def test_edit_plan_runs_plain_first_and_peers_their_own_mode():
 def test_acceptance_curve():
     # 100 output tokens: the prefill's, 9 plain steps, drafts of 9 fully accepted, then rejected drafts
     steps = [(0, 0)] * 9 + [(9, 9)] * 8 + [(8, 0)] * 10
-    curve = bench.acceptance_curve(steps)
-    assert len(curve) == bench.CURVE_BINS
+    curve = engine_tasks.acceptance_curve(steps)
+    assert len(curve) == engine_tasks.CURVE_BINS
     assert sum(b["tokens"] for b in curve) == 100 and sum(b["calls"] for b in curve) == len(steps)
     assert curve[0]["drafted"] == 0 and curve[0]["acceptance"] is None and curve[0]["tokens"] == 10
     assert curve[1]["acceptance"] == 1.0 and curve[1]["mean_draft"] == 9.0 and curve[1]["max_draft"] == 9
     assert curve[-1]["acceptance"] == 0.0 and curve[-1]["drafting_calls"] == 10
-    assert bench.acceptance_curve([])[0]["calls"] == 0
+    assert engine_tasks.acceptance_curve([])[0]["calls"] == 0
 
 
 def test_useless_prediction_is_seeded_text_of_the_right_length(smollm2_gguf):
     from pairline.engine.tokenizer import Tokenizer
 
     tok = Tokenizer.load(smollm2_gguf)
-    a = bench.useless_prediction(tok, 500, seed=7)
-    assert len(a) == 500 and a == bench.useless_prediction(tok, 500, seed=7)
-    assert a != bench.useless_prediction(tok, 500, seed=8)
-    task = next(t for t in bench.load_tasks() if t["name"] == "bisect-rename")
-    pred = tok.encode(bench.fenced(task["source"]), add_bos=False)
+    a = engine_tasks.useless_prediction(tok, 500, seed=7)
+    assert len(a) == 500 and a == engine_tasks.useless_prediction(tok, 500, seed=7)
+    assert a != engine_tasks.useless_prediction(tok, 500, seed=8)
+    task = next(t for t in common.load_tasks() if t["name"] == "bisect-rename")
+    pred = tok.encode(engine_tasks.fenced(task["source"]), add_bos=False)
     shared = {tuple(a[i : i + 3]) for i in range(len(a) - 2)} & {tuple(pred[i : i + 3]) for i in range(len(pred) - 2)}
     assert len(shared) < 5  # nothing for the drafter to realign on
 
@@ -167,7 +168,7 @@ def _fake_result() -> dict:
         "llamacpp": {"modes": {"plain": mode(110)}},
         "llamacpp-lookup": {"modes": {"prompt_lookup": mode(150)}},
     }
-    bench._edit_ratios(engines_out)
+    engine_report.edit_ratios(engines_out)
     return {
         "default_engine": "pairline-llamacpp",
         "settings": {"ttft_prompt_tokens": [2000]},
@@ -185,14 +186,14 @@ def _fake_result() -> dict:
 
 def test_ratios_and_goals():
     result = _fake_result()
-    result["ratios"] = bench.compute_ratios(result)
+    result["ratios"] = engine_report.compute_ratios(result)
     r = result["ratios"]["engines"]
     assert r["pairline-llamacpp"]["decode_vs_llamacpp"] == pytest.approx(150 / 155)
     assert r["pairline-llamacpp"]["decode_vs_hf_bf16"] == pytest.approx(6.0)
     assert result["ratios"]["fastest_peer_ttft"]["2000"] == {"engine": "hf-bf16", "s": 2.0}
     assert r["pairline-torch"]["ttft_2000_vs_fastest_peer"] == pytest.approx(2.0 / 3.0)
-    goals = {g["id"]: g for g in bench.compute_goals(result)["items"]}
-    assert set(goals) == {gid for gid, _, _ in bench.GOALS}
+    goals = {g["id"]: g for g in engine_report.compute_goals(result)["items"]}
+    assert set(goals) == {gid for gid, _, _ in engine_report.GOALS}
     assert goals["decode_vs_llamacpp"]["measured"] == pytest.approx(150 / 155) and goals["decode_vs_llamacpp"]["pass"]
     assert goals["decode_vs_hf_bf16"]["pass"] is True
     assert goals["torch_decode_vs_hf_bf16"]["engine"] == "pairline-torch"
@@ -210,8 +211,8 @@ def test_ratios_and_goals():
     assert useless["by_engine"]["pairline-torch"]["measured"] == pytest.approx(0.95)
     # a goal whose engines did not run is reported as not measured, not as failed
     del result["engines"]["hf-bf16"]
-    result["ratios"] = bench.compute_ratios(result)
-    goals = {g["id"]: g for g in bench.compute_goals(result)["items"]}
+    result["ratios"] = engine_report.compute_ratios(result)
+    goals = {g["id"]: g for g in engine_report.compute_goals(result)["items"]}
     assert goals["decode_vs_hf_bf16"]["measured"] is None and goals["decode_vs_hf_bf16"]["pass"] is None
 
 
@@ -285,12 +286,12 @@ def test_bench_engine_quick_writes_json(tmp_path, smollm2_gguf):
         pred = modes["prediction"]
         curve = pred["acceptance_curve"]
         # the curve counts the stop token where the output ended on one
-        assert len(curve) == bench.CURVE_BINS
+        assert len(curve) == engine_tasks.CURVE_BINS
         assert sum(b["tokens"] for b in curve) - pred["completion_tokens"] in (0, 1)
         assert sum(b["drafted"] for b in curve) == pred["draft_tokens"]
 
     goals = {g["id"]: g for g in d["goals"]["items"]}
-    assert set(goals) == {gid for gid, _, _ in bench.GOALS}
+    assert set(goals) == {gid for gid, _, _ in engine_report.GOALS}
     for g in goals.values():
         assert g["pass"] in (True, False, None) and g["target"] > 0
     assert goals["decode_vs_hf_bf16"]["pass"] is None  # not measured: no hf-bf16 in this run

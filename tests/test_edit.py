@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pairline.assistant import edit_cmd
+from pairline.assistant import diffs, edit_cmd
 from pairline.assistant.rewrite import (
     BlockStream,
     MalformedOutputError,
@@ -167,7 +167,7 @@ def test_layout_identity():
 
 def test_live_diff_classifies_lines():
     original = ["import os", "", "def greet(name):", "    return 'hi ' + name", "", "print(greet('x'))"]
-    live = edit_cmd.LiveDiff(original)
+    live = diffs.LiveDiff(original)
     for line in ["import os", "", "def welcome(name):", "    return 'hi ' + name", "", "print(welcome('x'))"]:
         live.push(line)
     live.finish()
@@ -186,7 +186,7 @@ def test_live_diff_classifies_lines():
 
 def test_live_diff_rediffs_a_hunk_once_it_closes():
     original = ['"""Greetings."""', "", "import sys", "x = 1"]
-    live = edit_cmd.LiveDiff(original)
+    live = diffs.LiveDiff(original)
     live.push('"""Welcome."""')
     live.push("")
     assert live.rows == [("+", '"""Welcome."""'), ("+", "")]  # shown as it grows
@@ -215,7 +215,7 @@ def test_live_diff_matches_difflib_on_random_edits():
                 new.insert(k, f"new {rng.random():.3f}")
             elif new:
                 new[min(k, len(new) - 1)] = f"changed {rng.random():.3f}"
-        live = edit_cmd.LiveDiff(old)
+        live = diffs.LiveDiff(old)
         for line in new:
             live.push(line)
         live.finish()
@@ -232,21 +232,21 @@ def test_live_diff_matches_difflib_on_random_edits():
 def test_live_view_renders_on_a_terminal():
     from rich.console import Console
 
-    live = edit_cmd.LiveDiff(["a = 1", "b = 2"])
+    live = diffs.LiveDiff(["a = 1", "b = 2"])
     live.push("a = 10")
     console = Console(file=io.StringIO(), force_terminal=True, width=40)
-    console.print(edit_cmd._live_view("f.py · line 1", live, 10))
+    console.print(diffs.live_view("f.py · line 1", live, 10))
     out = console.file.getvalue()
     assert "+ a = 10" in out and "f.py" in out
 
 
 def test_unified_diff_marks_missing_newline():
-    lines = edit_cmd.unified_diff("a\nb", "a\nc", "f.txt")
+    lines = diffs.unified_diff("a\nb", "a\nc", "f.txt")
     assert lines[:2] == ["--- a/f.txt", "+++ b/f.txt"]
     assert "-b" in lines and "+c" in lines
     assert lines.count("\\ No newline at end of file") == 2
-    assert edit_cmd.diff_counts(lines) == (1, 1)
-    assert edit_cmd.unified_diff("a\n", "b\n", "/tmp/f.txt")[:2] == ["--- a/tmp/f.txt", "+++ b/tmp/f.txt"]
+    assert diffs.diff_counts(lines) == (1, 1)
+    assert diffs.unified_diff("a\n", "b\n", "/tmp/f.txt")[:2] == ["--- a/tmp/f.txt", "+++ b/tmp/f.txt"]
 
 
 def test_stats_line_format():
@@ -274,6 +274,8 @@ def test_help_lists_exit_codes():
 
 
 class _Tok:
+    family = "qwen2"
+
     def encode(self, text, add_bos=None):
         return list(text.encode())
 
@@ -320,9 +322,15 @@ class _Gen:
             self.finish_reason = self.finish
 
 
+@dataclass
+class _Runtime:
+    name: str = "fake"
+    n_ctx: int = 4096
+
+
 class _Engine:
     def __init__(self, gen: _Gen):
-        self.gen, self.load_s, self.tokenizer = gen, 0.01, _Tok()
+        self.gen, self.load_s, self.tokenizer, self.runtime = gen, 0.01, _Tok(), _Runtime()
         self.calls = []
 
     model_name = "fake"

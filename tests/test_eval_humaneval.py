@@ -12,6 +12,7 @@ import pytest
 
 from pairline.assistant.client import session_url
 from pairline.bench import humaneval as he
+from pairline.bench.common import write_json
 from pairline.bench.plot import load_results, plot, wilson
 from tests.test_router_live import free_port, start_serve, stop, wait_healthy
 
@@ -199,9 +200,11 @@ class Scripted:
     """A client that answers from a list (no model): the harness around the model."""
 
     supports_prefix = False
+    supports_stop = False
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0
+    n_ctx = None
 
     def __init__(self, answers: list[str]):
         self.answers = list(answers)
@@ -209,6 +212,12 @@ class Scripted:
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+    def reset(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"runtime": None, "threads": None}
 
     def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None, speculation="auto"):
         from pairline.assistant.client import Reply
@@ -242,7 +251,7 @@ def test_a_scripted_run_scores_stops_and_summarizes(tmp_path):
     s = result["summary"]
     assert s["n"] == 2 and s["pass_at_1"] == 50.0 and s["failures"]["assertion"] == 1
     assert result["complete"] and result["loadavg_start"] is not None and result["machine"]["label"]
-    path = he.write_json(result, tmp_path / "r.json")
+    path = write_json(result, tmp_path / "r.json")
     png = plot(load_results([path]), tmp_path / "r.png")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

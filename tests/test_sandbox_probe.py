@@ -9,7 +9,7 @@ import os
 import pytest
 
 from pairline.assistant import confine, sandbox
-from pairline.assistant.agent import add_parser
+from pairline.assistant.agent_cmd import add_parser
 from pairline.assistant.agent_tools import Tools
 from pairline.assistant.sandbox import REQUIRED, Limits, Sandbox, SandboxError, available_protections
 from pairline.assistant.workspace import Workspace

@@ -1,4 +1,4 @@
-"""Deep mode: `pairline agent "task"` and `/deep` in the chat.
+"""Deep mode, the loop behind `pairline agent "task"` and `/deep` in the chat.
 
 A loop on the deep tier: the model replies with one action (`agent_format`), the action runs
 (`agent_tools`: files through the sandbox's path checks, edits through the same applier and
@@ -7,19 +7,17 @@ as the next user turn. It stops when the model calls `done`, when a budget (step
 generated tokens) is used up, on Ctrl-C, or when the context cannot hold the next turn, and always
 ends with a summary and the combined diff since the run's start.
 
-Every run writes a JSONL trajectory under `cache_dir()/runs`, one event a line, flushed and synced
-as it goes, so a crash leaves a usable file; `--resume` rebuilds the conversation from it and goes
-on with the budgets' used amounts. docs/agent.md describes the events and the sandbox's limits.
+Every run writes a JSONL trajectory (`trajectory.py`) under `cache_dir()/runs`, one event a line,
+flushed and synced as it goes, so a crash leaves a usable file; `Agent.resume` rebuilds the
+conversation from it and goes on with the budgets' used amounts. docs/agent.md describes the events
+and the sandbox's limits. The `pairline agent` command is `agent_cmd.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,18 +28,15 @@ from pairline.assistant import agent_format as fmt
 from pairline.assistant.agent_tools import ToolResult, Tools, repo_files
 from pairline.assistant.client import Client
 from pairline.assistant.coder import LinkedCancel
-from pairline.assistant.edit_cmd import unified_diff
-from pairline.assistant.gitsafe import GitTampered
-from pairline.assistant.gitsafe import git_head as _head
-from pairline.assistant.gitsafe import git_output as _git
-from pairline.assistant.gitsafe import git_status as _status
+from pairline.assistant.diffs import unified_diff
+from pairline.assistant.gitsafe import GitTampered, git_head, git_is_ancestor, git_output, git_status
 from pairline.assistant.sandbox import Limits, Sandbox
-from pairline.assistant.workspace import Workspace, run_git
+from pairline.assistant.trajectory import TRAJECTORY_VERSION, Trajectory, find_run, load_trajectory, runs_dir
+from pairline.assistant.workspace import Workspace
 from pairline.engine.generate import CancelToken
 from pairline.errors import PairlineError
 
 DEFAULT_TEST_CMD = "python -m pytest -q -p no:cacheprovider"  # no .pytest_cache left in the user's repo
-TRAJECTORY_VERSION = 1
 OBS_KEEP_FULL = 2  # the latest observations are never condensed
 EXIT_DONE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -129,78 +124,6 @@ class AgentResult:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- the trajectory
-
-
-def runs_dir() -> Path:
-    from pairline.models.fetch import cache_dir
-
-    return cache_dir() / "runs"
-
-
-class Trajectory:
-    """An append-only JSONL file; every line is flushed and synced before the run goes on."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole run
-        except OSError as err:
-            raise PairlineError(f"cannot write the trajectory {path}: {err.strerror or err}") from None
-
-    @staticmethod
-    def repair(path: Path) -> None:
-        """Drop a last line a crash cut short, so that appending starts on a line of its own."""
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-
-    def write(self, event: dict) -> None:
-        self.f.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def find_run(ref: str) -> Path:
-    """A trajectory by path, or by run id under the runs folder."""
-    p = Path(ref).expanduser()
-    if p.is_file():
-        return p
-    by_id = runs_dir() / f"{ref.removesuffix('.jsonl')}.jsonl"
-    if ref.strip() and "/" not in ref and by_id.is_file():
-        return by_id
-    raise PairlineError(f"--resume {ref}: no such run (neither a file nor a run id in {runs_dir()})")
-
-
-def load_trajectory(path: Path) -> list[dict]:
-    """The events of a trajectory; a last line cut by a crash is dropped, any other bad line refused."""
-    try:
-        raw = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise PairlineError(f"cannot read the trajectory {path}: {err}") from None
-    events = []
-    for i, line in enumerate(raw, 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-            if not isinstance(event, dict):
-                raise ValueError("not an object")
-            events.append(event)
-        except ValueError:
-            if i == len(raw):
-                break  # the line being written when the run died
-            raise PairlineError(f"{path} is not a pairline trajectory (line {i} is not a JSON event)") from None
-    if not events or events[0].get("type") != "run":
-        raise PairlineError(f"{path} is not a pairline trajectory (it does not start with a run event)")
-    return events
-
-
 # --------------------------------------------------------------------------- the agent
 
 
@@ -249,8 +172,8 @@ class Agent:
         self.path = runs_dir() / f"{self.run_id}.jsonl"
         self.used = Used()
         self.convo: list[Msg] = [Msg("user", self._first_message(context))]
-        self.start_commit = _head(ws.root) if ws.git else None
-        self.start_status = _status(ws.root) if ws.git else set()
+        self.start_commit = git_head(ws.root) if ws.git else None
+        self.start_status = git_status(ws.root) if ws.git else set()
         self.commits: list[str] = []
         self.edits = 0
         self.last_test: dict | None = None
@@ -319,7 +242,7 @@ class Agent:
     def _header(self) -> dict:
         return {
             "version": TRAJECTORY_VERSION, "run_id": self.run_id, "trajectory": str(self.path), "task": self.task,
-            "model": getattr(self.client, "model_name", "?"), **self.info,
+            "model": self.client.model_name, **self.info,
             "repo": str(self.ws.root), "git": self.ws.git, "start_commit": self.start_commit,
             "start_dirty": sorted(self.start_status), "budgets": asdict(self.budgets),
             "sandbox": list(self.sandbox.protections), "test_cmd": self.test_cmd, "n_ctx": self.n_ctx,
@@ -340,7 +263,7 @@ class Agent:
                 self.emit("run", **self._header())
             else:
                 self.emit("resume", run_id=self.run_id, trajectory=str(self.path), budgets=asdict(self.budgets),
-                          head=_head(self.ws.root) if self.ws.git else None, used_steps=self.used.steps,
+                          head=git_head(self.ws.root) if self.ws.git else None, used_steps=self.used.steps,
                           used_tokens=self.used.tokens)
             reason, summary = self._loop(cancel)
         except GitTampered as err:
@@ -422,7 +345,7 @@ class Agent:
         # result) gets the error instead.
         return (self.nudge and bool(error) and error.startswith("No action found")
                 and stats["finish_reason"] == "stop" and stats["tokens"] <= 80
-                and getattr(self.client, "supports_prefix", False)
+                and self.client.supports_prefix
                 and self.budgets.max_tokens - self.used.tokens >= 32)
 
     def _ask(self, messages: list[dict], room: int, cancel: CancelToken, step: int,
@@ -442,7 +365,7 @@ class Agent:
         timer.start()
         # the engine can stop at a string (and re-use the KV); the remote protocol cannot, so there
         # the stream is cancelled by hand once the action is complete
-        stop = fmt.STOPS if getattr(self.client, "supports_prefix", False) else ()
+        stop = fmt.STOPS if self.client.supports_stop else ()
         t0 = time.perf_counter()
         text, early, looped = "", False, False
         try:
@@ -631,12 +554,13 @@ class Agent:
         root = self.ws.root
         if self.ws.git and self.ws.commit and not self.tampered and self.start_commit:
             try:
-                head = _head(root)
+                head = git_head(root)
                 diff, files = "", []
                 if head and head != self.start_commit:
-                    diff = _git(root, "diff", "--no-ext-diff", "--no-textconv", "--no-color", self.start_commit, head)
-                    files = _git(root, "diff", "--name-only", "--no-ext-diff", self.start_commit, head).split()
-                uncommitted = sorted(_status(root) - self.start_status)
+                    diff = git_output(root, "diff", "--no-ext-diff", "--no-textconv", "--no-color",
+                                      self.start_commit, head)
+                    files = git_output(root, "diff", "--name-only", "--no-ext-diff", self.start_commit, head).split()
+                uncommitted = sorted(git_status(root) - self.start_status)
                 return diff, files, uncommitted
             except PairlineError:
                 pass  # fall back to the record below
@@ -724,13 +648,13 @@ def _check_unchanged(ws: Workspace, head: dict, tools: list[dict]) -> None:
     if ws.git:
         commits = [t["commit"] for t in tools if t.get("commit")]
         last = commits[-1] if commits else head.get("start_commit")
-        now = _head(ws.root)
+        now = git_head(ws.root)
         if last and now != last:
-            if now is None or run_git(ws.root, "merge-base", "--is-ancestor", last, now, check=False).returncode:
+            if now is None or not git_is_ancestor(ws.root, last, now):
                 raise PairlineError(f"cannot resume run {run_id}: the repository moved on (HEAD is "
                                     f"{(now or 'empty')[:10]}, and the run's last commit {last[:10]} is no longer "
                                     "in its history); start a new run")
-            moved = set(_git(ws.root, "diff", "--name-only", last, now).split())
+            moved = set(git_output(ws.root, "diff", "--name-only", last, now).split())
             clash = sorted(moved & set(after))
             if clash:
                 raise PairlineError(f"cannot resume run {run_id}: commits after it changed {', '.join(clash)}, "
@@ -744,176 +668,6 @@ def _check_unchanged(ws: Workspace, head: dict, tools: list[dict]) -> None:
 
 
 def _model_ctx(client: Client, asked: int) -> int:
-    """The context to plan for: what was asked, never more than the engine's KV cache holds."""
-    runtime = getattr(getattr(client, "engine", None), "runtime", None)
-    n = getattr(runtime, "n_ctx", None)
-    return min(asked, n) if isinstance(n, int) and n > 0 else asked
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from pairline.engine.load import add_runtime_option
-    from pairline.models.registry import DEFAULT_DEEP
-
-    b = Budgets()
-    parser = subparsers.add_parser(
-        "agent",
-        help="deep mode: a multi-step agent that reads, edits, runs tests (sandboxed) and reports a diff",
-        description="Work on TASK in the repository for several steps on the deep-tier model: read and search "
-        "files, edit them (one git commit per edit), run commands and tests in a sandbox. Ends with a summary "
-        "and the combined diff. Every run leaves a JSONL trajectory; --resume goes on from one.",
-        epilog="exit codes: 0 the model finished, 1 stopped by a budget or the context, 2 usage error, "
-        "130 interrupted. docs/agent.md says what the sandbox does and does not protect against.",
-    )
-    parser.add_argument("task", nargs="?", default=None, help="what to do (omit with --resume)")
-    parser.add_argument("--repo", default=None, metavar="DIR", help="the repository (default: the current folder's)")
-    parser.add_argument("--model", default=DEFAULT_DEEP, help=f"model name or path (default: {DEFAULT_DEEP})")
-    parser.add_argument("--server", default=None, metavar="URL",
-                        help="a `pairline serve` or `pairline route` (http://HOST:PORT or ws://...)")
-    parser.add_argument("--mode", default=None, choices=["deep", "realtime", "auto"],
-                        help="with --server on a router: the tier to ask for")
-    add_runtime_option(parser)
-    parser.add_argument("--max-steps", type=int, default=None, metavar="N", help=f"model turns (default {b.max_steps})")
-    parser.add_argument("--max-time", type=float, default=None, metavar="S",
-                        help=f"wall-clock seconds (default {b.max_time_s:.0f})")
-    parser.add_argument("--max-tokens", type=int, default=None, metavar="N",
-                        help=f"tokens the model may generate in all (default {b.max_tokens})")
-    parser.add_argument("--turn-tokens", type=int, default=1024, metavar="N", help="cap on one reply (default 1024)")
-    parser.add_argument("--test-cmd", default=None, metavar="CMD", help=f"the test tool's command ({DEFAULT_TEST_CMD})")
-    parser.add_argument("--cmd-timeout", type=float, default=120.0, metavar="S", help="limit for one command")
-    parser.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size in tokens (default 8192)")
-    parser.add_argument("--resume", default=None, metavar="RUN", help="go on with a run (its id or trajectory path)")
-    parser.add_argument("--json", action="store_true", help="print the trajectory's events as JSONL on stdout")
-    parser.add_argument("--allow-weak-sandbox", action="store_true",
-                        help="run commands even where this kernel lacks a sandbox protection (docs/agent.md)")
-    parser.set_defaults(func=cmd_agent)
-    return parser
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    from pairline.assistant.client import open_client
-
-    overrides = {"max_steps": args.max_steps, "max_time_s": args.max_time, "max_tokens": args.max_tokens}
-    if args.mode and not args.server:
-        raise PairlineError("--mode picks a tier on a router; it needs --server")
-    if args.turn_tokens < 16:
-        raise PairlineError(f"--turn-tokens must be at least 16, got {args.turn_tokens}")
-    if args.ctx < 1024:
-        raise PairlineError(f"--ctx must be at least 1024, got {args.ctx}")
-    if args.repo is not None and not Path(args.repo).is_dir():
-        raise PairlineError(f"--repo {args.repo}: no such directory")
-    info = {"server": args.server, "mode": args.mode, "runtime": args.runtime}
-    if args.resume is not None:
-        if args.task:
-            raise PairlineError("give either a task or --resume, not both (a resumed run keeps its task)")
-        find_run(args.resume)  # fail fast, before loading a model
-        load_trajectory(find_run(args.resume))
-    else:
-        if args.task is None or not args.task.strip():
-            raise PairlineError('the task is empty; say what the agent should do: pairline agent "TASK"')
-        Budgets(**{k: v for k, v in overrides.items() if v is not None}).check()
-    out = _Printer(args.json)
-    out.note(f"loading {args.server or args.model}…")
-    client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime, mode=args.mode)
-    common = {"n_ctx": args.ctx, "cmd_timeout": args.cmd_timeout, "on_event": out.event, "info": info,
-              "allow_weak_sandbox": args.allow_weak_sandbox}
-    if args.resume is not None:
-        agent = Agent.resume(args.resume, client, budgets=overrides, test_cmd=args.test_cmd, repo=args.repo, **common)
-    else:
-        ws = Workspace.open(args.repo or None)
-        budgets = Budgets(**{k: v for k, v in overrides.items() if v is not None})
-        agent = Agent(client, ws, args.task, budgets=budgets, test_cmd=args.test_cmd or DEFAULT_TEST_CMD,
-                      turn_tokens=args.turn_tokens, **common)
-    if weak := agent.sandbox.weakness():
-        out.note(weak)
-    result = run_in_thread(agent)
-    out.final(result)
-    return result.exit_code
-
-
-def run_in_thread(agent: Agent) -> AgentResult:
-    """Run the agent off the main thread, so Ctrl-C only asks it to stop: the model's answer is
-    cancelled within a step, a command's process group is killed, and the trajectory gets its end."""
-    cancel = CancelToken()
-    box: dict = {}
-    finished = threading.Event()
-
-    def work() -> None:
-        try:
-            box["result"] = agent.run(cancel)
-        except BaseException as err:  # re-raised in the main thread
-            box["error"] = err
-        finally:
-            finished.set()
-
-    threading.Thread(target=work, daemon=True).start()
-    # an Event, not Thread.join: a join interrupted by Ctrl-C can leave is_alive() False while the
-    # thread still runs (a CPython bug), and the result would be read before it exists
-    while not finished.is_set():
-        try:
-            finished.wait(0.2)
-        except KeyboardInterrupt:
-            cancel.cancel()
-            print("\npairline: stopping the agent…", file=sys.stderr)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
-class _Printer:
-    """The run on the terminal: the model's text as it streams, one line per tool, then the report
-    and the colored diff. With --json, the trajectory's events instead."""
-
-    def __init__(self, as_json: bool):
-        from rich.console import Console
-
-        self.json = as_json
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.max_steps = 0
-
-    def note(self, text: str) -> None:
-        self.err.print(text, markup=False, style="dim")
-
-    def event(self, e: dict) -> None:
-        kind = e["type"]
-        if self.json:
-            if kind != "delta":
-                sys.stdout.write(json.dumps(e, ensure_ascii=False, default=str) + "\n")
-                sys.stdout.flush()
-            return
-        if kind in ("run", "resume"):
-            self.max_steps = e["budgets"]["max_steps"]
-            if kind == "run":
-                self.note(f"run {e['run_id']} · {e['model']} · {e['repo']} · sandbox: {', '.join(e['sandbox'])}")
-            else:
-                self.note(f"resuming run {e['run_id']} after {e['used_steps']} steps")
-            self.note(f"trajectory: {e['trajectory']}")
-        elif kind == "delta":
-            self.out.file.write(e["text"])
-            self.out.file.flush()
-        elif kind == "turn":
-            self.out.print(f"\n[step {e['step']}/{self.max_steps} · {e['tokens']} tokens · {e['wall_s']:.1f} s]",
-                           style="dim", markup=False)
-        elif kind == "tool":
-            first = (e.get("observation") or "").splitlines()[:1]
-            self.out.print(f"[{e['name']}] {first[0] if first else ''}", style="cyan" if e["ok"] else "yellow",
-                           markup=False)
-        elif kind == "condense":
-            self.note(f"[context: {e['observations']} older results shortened]")
-
-    def final(self, r: AgentResult) -> None:
-        if self.json:
-            return
-        from pairline.assistant.edit_cmd import print_diff
-
-        if r.diff:
-            self.out.print()
-            print_diff(self.out, r.diff.splitlines())
-        self.out.print("\n" + r.report(), markup=False)
-        tail = f"trajectory: {r.path}"
-        if r.reason != "done":
-            tail += f"\nto go on: pairline agent --resume {r.run_id} (raise the budget that stopped it)"
-        self.note(tail)
+    """The context to plan for: what was asked, never more than the client's context holds."""
+    n = client.n_ctx
+    return min(asked, n) if n is not None and n > 0 else asked

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pairline.assistant.agent_format import Action, truncate_middle
 from pairline.assistant.coder import load_file
-from pairline.assistant.edit_cmd import unified_diff
+from pairline.assistant.diffs import unified_diff
 from pairline.assistant.edits import EditError, apply_block
 from pairline.assistant.gitsafe import GitGuard, protect
 from pairline.assistant.rewrite import restore_layout

@@ -31,6 +31,9 @@ class Reply:
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
     tokens: int = 0
+    # the tokens the request's prediction came to (0 without one), counted by the client from the
+    # one tokenization it does anyway (an estimate where it has no tokenizer: a remote client)
+    prediction_tokens: int = 0
 
     def __iter__(self) -> Iterator[str]:
         for delta in self.deltas:
@@ -43,17 +46,23 @@ class Reply:
         return self
 
     def close(self) -> None:
-        """Stop the underlying stream (releases the engine if the caller stopped iterating early)."""
+        """Stop the underlying stream (releases the engine if the caller stopped iterating early).
+        `deltas` may be any iterator (a placeholder before the stream is set up has no close)."""
         close = getattr(self.deltas, "close", None)
         if close is not None:
             close()
 
 
 class Client(Protocol):
-    supports_prefix: bool  # can start the assistant's answer (priming, forced dividers)
+    """What the assistant needs of a model. Every client declares each capability as a field, so
+    nothing probes for one with getattr."""
+
+    supports_prefix: bool  # stream() takes `prefix=`: continues an answer already started (priming, forced dividers)
+    supports_stop: bool  # stream() takes `stop=` strings and ends the answer at one
     model_name: str
     family: str  # chat/prompt family: "qwen2", "llama", ...
-    load_s: float
+    load_s: float  # seconds it took to load the model (or to open the session)
+    n_ctx: int | None  # the context window in tokens; None where it is not known here (a server's)
 
     def stream(
         self,
@@ -73,20 +82,39 @@ class Client(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def reset(self) -> None:
+        """Forget the prompt state the model caches here, so the next answer pays its whole prompt
+        (benchmarks measure cold requests). A server's cache is not this client's: nothing to do."""
+        ...
+
+    def describe(self) -> dict:
+        """Where the model runs, for a benchmark's record: {"runtime": the runtime's name, "threads":
+        the CPU threads it uses}; both None for a server (it does not say)."""
+        ...
+
 
 class InProcessClient:
     """An Engine in this process."""
 
     supports_prefix = True
+    supports_stop = True
 
     def __init__(self, engine) -> None:
         self.engine = engine
         self.model_name = engine.model_name
-        self.family = getattr(engine.tokenizer, "family", "qwen2")
+        self.family = engine.tokenizer.family
         self.load_s = engine.load_s
+        self.n_ctx = engine.runtime.n_ctx
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer.encode_text(text))
+
+    def reset(self) -> None:
+        self.engine.reset()
+
+    def describe(self) -> dict:
+        said = self.engine.runtime.describe()
+        return {"runtime": said["runtime"], "threads": said["threads"]}
 
     def stream(
         self,
@@ -112,7 +140,7 @@ class InProcessClient:
                                        speculation=speculation)
         else:
             gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel, speculation=speculation)
-        reply = Reply(iter(()), cancel)
+        reply = Reply(iter(()), cancel, prediction_tokens=len(pred) if pred else 0)
 
         def deltas() -> Iterator[str]:
             try:
@@ -171,9 +199,13 @@ class RemoteClient:
     session is opened and the whole history is sent once.
 
     The protocol has no way to start the assistant's answer for it, so `supports_prefix` is False:
-    the coder then neither primes the answer nor caps SEARCH parts (both need a prefix)."""
+    the coder then neither primes the answer nor caps SEARCH parts (both need a prefix). Nor has it
+    stop strings (`supports_stop` False): the agent cancels the stream itself once its action is
+    complete. The server's context size is not part of the session, so `n_ctx` is None."""
 
     supports_prefix = False
+    supports_stop = False
+    n_ctx = None
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
                  mode: str | None = None) -> None:
@@ -257,6 +289,12 @@ class RemoteClient:
     def count_tokens(self, text: str) -> int:
         return len(text) // 3 + 1  # no tokenizer on this side; code runs 3-4 characters a token
 
+    def reset(self) -> None:
+        pass  # the server's KV is the session's, not ours to drop
+
+    def describe(self) -> dict:
+        return {"runtime": None, "threads": None}
+
     def stream(
         self,
         messages: list[dict],
@@ -290,7 +328,7 @@ class RemoteClient:
             event["instructions"] = system
         if prediction:
             event["prediction"] = {"type": "content", "content": prediction}
-        reply = Reply(iter(()), cancel)
+        reply = Reply(iter(()), cancel, prediction_tokens=self.count_tokens(prediction) if prediction else 0)
         self._send(event)
         self.instructions = system
 

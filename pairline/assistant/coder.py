@@ -182,7 +182,7 @@ class Coder:
         self.prompt = prompts.prompt_for(client.family)
         # -1: the measured default for this model; None or 0: no cap. A cap needs a client that can
         # continue a started answer (a forced divider), and so does priming.
-        self.can_prefix = getattr(client, "supports_prefix", True)
+        self.can_prefix = client.supports_prefix
         cap = prompts.SEARCH_CAP.get(client.model_name) if search_cap == -1 else (search_cap or None)
         self.search_cap = cap if self.can_prefix else None
 
@@ -481,7 +481,6 @@ class Coder:
         result = TurnResult("unchanged", files={f.real: f})
         result.stats.mode = "rewrite"
         req = build_request(f.shown, f.text or "", instruction)
-        result.stats.predicted = self.client.count_tokens(req.prediction)
         budget = max_tokens or max_tokens_for(self.client, [f], "rewrite")
         messages = req.messages
         for attempt in (1, 2):
@@ -522,6 +521,7 @@ class Coder:
         # the request's own cancel, so that stopping it at the closing fence leaves the turn (and a retry) alive
         inner = LinkedCancel(cancel)
         reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner)
+        result.stats.predicted = reply.prediction_tokens  # the client tokenized the prediction to send it
         lines = BlockStream()
         for delta in reply:
             self.on_event(Event("text", delta))

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import sys
 import time
-from bisect import bisect_left
-from collections import defaultdict
 from dataclasses import dataclass
 
+from pairline.assistant.diffs import LiveDiff, diff_counts, live_view, print_diff, rows_view, unified_diff
 from pairline.errors import PairlineError
 
 EXIT_APPLIED = 0
@@ -83,117 +81,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-# --------------------------------------------------------------------------- live diff
-
-
-class LiveDiff:
-    """Classifies the new file's lines against the original as they complete. A line that is the
-    original's next line, or a distinctive line found further on, anchors the two; the lines
-    between two anchors form a hunk, shown as additions while it grows and re-diffed with difflib
-    once the next anchor closes it. Incremental and cheap; for display only (the final diff is
-    computed on the whole file)."""
-
-    def __init__(self, original_lines: list[str]):
-        self.orig = original_lines
-        self.pos = 0  # the original's next line
-        self.rows: list[tuple[str, str]] = []  # (" " | "+" | "-", line)
-        self.new_lines = 0  # lines of the new file seen so far
-        self._hunk_start = 0  # rows[_hunk_start:] are the open hunk's lines, all "+"
-        self._pending: list[str] = []
-        self._where: dict[str, list[int]] = defaultdict(list)
-        for i, line in enumerate(original_lines):
-            if len(line.strip()) >= 6:  # short lines ("}", "", "pass") say nothing about position
-                self._where[line].append(i)
-
-    def push(self, line: str) -> None:
-        self.new_lines += 1
-        if self.pos < len(self.orig) and self.orig[self.pos] == line:
-            self._close_hunk(self.pos)
-        else:
-            ahead = self._where.get(line, ())
-            i = bisect_left(ahead, self.pos)
-            if i == len(ahead):
-                self._pending.append(line)
-                self.rows.append(("+", line))
-                return
-            self._close_hunk(ahead[i])
-        self.rows.append((" ", line))
-        self.pos += 1
-        self._hunk_start = len(self.rows)
-
-    def finish(self) -> None:
-        self._close_hunk(len(self.orig))
-        self._hunk_start = len(self.rows)
-
-    def _close_hunk(self, anchor: int) -> None:
-        """The original's lines pos..anchor were replaced by the pending lines."""
-        old, new = self.orig[self.pos : anchor], self._pending
-        if old:
-            rows: list[tuple[str, str]] = []
-            sm = difflib.SequenceMatcher(None, old, new, autojunk=False)
-            for op, a0, a1, b0, b1 in sm.get_opcodes():
-                if op == "equal":
-                    rows += [(" ", x) for x in old[a0:a1]]
-                else:
-                    rows += [("-", x) for x in old[a0:a1]] + [("+", x) for x in new[b0:b1]]
-            self.rows[self._hunk_start :] = rows
-        self.pos = anchor
-        self._pending = []
-
-
-_ROW_STYLE = {" ": "dim", "+": "green", "-": "red"}
-
-
-def _live_view(title: str, diff: LiveDiff, height: int):
-    from rich.console import Group
-    from rich.text import Text
-
-    rows = diff.rows[-max(1, height) :]
-    lines = [Text(title, style="bold cyan")]
-    lines += [Text(f"{mark} {line}", style=_ROW_STYLE[mark], no_wrap=True, overflow="ellipsis") for mark, line in rows]
-    return Group(*lines)
-
-
-# --------------------------------------------------------------------------- final diff
-
-
-def unified_diff(old: str, new: str, path: str) -> list[str]:
-    """A unified diff (lines without their newline); lines keep any CR so the diff is exact."""
-    out: list[str] = []
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
-    name = path.lstrip("/")  # git's a/ b/ prefixes; an absolute path must not give "a//tmp/..."
-    for line in difflib.unified_diff(a, b, fromfile=f"a/{name}", tofile=f"b/{name}", n=3):
-        if line.endswith("\n"):
-            out.append(line[:-1])
-        else:  # the last line of a file without a final newline
-            out += [line, "\\ No newline at end of file"]
-    return out
-
-
-def print_diff(console, lines: list[str]) -> None:
-    from rich.text import Text
-
-    for line in lines:
-        shown = line.removesuffix("\r")
-        if line.startswith(("+++", "---")):
-            style = "bold"
-        elif line.startswith("@@"):
-            style = "cyan"
-        elif line.startswith("+"):
-            style = "green"
-        elif line.startswith("-"):
-            style = "red"
-        else:
-            style = ""
-        console.print(Text(shown, style=style), soft_wrap=True, highlight=False)
-
-
-def diff_counts(lines: list[str]) -> tuple[int, int]:
-    added = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
-    removed = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
-    return added, removed
-
-
 # --------------------------------------------------------------------------- stats
 
 
@@ -225,10 +112,6 @@ def plan_ctx(model_chars: int, instruction_chars: int, max_tokens: int | None) -
     file_tokens = model_chars // 2 + 32
     need = 384 + instruction_chars // 2 + file_tokens + (max_tokens or file_tokens + 512)
     return max(2048, -(-need // 1024) * 1024)
-
-
-def default_max_tokens(prediction_tokens: int) -> int:
-    return prediction_tokens + max(256, prediction_tokens // 2)
 
 
 # --------------------------------------------------------------------------- the command
@@ -330,7 +213,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
     watcher = BlockParser(default_path=shown if len(files) == 1 else None)
     height = max(4, min(40, out.out.size.height - 4))
     use_live = out.out.is_terminal and not out.json
-    first_view = _live_view(f"{shown} · reading the prompt…", live_diff, height)
+    first_view = live_view(f"{shown} · reading the prompt…", live_diff, height)
     live = Live(first_view, console=out.out, transient=True, refresh_per_second=15) if use_live else None
     n_chunks = 0
     t_gen = last_view = time.perf_counter()
@@ -366,10 +249,10 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
             last_view = now
             if mode == "rewrite":
                 title = f"{shown} · line {live_diff.new_lines} of ~{len(live_diff.orig)} · {now - t_gen:.1f} s"
-                live.update(_live_view(title, live_diff, height))
+                live.update(live_view(title, live_diff, height))
             else:
                 title = f"{', '.join(f.shown for f in files)} · {now - t_gen:.1f} s"
-                live.update(_rows_view(title, live_blocks.rows + live_blocks.partial_rows, height))
+                live.update(rows_view(title, live_blocks.rows + live_blocks.partial_rows, height))
 
     coder = Coder(client, ws, on_event=on_event)
     budget = args.max_tokens or max_tokens_for(client, files, mode)
@@ -442,16 +325,6 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
         EXIT_APPLIED, "applied", f"wrote {names} (+{added} -{removed}){where}", commit=entry.commit,
         backup=str(entry.backup_dir) if entry.backup_dir else None,
     )
-
-
-def _rows_view(title: str, rows: list[tuple[str, str]], height: int):
-    from rich.console import Group
-    from rich.text import Text
-
-    lines = [Text(title, style="bold cyan")]
-    shown = rows[-max(1, height) :]
-    lines += [Text(f"{mark} {line}", style=_ROW_STYLE[mark], no_wrap=True, overflow="ellipsis") for mark, line in shown]
-    return Group(*lines)
 
 
 def main(argv: list[str] | None = None) -> int:

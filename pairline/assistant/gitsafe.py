@@ -127,6 +127,11 @@ def git_status(root: Path) -> set[str]:
     return {entry[3:] for entry in out.split("\0") if len(entry) > 3}
 
 
+def git_is_ancestor(root: Path, ancestor: str, commit: str) -> bool:
+    """Whether `ancestor` is in `commit`'s history (False too where git cannot tell)."""
+    return run_git(root, "merge-base", "--is-ancestor", ancestor, commit, check=False).returncode == 0
+
+
 # --------------------------------------------------------------------------- the guard
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import statistics
-import sys
 import threading
 import time
 
@@ -71,7 +70,7 @@ def run_cancel_bench(engine, prompt: list[int], repeats: int, seed: int, log=pri
         "prompt_tokens": len(prompt),
         "prefill_chunk": engine.prefill_chunk,
         "runtime": engine.runtime.name,
-        "interruptible": bool(getattr(engine.runtime, "interruptible", False)),
+        "interruptible": engine.runtime.interruptible,
         "uncancelled_prefill_s": full_s,
         "runs": runs,
         "median_latency_s": statistics.median(latencies) if latencies else None,
@@ -80,15 +79,21 @@ def run_cancel_bench(engine, prompt: list[int], repeats: int, seed: int, log=pri
 
 
 def cmd_cancel(args) -> int:
-    from rich.console import Console
-
-    from pairline.bench.engine import default_out_path, git_state, load_tasks, machine_info, write_json
+    from pairline.bench.common import (
+        default_out_path,
+        git_state,
+        invocation,
+        load_tasks,
+        machine_info,
+        stderr_log,
+        write_json,
+    )
     from pairline.engine.load import load_engine
     from pairline.errors import PairlineError
 
     if args.prompt_tokens < 2 or args.repeats < 1:
         raise PairlineError("--prompt-tokens must be at least 2 and --repeats at least 1")
-    err = Console(stderr=True)
+    err, log = stderr_log()
     engine = load_engine(args.model, runtime=args.runtime, n_ctx=args.prompt_tokens + 64)
     if args.prompt_tokens + 64 > engine.runtime.n_ctx:  # the model's own context is the cap
         raise PairlineError(f"--prompt-tokens {args.prompt_tokens} does not fit {args.model}'s context of "
@@ -98,13 +103,12 @@ def cmd_cancel(args) -> int:
     prompt = (ids * (args.prompt_tokens // len(ids) + 1))[: args.prompt_tokens]
     result = {
         "bench": "cancel",
-        "command": "pairline " + " ".join(sys.argv[1:]),
+        "command": invocation(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": args.model,
         "machine": machine_info(),
         "git": git_state(),
-        **run_cancel_bench(engine, prompt, args.repeats, args.seed,
-                           log=lambda m: err.print(f"[dim]bench:[/] {m}", highlight=False)),
+        **run_cancel_bench(engine, prompt, args.repeats, args.seed, log=log),
     }
     path = default_out_path(args.out, args.model, kind="cancel")
     write_json(result, path)

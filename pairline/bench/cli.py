@@ -103,42 +103,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_cancel_parser(sub)  # `pairline bench cancel`
 
 
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 def cmd_engine(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from pairline.bench.common import csv, default_out_path, stderr_log, write_json
+    from pairline.bench.engine import BenchConfig, command_line, run_engine_bench
+    from pairline.bench.engine_report import print_tables
 
-    from pairline.bench.engine import (
-        BenchConfig,
-        command_line,
-        default_out_path,
-        print_tables,
-        run_engine_bench,
-        write_json,
-    )
-
-    err = Console(stderr=True)
-    kw = {
-        "dtype": args.dtype,
-        "command": command_line(args),
-        "log": lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
-    }
+    err, log = stderr_log()
+    kw = {"dtype": args.dtype, "command": command_line(args), "log": log}
     optional = {
-        "engines": _csv(args.engines),
-        "edit_engines": _csv(args.edit_engines),
+        "engines": csv(args.engines),
+        "edit_engines": csv(args.edit_engines),
         "quant": args.quant,
         "threads": args.threads,
         "omp_wait_policy": args.omp_wait_policy,
         "n_ctx": args.n_ctx,
-        "edit_tasks": _csv(args.edit_tasks),
-        "edit_modes": _csv(args.edit_modes),
+        "edit_tasks": csv(args.edit_tasks),
+        "edit_modes": csv(args.edit_modes),
         "edit_repeats": args.edit_repeats,
         "useless_seed": args.useless_seed,
-        "phases": _csv(args.phases),
+        "phases": csv(args.phases),
         "repeats": args.repeats,
     }
     kw.update({k: v for k, v in optional.items() if v is not None})
@@ -159,24 +142,15 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_overhead(args: argparse.Namespace) -> int:
-    import sys
-    import time
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from pairline.bench.engine import write_json
+    from pairline.bench.common import default_out_path, invocation, stderr_log, write_json
     from pairline.bench.overhead import OverheadConfig, print_summary, run_overhead
 
-    err = Console(stderr=True)
+    err, log = stderr_log()
     cfg = OverheadConfig(model=args.model, turns=args.turns, max_tokens=args.max_tokens, file_tokens=args.file_tokens,
                          n_ctx=args.ctx, load_sessions=args.load_sessions, load_seconds=args.load_seconds,
-                         threads=args.threads, base_url=args.server, command="pairline " + " ".join(sys.argv[1:]),
-                         log=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False))
+                         threads=args.threads, base_url=args.server, command=invocation(), log=log)
     result = run_overhead(cfg)
-    out = Path(args.out or "bench-results")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out if out.suffix == ".json" else out / f"overhead-{Path(args.model).stem}-{stamp}.json"
+    path = default_out_path(args.out, args.model, kind="overhead")
     write_json(result, path)
     print_summary(result)
     err.print(f"wrote {path}")

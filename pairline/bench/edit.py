@@ -24,6 +24,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pairline.bench.common import console as make_console
+from pairline.bench.common import csv, fmt, invocation, loadavg, median, out_path, stamp, stderr_log, write_json
+from pairline.bench.common import table as make_table
+
 TASKS_DIR = Path(__file__).parent / "tasks" / "edit"
 MODES = ("blocks", "rewrite")
 
@@ -127,9 +131,7 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None) -> Ta
     from pairline.assistant.coder import Coder, load_file
     from pairline.assistant.workspace import Workspace
 
-    engine = getattr(client, "engine", None)
-    if engine is not None:
-        engine.reset()  # cold: each task pays its whole prompt, as a fresh `pairline edit` would
+    client.reset()  # cold: each task pays its whole prompt, as a fresh `pairline edit` would
     with tempfile.TemporaryDirectory(prefix="pairline-bench-edit-") as tmp:
         folder = Path(tmp)
         (folder / task.path).write_text(task.source)
@@ -171,14 +173,6 @@ def summarize(results: list[TaskResult]) -> list[dict]:
     for model, mode in keys:
         rs = [r for r in results if (r.model, r.mode) == (model, mode)]
         n = len(rs)
-
-        def median(values: list[float]) -> float | None:
-            values = sorted(v for v in values if v is not None)
-            if not values:
-                return None
-            mid = len(values) // 2
-            return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
         rows.append(
             {
                 "model": model,
@@ -203,7 +197,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg": loadavg(),
         "threads_env": os.environ.get("PAIRLINE_THREADS"),
     }
 
@@ -251,17 +245,13 @@ def run_edit_bench(
 
 
 def print_summary(result: EditBenchResult, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    console = console or make_console()
+    table = make_table("pairline bench edit", ("model", "mode", "tasks", "well-formed", "applied", "correct",
+                                               "time to edit (median)", "TTFT", "decode tok/s", "effective tok/s",
+                                               "tokens"))
 
-    console = console or Console()
-    table = Table(title="pairline bench edit")
-    for col in ("model", "mode", "tasks", "well-formed", "applied", "correct", "time to edit (median)",
-                "TTFT", "decode tok/s", "effective tok/s", "tokens"):
-        table.add_column(col)
-
-    def f(v, fmt="{:.1f}"):
-        return "–" if v is None else fmt.format(v)
+    def f(v, spec="{:.1f}"):
+        return fmt(v, spec, missing="–")
 
     for row in summarize(result.results):
         table.add_row(
@@ -274,14 +264,6 @@ def print_summary(result: EditBenchResult, console=None) -> None:
     console.print(table)
 
 
-def write_json(result: EditBenchResult, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    os.replace(tmp, path)
-    return path
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -289,7 +271,7 @@ def add_parser(sub) -> None:
     """`pairline bench edit` (registered by pairline/bench/cli.py)."""
     p = sub.add_parser(
         "edit",
-        help="small real edits end to end: time to applied edit, tok/s blocks vs rewrite, % well-formed, % correct",
+        help="small real edits end to end: time to applied edit, tok/s blocks vs rewrite, %% well-formed, %% correct",
         description="Runs each edit task (rename, add a parameter, fix a bug, add a docstring; real Python files) "
         "through the same path as `pairline edit`, per model and mode, checks each result with the task's test, "
         "prints a table and writes JSON.",
@@ -306,25 +288,19 @@ def add_parser(sub) -> None:
 
 
 def cmd_edit_bench(args) -> int:
-    from rich.console import Console
-
     from pairline.models.registry import DEFAULT_REALTIME
 
-    err = Console(stderr=True)
+    err, log = stderr_log()
     models = args.model or [DEFAULT_REALTIME]
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
-    out = Path(args.out or "bench-results")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out if out.suffix == ".json" else out / f"edit-{stamp}.json"
+    path = out_path(args.out, f"edit-{stamp()}.json")
     result = run_edit_bench(
         models,
-        modes,
-        tasks,
-        command="pairline " + " ".join(sys.argv[1:]),
+        csv(args.modes),
+        csv(args.tasks),
+        command=invocation(),
         n_ctx=args.ctx,
         max_tokens=args.max_tokens,
-        log=lambda msg: err.print(f"[dim]bench:[/] {msg}", highlight=False),
+        log=log,
         checkpoint=lambda r: write_json(r, path),
     )
     write_json(result, path)

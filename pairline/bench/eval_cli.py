@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from pairline.bench.common import csv, default_out_path, invocation, stderr_log, write_json
 from pairline.errors import PairlineError
 
 
@@ -63,33 +63,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pl.set_defaults(func=cmd_plot)
 
 
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
+def _problems(value: str | None) -> list[str] | None:
+    items = csv(value)
+    if items is None:
         return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
         raise PairlineError("--problems is empty")
-    return items
+    return list(items)
 
 
 def cmd_humaneval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from pairline.bench import humaneval as he
 
-    err = Console(stderr=True)
-
-    def log(msg: str) -> None:
-        err.print(f"[dim]eval:[/] {msg}", highlight=False)
-
-    command = "pairline " + " ".join(sys.argv[1:])
+    err, log = stderr_log("eval")
+    command = invocation()
     if args.canonical:
-        problems = he.select(he.load_problems(), args.limit, _csv(args.problems))
+        problems = he.select(he.load_problems(), args.limit, _problems(args.problems))
         result = he.run_canonical(problems, args.timeout, log)
         result["command"] = command
         path = Path(args.out) if args.out and args.out.endswith(".json") else None
         if path:
-            he.write_json(result, path)
+            write_json(result, path)
             err.print(f"wrote {path}")
         print(f"canonical solutions: {result['passed']}/{result['n']} passed in {result['wall_s']} s")
         return 0 if result["passed"] == result["n"] else 1
@@ -97,7 +91,7 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
     cfg = he.EvalConfig(
         tier=args.tier, model=args.model, runtime=args.runtime, server=args.server, mode=args.mode,
         n_ctx=args.n_ctx,
-        max_tokens=args.max_tokens, limit=args.limit, problems=_csv(args.problems),
+        max_tokens=args.max_tokens, limit=args.limit, problems=_problems(args.problems),
         speculation=args.speculation, timeout_s=args.timeout, command=command, log=log,
     )
     he.validate(cfg)  # every argument, before the model loads
@@ -106,8 +100,8 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
     def checkpoint(result: dict) -> Path:
         # named once the model is known (a server's model only once connected), then kept for the run
         if not paths:
-            paths.append(he.default_out_path(args.out, result["tier"], result["model"]))
-        return he.write_json(result, paths[0])
+            paths.append(default_out_path(args.out, result["model"], kind=f"humaneval-{result['tier']}"))
+        return write_json(result, paths[0])
 
     cfg.checkpoint = checkpoint  # a run stopped halfway keeps its tasks
     result = he.run_eval(cfg)
@@ -142,9 +136,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from pairline.bench.plot import load_results
 
     (result,) = load_results([args.result])
-    out = he.rescore(result, command="pairline " + " ".join(sys.argv[1:]))
+    out = he.rescore(result, command=invocation())
     src = Path(args.result)
-    path = he.write_json(out, Path(args.out) if args.out else src.with_name(src.stem + "-rescored.json"))
+    path = write_json(out, Path(args.out) if args.out else src.with_name(src.stem + "-rescored.json"))
     he.print_table([out])
     err = Console(stderr=True)
     for line in out["rescored"][-1]["changed"] or ["no task changed outcome"]:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pairline.bench.common import csv as _csv
+from pairline.bench.common import fmt, median, out_path, stamp, write_json
 from pairline.engine.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -121,11 +123,6 @@ def _sync(device: str) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def _median(values: list[float]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def _free() -> None:
@@ -312,7 +309,7 @@ def verify_cost(rt: Any, context: list[int], ks: tuple[int, ...], repeats: int) 
                 if i:
                     times.append(time.perf_counter() - t0)
                 rt.truncate(n0)
-            row[how] = _median(times)
+            row[how] = median(times)
         out[str(k)] = row
     return out
 
@@ -423,7 +420,7 @@ def bench_pairline(cfg: GpuBenchConfig, name: str, mcfg: ModelConfig, state: dic
                     loop.append(a["tok_s"])
                     device_loop.append(b["tok_s"])
             need = bytes_per_token(rt, ctx)
-            row = {"loop_tok_s": _median(loop), "device_tok_s": _median(device_loop), "runs_loop": loop,
+            row = {"loop_tok_s": median(loop), "device_tok_s": median(device_loop), "runs_loop": loop,
                    "runs_device": device_loop, "bytes_per_token": need, "graphs": rt.graphs.captures}
             for key in ("loop", "device"):
                 tok_s = row[f"{key}_tok_s"]
@@ -441,7 +438,7 @@ def bench_pairline(cfg: GpuBenchConfig, name: str, mcfg: ModelConfig, state: dic
         for size in cfg.ttft_sizes:
             prompt = random_ids(size, vocab, seed=size)
             times = [ttft(engine, prompt) for _ in range(cfg.repeats + 1)][1:]
-            rows[str(size)] = {"ttft_s": _median(times), "runs": times}
+            rows[str(size)] = {"ttft_s": median(times), "runs": times}
             _log(cfg, f"{name} {quant} {policy} TTFT @{size}: {rows[str(size)]['ttft_s']}")
         out["ttft"] = {"prefill_chunk": cfg.prefill_chunk, "sizes": rows}
         del engine, rt
@@ -536,7 +533,7 @@ def bench_hf(cfg: GpuBenchConfig, name: str, mcfg: ModelConfig) -> dict:
                     span = stamps[-1] - stamps[0]
                     if r:
                         runs.append((len(stamps) - 1) / span if span > 0 else None)
-                rows["decode"][str(ctx)] = {"tok_s": _median(runs), "runs": runs}
+                rows["decode"][str(ctx)] = {"tok_s": median(runs), "runs": runs}
                 _log(cfg, f"{name} HF {label} decode @{ctx}: {rows['decode'][str(ctx)]['tok_s']}")
             for size in cfg.ttft_sizes:
                 prompt = random_ids(size, mcfg.vocab_size, seed=size)
@@ -547,7 +544,7 @@ def bench_hf(cfg: GpuBenchConfig, name: str, mcfg: ModelConfig) -> dict:
                     hf_generate(model, prompt, 1, static)
                     if r:
                         times.append(time.perf_counter() - t0)
-                rows["ttft"][str(size)] = {"ttft_s": _median(times), "runs": times}
+                rows["ttft"][str(size)] = {"ttft_s": median(times), "runs": times}
         except Exception as err:  # a peer that fails is reported, not fatal
             rows["error"] = f"{type(err).__name__}: {err}"
             _log(cfg, f"{name} HF {label} failed: {rows['error']}")
@@ -574,10 +571,10 @@ def device_info(device: str) -> dict:
 
 def run_gpu_bench(cfg: GpuBenchConfig) -> dict:
     try:
-        from pairline.bench.engine import git_state, machine_info
+        from pairline.bench.common import git_state, machine_info
 
         machine, git = machine_info(), git_state()
-    except Exception as err:  # that module is shared with the CPU bench; its extras must not stop this one
+    except Exception as err:  # the CPU bench's machine record: its extras must not stop this one
         machine, git = {"error": str(err)}, {}
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -625,8 +622,8 @@ def run_gpu_bench(cfg: GpuBenchConfig) -> dict:
 def summary_rows(result: dict) -> list[list[str]]:
     """One line per model, variant and context: the figures the issue's goals name."""
 
-    def f(v: Any, fmt: str = "{:.0f}") -> str:
-        return "-" if v is None else fmt.format(v)
+    def f(v: Any, spec: str = "{:.0f}") -> str:
+        return fmt(v, spec, missing="-")
 
     rows = [["model", "engine", "ctx", "decode tok/s (loop / device)", "% of limit", "TTFT ms"]]
     for name, entry in result["models"].items():
@@ -662,10 +659,6 @@ def print_summary(result: dict, file: Any = None) -> None:
     out = file or sys.stdout
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)), file=out)
-
-
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def add_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
@@ -722,26 +715,14 @@ def config_from_args(args: argparse.Namespace) -> GpuBenchConfig:
     return GpuBenchConfig.quick(**kw) if arg("quick") else GpuBenchConfig(**kw)
 
 
-def out_path(out: str | None, models: tuple[str, ...]) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"engine-gpu-{'+'.join(models)}-{stamp}.json"
-    if out is None:
-        return Path("bench-results") / name
-    p = Path(out)
-    return p / name if p.is_dir() or out.endswith("/") else p
-
-
 def cmd_gpu(args: argparse.Namespace) -> int:
     """Entry point for `pairline bench engine --device cuda` and `python -m pairline.bench.gpu`."""
     cfg = config_from_args(args)
     cfg.log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)
-    path = out_path(args.out, cfg.models)
+    path = out_path(args.out, f"engine-gpu-{'+'.join(cfg.models)}-{stamp()}.json")
 
     def save(result: dict) -> None:  # after each variant: a run stopped at its time limit keeps what it measured
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        tmp.replace(path)
+        write_json(result, path)
 
     cfg.checkpoint = save
     result = run_gpu_bench(cfg)

@@ -33,6 +33,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pairline.bench.common import console as make_console
+from pairline.bench.common import git_state, loadavg
+from pairline.bench.common import table as make_table
 from pairline.errors import PairlineError
 
 TIERS = ("realtime", "deep")
@@ -297,9 +300,8 @@ def _ask(client, problem: Problem, max_tokens: int, speculation: str):
 def run_task(client, problem: Problem, *, max_tokens: int = 512, speculation: str = "prediction",
              timeout_s: float = 10.0) -> TaskRecord:
     """Ask, stop once the first code block closes, extract, check."""
-    engine = getattr(client, "engine", None)
-    if engine is not None:
-        engine.reset()  # cold: every task pays its whole prompt
+    client.reset()  # cold: every task pays its whole prompt
+    local = client.describe()["runtime"] is not None  # a server does not report its engine's counts
     load = _loadavg1()
     t0 = time.perf_counter()
     reply = _ask(client, problem, max_tokens, speculation)
@@ -334,9 +336,9 @@ def run_task(client, problem: Problem, *, max_tokens: int = 512, speculation: st
         answer=reply.text[:4000],
         program=program,
         prefill_s=reply.timings.prefill_s or None,
-        forward_calls=reply.timings.forward_calls if engine is not None else None,
-        draft_tokens=u.draft_tokens if engine is not None else None,
-        accepted_draft_tokens=u.accepted_draft_tokens if engine is not None else None,
+        forward_calls=reply.timings.forward_calls if local else None,
+        draft_tokens=u.draft_tokens if local else None,
+        accepted_draft_tokens=u.accepted_draft_tokens if local else None,
         cached_tokens=u.cached_tokens,
     )
 
@@ -423,8 +425,8 @@ def _run(cfg: EvalConfig, problems: list[Problem], client, model: str) -> dict:
         "server": cfg.server,  # None: the model ran in this process
         "mode": cfg.mode,
         "machine": machine(),
-        "git": _git_state(),
-        "loadavg_start": _loadavg(),
+        "git": git_state(),
+        "loadavg_start": loadavg(),
         "settings": {
             "max_tokens": cfg.max_tokens,
             "n_ctx": None if cfg.server else cfg.n_ctx,  # a server has its own
@@ -454,7 +456,7 @@ def _run(cfg: EvalConfig, problems: list[Problem], client, model: str) -> dict:
         if cfg.checkpoint:
             cfg.checkpoint(result)
     result["summary"] = summarize(cfg.records)
-    result["loadavg_end"] = _loadavg()
+    result["loadavg_end"] = loadavg()
     result["complete"] = True
     return result
 
@@ -474,16 +476,8 @@ def _describe_selection(cfg: EvalConfig, n: int) -> str:
 
 
 def runtime_of(client) -> tuple[str, int | None]:
-    engine = getattr(client, "engine", None)
-    if engine is None:
-        return "remote", None
-    rt = engine.runtime
-    threads = getattr(rt, "threads", None)
-    if threads is None:
-        import torch
-
-        threads = torch.get_num_threads()
-    return getattr(rt, "name", type(rt).__name__), threads
+    where = client.describe()
+    return where["runtime"] or "remote", where["threads"]
 
 
 def summarize(records: list[TaskRecord]) -> dict:
@@ -540,7 +534,7 @@ def rescore(result: dict, timeout_s: float | None = None, command: str = "") -> 
     out = {**result, "records": [asdict(r) for r in records], "summary": summarize(records)}
     out.setdefault("rescored", []).append({
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
-        "git": _git_state(), "changed": changed, "pass_at_1_before": result["summary"]["pass_at_1"]})
+        "git": git_state(), "changed": changed, "pass_at_1_before": result["summary"]["pass_at_1"]})
     return out
 
 
@@ -568,16 +562,12 @@ def run_canonical(problems: list[Problem], timeout_s: float = 10.0, log=print) -
 
 
 def machine() -> dict:
+    from pairline.engine.guard import cpu_description
+
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
             "gpu": None, "threads_env": os.environ.get("PAIRLINE_THREADS")}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    cpu = info.get("cpu_model") or platform.processor() or "CPU"
+    info["cpu_model"] = cpu_description()["model"]  # the crash guard's reading, as bench engine records it
+    cpu = info["cpu_model"] or "CPU"
     info["label"] = f"{cpu}, {info['cores']} cores, no GPU"
     return info
 
@@ -588,21 +578,8 @@ def _protections() -> tuple[str, ...]:
     return available_protections()
 
 
-def _git_state() -> dict:
-    from pairline.bench.engine import git_state
-
-    return git_state()
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def _loadavg1() -> float | None:
-    la = _loadavg()
+    la = loadavg()
     return la[0] if la else None
 
 
@@ -615,24 +592,6 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def default_out_path(out: str | None, tier: str, model: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name)
-    name = f"humaneval-{tier}-{safe}-{stamp}.json"
-    if out is None:
-        return Path("bench-results") / name
-    p = Path(out)
-    return p if p.suffix.lower() == ".json" else p / name
-
-
-def write_json(result: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
 def where_ran(result: dict) -> str:
     """A run's engine in a label: the server's URL, or the local runtime and its threads."""
     if result.get("server"):
@@ -641,17 +600,10 @@ def where_ran(result: dict) -> str:
 
 
 def print_table(results: list[dict], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a pipe or a log file: 80 columns would cut every header
-            console = Console(width=150)
-    table = Table(title="pairline eval humaneval: greedy pass@1, wall time per task")
-    for col in ("tier · model", "drafts", "N", "pass@1", "wall median", "wall mean", "TTFT", "tokens",
-                "from pred.", "fails s/a/t/e", "load"):
-        table.add_column(col)
+    console = console or make_console(piped_width=150)  # a pipe or a log file: 80 columns would cut every header
+    table = make_table("pairline eval humaneval: greedy pass@1, wall time per task",
+                       ("tier · model", "drafts", "N", "pass@1", "wall median", "wall mean", "TTFT", "tokens",
+                        "from pred.", "fails s/a/t/e", "load"))
     for r in results:
         s = r.get("summary") or {}
         if not s.get("n"):

@@ -23,7 +23,6 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -33,6 +32,9 @@ from pathlib import Path
 
 import httpx
 from websockets.sync.client import connect
+
+from pairline.bench.common import console as make_console
+from pairline.bench.common import git_state, machine_info, median, table
 
 MODES = ("a_http_new_conn", "b_http_keepalive", "c_websocket")
 QUESTIONS = [
@@ -259,22 +261,17 @@ def summarize(results: list[TurnResult]) -> dict:
     out = {}
     for mode in MODES:
         rows = [r for r in results if r.mode == mode and r.error is None]
-        out[mode] = {k: _median([getattr(r, k) for r in rows]) for k in (
+        out[mode] = {k: median([getattr(r, k) for r in rows]) for k in (
             "ttft_s", "e2e_s", "server_own_s", "roundtrip_overhead_s", "client_gap_s", "engine_per_token_s",
             "per_token_overhead_s")}
         out[mode]["turns_ok"] = len(rows)
         out[mode]["errors"] = sum(1 for r in results if r.mode == mode and r.error)
-        out[mode]["median_request_bytes"] = _median([r.request_bytes for r in rows])
-        out[mode]["median_prefilled_tokens"] = _median([r.input_tokens - r.cached_tokens for r in rows])
+        out[mode]["median_request_bytes"] = median([r.request_bytes for r in rows])
+        out[mode]["median_prefilled_tokens"] = median([r.input_tokens - r.cached_tokens for r in rows])
     a, c = out[MODES[0]], out[MODES[2]]
     out["c_vs_a_reduction"] = {k: _reduction(a[k], c[k]) for k in ("roundtrip_overhead_s", "per_token_overhead_s",
                                                                    "ttft_s", "e2e_s")}
     return out
-
-
-def _median(values) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def _reduction(base: float | None, new: float | None) -> float | None:
@@ -370,8 +367,6 @@ def start_server(cfg: OverheadConfig) -> tuple[subprocess.Popen, str]:
 
 
 def run_overhead(cfg: OverheadConfig) -> dict:
-    from pairline.bench.engine import git_state, machine_info
-
     source, n_file = session_file(cfg.model, cfg.file_tokens)
     proc = None
     base = cfg.base_url
@@ -402,17 +397,12 @@ def run_overhead(cfg: OverheadConfig) -> dict:
 
 
 def print_summary(result: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
+    console = console or make_console()
     s = result["summary"]
     cfg = result["config"]
-    t = Table(title=f"{cfg['model']} ({result['server'].get('runtime')} runtime): per turn, medians of "
-                    f"{cfg['turns']} turns ({result['file_tokens']}-token file, {cfg['max_tokens']}-token answers)")
-    t.add_column("median")
-    for col in ("(a) HTTP new conn", "(b) HTTP keep-alive", "(c) WebSocket", "(c) vs (a)"):
-        t.add_column(col, justify="right")
+    t = table(f"{cfg['model']} ({result['server'].get('runtime')} runtime): per turn, medians of "
+              f"{cfg['turns']} turns ({result['file_tokens']}-token file, {cfg['max_tokens']}-token answers)",
+              ("median", "(a) HTTP new conn", "(b) HTTP keep-alive", "(c) WebSocket", "(c) vs (a)"), left=("median",))
     red = s["c_vs_a_reduction"]
     rows = [("TTFT", "ttft_s", 1), ("end to end", "e2e_s", 1), ("server own (queue+engine TTFT)", "server_own_s", 1),
             ("per-roundtrip overhead", "roundtrip_overhead_s", 2), ("client gap per delta", "client_gap_s", 3),

@@ -213,14 +213,14 @@ class PairlineBackend:
 def conversion_cache_state(model: str, dtype: str) -> str:
     """'warm' when pairline's dequantized copy of this GGUF already exists (load maps it), else 'cold'."""
     try:
-        from pairline.engine.load import _converted_path, parse_dtype
+        from pairline.engine.load import converted_path, parse_dtype
         from pairline.engine.runtimes.torch_runtime import default_dtype
         from pairline.models.fetch import resolve
 
         path = resolve(model, pull_if_missing=False)
         if path.is_dir():
             return "n/a"
-        return "warm" if _converted_path(path, parse_dtype(dtype) or default_dtype("cpu")).is_file() else "cold"
+        return "warm" if converted_path(path, parse_dtype(dtype) or default_dtype("cpu")).is_file() else "cold"
     except Exception:
         return "unknown"
 

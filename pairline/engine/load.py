@@ -41,7 +41,7 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, DTYPES[name])
 
 
-def _converted_path(source: Path, dtype: torch.dtype, kind: str = "", ext: str = "safetensors") -> Path:
+def converted_path(source: Path, dtype: torch.dtype, kind: str = "", ext: str = "safetensors") -> Path:
     """Dequantizing a GGUF takes seconds; the result is kept once per file, dtype and kind, keyed by
     the file's identity, so later starts map it from disk."""
     from pairline.models.fetch import cache_dir
@@ -58,7 +58,7 @@ def load_state(path: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, t
 
     if path.is_dir():
         return load_weights(path, dtype)
-    cached = _converted_path(path, dtype)
+    cached = converted_path(path, dtype)
     if cached.is_file():
         cfg, state = _read_cached(cached)
         if cfg is not None:
@@ -221,7 +221,7 @@ def build_torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     if quant in (None, "auto"):
         quant = os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
-    prepared = _converted_path(path, torch_dtype, f"{quant}-prepared", "pt") if path.is_file() else None
+    prepared = converted_path(path, torch_dtype, f"{quant}-prepared", "pt") if path.is_file() else None
     if prepared is not None and prepared.is_file():
         cfg, state = _read_prepared(prepared)
         if cfg is not None:

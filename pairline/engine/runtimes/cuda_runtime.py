@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 from pairline.engine.config import ModelConfig
-from pairline.engine.runtime import ContextFull, Rows, RuntimeDefaults, check_forward, kv_cache_bytes
+from pairline.engine.runtime import ContextFull, Rows, RuntimeDefaults, check_forward
 from pairline.engine.runtimes.cuda_model import StaticTransformer, quantize
 from pairline.engine.runtimes.torch_model import Linear, fuse_state_dict
-from pairline.engine.runtimes.torch_runtime import native_bf16_cpu
+from pairline.engine.runtimes.torch_runtime import TorchRuntime, native_bf16_cpu
 from pairline.errors import PairlineError
 
 QUANTS = ("none", "int8", "int4")
@@ -273,14 +273,10 @@ class CudaRuntime(RuntimeDefaults):
     def n_past(self) -> int:
         return self._n_past
 
-    @property
-    def kv_bytes(self) -> int:
-        c = self.cfg
-        return kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, self.n_ctx, self.dtype.itemsize)
+    kv_bytes = TorchRuntime.kv_bytes  # the same cfg, n_ctx and dtype make the same cache
 
     def describe(self) -> dict:
-        return {"runtime": self.name, "quant": self.quant, "dtype": str(self.dtype).removeprefix("torch."),
-                "threads": None}
+        return {**TorchRuntime.describe(self), "threads": None}  # a device: its CPU threads say nothing
 
     def truncate(self, n: int) -> None:
         """Positions from n on are forgotten: the masks are built from positions, so stale KV past

@@ -3,6 +3,7 @@ cancel, streaming, sampling, stop conditions, lossless speculation and timings."
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 import time
@@ -21,6 +22,7 @@ from pairline.engine.tokenizer import IncrementalDecoder, Tokenizer, encode_chat
 from pairline.errors import PairlineError
 
 Speculation = Literal["auto", "off", "prompt_lookup"]
+RESTORE_MIN = 16  # tokens a stored state must save over the cache to be worth loading
 
 
 class CancelToken:
@@ -311,17 +313,44 @@ class Engine:
         return out[-1] if end == len(g.prompt) else None  # short of the end: cancelled
 
     def _reuse(self, tokens: list[int], keep_prefix: int, need_logits: bool) -> tuple[int, int]:
-        """Keep the cached prefix `tokens` starts with (restoring a saved system prompt's KV where
-        that is longer). Returns (positions kept, the shared prefix's length where it is still to
-        be computed and saved, else 0)."""
-        common = common_prefix(self.cached, tokens)
-        keep = min(common, len(tokens) - 1) if need_logits else common  # logits need one token run
+        """Keep the cached prefix `tokens` starts with, or, for a request that marks a shared prefix
+        (`keep_prefix`), restore the stored state sharing a longer head with it. Returns (positions
+        kept, the shared prefix's length where it is still to be computed and saved, else 0)."""
+        limit = len(tokens) - 1 if need_logits else len(tokens)  # logits need one token run
+        keep = min(common_prefix(self.cached, tokens), limit)
         self._truncate(keep)
         shared = keep_prefix if 0 < keep_prefix < len(tokens) and self.prefix_store else 0
-        if keep < shared and self._restore(tokens[:shared]):
-            keep = shared
-        keep = min(keep, len(self.cached))  # a state the runtime refused leaves the cache empty
+        if shared and limit - keep >= RESTORE_MIN:
+            keep = self._restore(tokens, limit, keep)
         return keep, shared if keep < shared else 0
+
+    def _restore(self, tokens: list[int], limit: int, keep: int) -> int:
+        """Load the stored state that shares the longest head with `tokens` where that beats the
+        `keep` positions cached; only the shared positions stay. Returns the positions cached."""
+        found = self.prefix_store.longest(tokens)
+        if found is None:
+            return keep
+        stored, state = found
+        n = min(common_prefix(stored, tokens), limit)
+        if n < keep + RESTORE_MIN:
+            return keep
+        if not self.runtime.load_state(state, len(stored)):
+            self.cached = []  # refused: the runtime's cache is empty now
+            return 0
+        self.cached = list(stored)
+        self._truncate(n)
+        return n
+
+    def _store(self, g: Generation) -> None:
+        """Keep the whole prompt's KV (and the answer's) for a later process whose prompt shares its
+        head: the same files edited again. Only where this request computed a chunk or more; the
+        state is copied here (the cache is ours now) and written on a thread (tens of MB)."""
+        if not (g.keep_prefix and self.prefix_store and self.cached):
+            return
+        if len(self.cached) - g.usage.cached_tokens - len(g.token_ids) < self.prefill_chunk:
+            return
+        tokens, state = list(self.cached), self.runtime.save_state()
+        threading.Thread(target=self.prefix_store.save, args=(tokens, state), name="pairline-kv-save").start()
 
     def _chunks(self, tokens: list[int], keep: int, shared: int, cancel: CancelToken, last: str,
                 ids: bool = False) -> Iterator[tuple[int, np.ndarray | None]]:
@@ -340,14 +369,6 @@ class Engine:
             if end == shared:
                 self.prefix_store.save(tokens[:shared], self.runtime.save_state())
             yield end, out
-
-    def _restore(self, tokens: list[int]) -> bool:
-        """Load the saved KV of `tokens` into the (empty) cache; False when none is stored."""
-        state = self.prefix_store.load(tokens)
-        if state is None:
-            return False
-        self.cached = list(tokens) if self.runtime.load_state(state, len(tokens)) else []
-        return bool(self.cached)
 
     def _drafter(self, g: Generation):
         """The draft source and the policy that sizes its drafts. The priors are per-token acceptance
@@ -468,6 +489,8 @@ class Engine:
                         g.usage.rejected_prediction_tokens += len(drafts) - accepted
                 pending = [*drafts[:accepted], next_tok]
         finally:
+            with contextlib.suppress(Exception):  # a cache: failing to keep it costs time later, not this answer
+                self._store(g)
             t_end = time.perf_counter()
             g.timings.total_s = t_end - t0
             g.timings.decode_s = t_end - t_first

@@ -18,6 +18,7 @@ class ScriptedClient:
 
     supports_prefix = True
     supports_stop = True  # takes stop strings (and ignores them: the answers are scripted)
+    supports_ahead = True  # records each ahead() call (nothing to prefill)
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0
@@ -28,6 +29,10 @@ class ScriptedClient:
         self.chunk = chunk
         self.delay = delay
         self.calls: list[dict] = []
+        self.aheads: list[dict] = []
+
+    def ahead(self, messages, prefix="") -> None:
+        self.aheads.append({"messages": messages, "prefix": prefix})
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)

@@ -201,6 +201,7 @@ class Scripted:
 
     supports_prefix = False
     supports_stop = False
+    supports_ahead = False
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0
@@ -214,6 +215,9 @@ class Scripted:
         return len(text.split())
 
     def reset(self) -> None:
+        pass
+
+    def ahead(self, messages, prefix="") -> None:
         pass
 
     def describe(self) -> dict:

@@ -9,7 +9,11 @@ answer streams while the prompt stays live:
 - typing a message while an answer streams steers it: the answer is interrupted, kept, and the new
   message follows it in the same conversation. With the in-process engine the conversation's KV
   is still cached, so only the new message is prefilled (no history resend);
-- /add /drop /clear /diff /undo /test /fix /deep /model /help /quit.
+- /add /drop /clear /diff /undo /test /fix /deep /model /help /quit;
+- while the user types, the prompt the draft would send is prefilled ahead (`ChatSession.ahead`,
+  with a client that `supports_ahead`): `turn_request` builds a turn's messages, for the real turn
+  and for the draft alike, so the two cannot drift. The files come before the instruction, so
+  their KV does not depend on it: they are prefilled when the chat starts.
 
 `/deep [TASK]` hands a task to the deep tier (`agent.Agent`): the agent gets the chat's files and
 the recent conversation, runs in the turn's thread (its progress streams into the chat; Ctrl-C stops
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from pairline.assistant import prompts
 from pairline.assistant.client import Client, open_client
-from pairline.assistant.coder import Coder, Event, FileState, load_file
+from pairline.assistant.coder import Coder, Event, FileState, answer_primer, load_file
 from pairline.assistant.diffs import diff_counts, unified_diff
 from pairline.assistant.workspace import FileChangedError, Workspace
 from pairline.engine.generate import CancelToken
@@ -57,6 +61,53 @@ While an answer streams: Ctrl-C or Esc interrupts it; typing a new message steer
 ASK_SYSTEM = "You are a concise, expert programming assistant. Answer briefly and precisely."
 MAX_ASK_TOKENS = 512
 TEST_OUTPUT_CHARS = 6000  # the tail of the test output that goes to the model on /fix
+
+
+def chat_user_message(files: str, instruction: str) -> str:
+    """A chat turn's user message: the files the model has not seen as they are now (may be empty),
+    then the instruction. Unlike a one-shot edit (`prompts.user_message`: the instruction before and
+    after the files), the instruction comes only after them, so the files' KV does not depend on
+    what the user is still typing: they are prefilled ahead."""
+    said = prompts.user_message("", instruction)
+    return f"{files}\n\n{said}" if files else said
+
+
+def instruction_of(user_message: str) -> str:
+    """The instruction part of a chat turn's user message (the whole message if it has none)."""
+    if user_message.startswith("Instruction: "):
+        return user_message
+    _, sep, tail = user_message.rpartition("\n\nInstruction: ")
+    return f"Instruction: {tail}" if sep else user_message
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """What one chat turn sends: the messages, the start of the answer already written (`prefix`,
+    the primer), whether it is a question (a prose answer, no files), and every file's text as the
+    model will have seen it once this is sent."""
+
+    messages: list[dict]
+    prefix: str
+    asking: bool
+    shown: dict[Path, str]
+
+
+def turn_request(
+    client: Client, states: list[FileState], shown: dict[Path, str], history: list[dict], instruction: str
+) -> TurnRequest:
+    """A turn's request for `instruction`, on the files as they are now (`states`), those the model
+    last saw (`shown`) and the conversation so far. Pure: the real turn and the ahead prefill of a
+    draft both call it, so the prefilled prompt is a prefix of what the turn sends. A message
+    ending in "?" (or any, with no file in the chat) is a question."""
+    if instruction.rstrip().endswith("?") or not states:
+        user = {"role": "user", "content": instruction}
+        return TurnRequest([{"role": "system", "content": ASK_SYSTEM}, *history, user], "", True, dict(shown))
+    p = prompts.prompt_for(client.family)
+    fresh = {f.shown: f.model_text for f in states if shown.get(f.real) != f.model_text}
+    user = {"role": "user", "content": chat_user_message(prompts.files_message(fresh) if fresh else "", instruction)}
+    messages = [{"role": "system", "content": p.system}, *(p.example or ()), *history, user]
+    seen = {**shown, **{f.real: f.model_text for f in states}}
+    return TurnRequest(messages, answer_primer(p, states, client.supports_prefix), False, seen)
 
 
 @dataclass(slots=True)
@@ -88,6 +139,7 @@ class ChatSession:
     open_deep: Callable[[], Client] | None = None  # how to open it (None: the chat's own model)
     deep_options: dict = field(default_factory=dict)  # Agent keyword arguments (budgets, n_ctx, ...)
     last_instruction: str | None = None
+    draft: str = ""  # what the user is typing now, as the terminal last posted it (see ahead)
 
     # ---------------------------------------------------------------- input
 
@@ -129,6 +181,26 @@ class ChatSession:
         if self.turn is not None:
             self.turn.thread.join()
 
+    def ahead(self, draft: str) -> bool:
+        """The user is typing `draft`: have the client prefill, in its background, the prompt the
+        turn for it would send (the files and the history are certain; the draft extends them).
+        Not while a turn runs (its answer is about to join the history: the turn posts the draft
+        itself when it ends), nor for a command. Returns whether anything was posted."""
+        self.draft = draft
+        if self.busy:
+            return False
+        return self._post_ahead(draft)
+
+    def _post_ahead(self, draft: str) -> bool:
+        text = draft.strip()
+        if not self.client.supports_ahead or text.startswith("/"):
+            return False
+        states = self._file_states(quiet=True)
+        with self.lock:
+            request = turn_request(self.client, states, self.shown, self.history, text)
+        self.client.ahead(request.messages, request.prefix)
+        return True
+
     # ---------------------------------------------------------------- turns
 
     def start_turn(self, instruction: str) -> None:
@@ -138,30 +210,24 @@ class ChatSession:
         self.turn = Turn(thread, cancel, time.perf_counter(), instruction)
         thread.start()
 
-    def _file_states(self) -> list[FileState]:
+    def _file_states(self, quiet: bool = False) -> list[FileState]:
+        """The chat's files as they are now; one that cannot be read is dropped (said, unless
+        `quiet`: then it is only left out, as the turn will drop it)."""
         states = []
         for real in list(self.files):
             try:
                 states.append(load_file(self.ws, real))
             except PairlineError as err:
-                self.write(f"[dropping {self.ws.rel(real)}: {err}]\n")
-                self.files.remove(real)
+                if not quiet:
+                    self.write(f"[dropping {self.ws.rel(real)}: {err}]\n")
+                    self.files.remove(real)
         return states
-
-    def _user_message(self, states: list[FileState], instruction: str) -> str:
-        """The files the model has not seen as they are now, then the instruction."""
-        fresh = {f.shown: f.model_text for f in states if self.shown.get(f.real) != f.model_text}
-        for f in states:
-            self.shown[f.real] = f.model_text
-        return prompts.user_message(prompts.files_message(fresh) if fresh else "", instruction)
-
-    def base_messages(self) -> list[dict]:
-        p = prompts.prompt_for(self.client.family)
-        return [{"role": "system", "content": p.system}, *(p.example or ())]
 
     def _turn(self, instruction: str, cancel: CancelToken) -> None:
         try:
             self._run_turn(instruction, cancel)
+            if not cancel.cancelled:  # interrupted or steered: the next turn starts at once
+                self._post_ahead(self.draft)  # what the user typed meanwhile, on the grown history
         except PairlineError as err:
             self.write(f"\n[error: {err}]\n")
         except Exception as err:  # a bug must not kill the REPL or lose the user's files
@@ -169,14 +235,17 @@ class ChatSession:
 
     def _run_turn(self, instruction: str, cancel: CancelToken) -> None:
         states = self._file_states()
-        asking = instruction.rstrip().endswith("?") or not states
-        if asking:
-            self._ask(instruction, cancel)
+        with self.lock:
+            request = turn_request(self.client, states, self.shown, self.history, instruction)
+            if not request.asking:
+                self.shown.update(request.shown)
+        if request.asking:
+            self._ask(request, cancel)
             return
-        user = {"role": "user", "content": self._user_message(states, instruction)}
-        messages = [*self.base_messages(), *self.history, user]
+        messages, user = request.messages, request.messages[-1]
         coder = Coder(self.client, self.ws, on_event=self._on_event)
-        result = coder.run_blocks(states, messages, cancel=cancel, max_tokens=self.max_tokens, instruction=instruction)
+        result = coder.run_blocks(states, messages, prefix=request.prefix, cancel=cancel, max_tokens=self.max_tokens,
+                                  instruction=instruction)
         self.write("\n" if result.answer and not result.answer.endswith("\n") else "")
         with self.lock:
             self.history += [user, {"role": "assistant", "content": result.answer}]
@@ -213,9 +282,8 @@ class ChatSession:
         where = f" (commit {entry.commit[:10]})" if entry.commit else ""
         self.write(f"[applied to {', '.join(c.path for c in entry.changes)}{where}; /undo to revert]\n")
 
-    def _ask(self, question: str, cancel: CancelToken) -> None:
-        user = {"role": "user", "content": question}
-        messages = [{"role": "system", "content": ASK_SYSTEM}, *self.history, user]
+    def _ask(self, request: TurnRequest, cancel: CancelToken) -> None:
+        messages, user = request.messages, request.messages[-1]
         reply = self.client.stream(messages, max_tokens=min(MAX_ASK_TOKENS, self.max_tokens), cancel=cancel)
         for delta in reply:
             self.write(delta)
@@ -358,6 +426,8 @@ class ChatSession:
     def _deep(self, task: str, cancel: CancelToken) -> None:
         try:
             self._run_deep(task, cancel)
+            if not cancel.cancelled:
+                self._post_ahead(self.draft)
         except PairlineError as err:
             self.write(f"\n[deep mode error: {err}]\n")
         except Exception as err:  # a bug must not kill the REPL
@@ -414,8 +484,8 @@ class ChatSession:
         recent = []
         for m in self.history[-6:]:
             text = m["content"]
-            if m["role"] == "user" and text.startswith("Instruction: "):
-                text = text.splitlines()[0]  # the instruction, without the files shown with it
+            if m["role"] == "user" and "Instruction: " in text:
+                text = instruction_of(text).splitlines()[0]  # the instruction, without the files shown with it
             text = " ".join(text.split())
             recent.append(f"{m['role']}: {text[:300]}{'…' if len(text) > 300 else ''}")
         if recent:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 from pairline.assistant.chat import ChatSession
 from pairline.assistant.client import Client, open_client
@@ -47,6 +50,53 @@ class LineWriter:
         self.console.print(Text(line, style=style), soft_wrap=True, highlight=False)
 
 
+class DraftPoster:
+    """Hands what the user is typing to `post` (`ChatSession.ahead`, which has it prefilled) once
+    the text has been still for `delay` seconds, on its own thread: the terminal's thread only
+    records the text, so typing never waits for a file read, a tokenization or a prefill. A newer
+    text replaces one not yet posted."""
+
+    def __init__(self, post: Callable[[str], object], delay: float = 0.04) -> None:
+        self.post = post
+        self.delay = delay
+        self._cv = threading.Condition()
+        self._text: str | None = None  # waiting to be posted
+        self._due = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="pairline-draft", daemon=True)
+        self._thread.start()
+
+    def changed(self, text: str) -> None:
+        """The draft is now `text` (called on the terminal's thread: returns at once)."""
+        with self._cv:
+            self._text = text
+            self._due = time.monotonic() + self.delay
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=2)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed:
+                    if self._text is None:
+                        self._cv.wait()
+                        continue
+                    left = self._due - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                if self._closed:
+                    return
+                text, self._text = self._text, None
+            with contextlib.suppress(Exception):  # a head start only: never worth breaking the chat
+                self.post(text)
+
+
 async def run_repl(session: ChatSession, writer: LineWriter) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.key_binding import KeyBindings
@@ -59,23 +109,32 @@ async def run_repl(session: ChatSession, writer: LineWriter) -> None:
             threading.Thread(target=session.interrupt, daemon=True).start()
 
     prompt = PromptSession(key_bindings=keys)
-    while True:
-        try:
-            line = await prompt.prompt_async("pairline> ")
-        except KeyboardInterrupt:
-            if session.busy:
-                await asyncio.to_thread(session.interrupt)
-                writer.flush()
-            continue
-        except EOFError:
-            break
-        try:
-            if line.strip().startswith("/") or session.busy:
-                await asyncio.to_thread(session.submit, line)
-            else:
-                session.submit(line)
-        except EOFError:
-            break
+    # prefill ahead: the files now (an empty draft), then the draft as the user types it
+    drafts = DraftPoster(session.ahead)
+    prompt.default_buffer.on_text_changed += lambda buffer: drafts.changed(buffer.text)
+    drafts.changed("")
+    try:
+        while True:
+            try:
+                line = await prompt.prompt_async("pairline> ")
+            except KeyboardInterrupt:
+                drafts.changed("")  # the line was dropped (the buffer's reset says nothing)
+                if session.busy:
+                    await asyncio.to_thread(session.interrupt)
+                    writer.flush()
+                continue
+            except EOFError:
+                break
+            drafts.changed("")  # the line is taken: the draft starts over (a pending one is not posted)
+            try:
+                if line.strip().startswith("/") or session.busy:
+                    await asyncio.to_thread(session.submit, line)
+                else:
+                    session.submit(line)
+            except EOFError:
+                break
+    finally:
+        drafts.close()
     if session.busy:
         session.interrupt(quiet=True)
     writer.flush()

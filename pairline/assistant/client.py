@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Client(Protocol):
     family: str  # chat/prompt family: "qwen2", "llama", ...
     load_s: float  # seconds it took to load the model (or to open the session)
     n_ctx: int | None  # the context window in tokens; None where it is not known here (a server's)
+    supports_ahead: bool  # ahead() prefills a prompt before it is sent (else ahead() does nothing)
 
     def stream(
         self,
@@ -82,6 +84,13 @@ class Client(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def ahead(self, messages: list[dict], prefix: str = "") -> None:
+        """Prefill, off the caller's thread, the prompt `messages` (and `prefix`, as stream() would
+        continue it) will make, so that a later stream() whose prompt extends it prefills only the
+        rest. A newer call replaces (cancels) the older one; stream() and reset() cancel it too.
+        Returns at once. A head start only: it may be dropped at any time."""
+        ...
+
     def reset(self) -> None:
         """Forget the prompt state the model caches here, so the next answer pays its whole prompt
         (benchmarks measure cold requests). A server's cache is not this client's: nothing to do."""
@@ -94,10 +103,13 @@ class Client(Protocol):
 
 
 class InProcessClient:
-    """An Engine in this process."""
+    """An Engine in this process. `ahead` prefills on one background thread (started on first use)
+    through `Engine.prefill`, taking the engine's lock one chunk at a time, so a real request waits
+    for at most the chunk in flight (less: the CPU runtimes stop inside a chunk on cancel)."""
 
     supports_prefix = True
     supports_stop = True
+    supports_ahead = True
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -105,12 +117,81 @@ class InProcessClient:
         self.family = engine.tokenizer.family
         self.load_s = engine.load_s
         self.n_ctx = engine.runtime.n_ctx
+        self._ahead_cv = threading.Condition()  # guards the three fields below
+        self._ahead_job: tuple[list[dict], str, CancelToken] | None = None  # posted, not yet picked up
+        self._ahead_cancel: CancelToken | None = None  # the newest ahead work's
+        self._requests = 0  # answers streaming now: ahead work posted meanwhile would be stale
+        self._ahead_thread: threading.Thread | None = None
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer.encode_text(text))
 
     def reset(self) -> None:
+        self._cancel_ahead()
         self.engine.reset()
+
+    def prompt_ids(self, messages: list[dict], prefix: str = "") -> list[int]:
+        """The token ids stream() sends for `messages` and `prefix` (the model's own answer so far,
+        plain text after the rendered conversation)."""
+        ids = self.engine.chat_prompt(messages)
+        if prefix:
+            ids += self.engine.tokenizer.encode_text(prefix)
+        return ids
+
+    # ---------------------------------------------------------------- prefill ahead
+
+    def ahead(self, messages: list[dict], prefix: str = "") -> None:
+        with self._ahead_cv:
+            if self._ahead_cancel is not None:
+                self._ahead_cancel.cancel()
+            if self._requests:
+                self._ahead_job = self._ahead_cancel = None
+                return  # an answer is streaming: the conversation is about to grow past this prompt
+            self._ahead_cancel = CancelToken()
+            self._ahead_job = (messages, prefix, self._ahead_cancel)
+            if self._ahead_thread is None:
+                self._ahead_thread = threading.Thread(target=self._ahead_loop, name="pairline-ahead", daemon=True)
+                self._ahead_thread.start()
+            self._ahead_cv.notify()
+
+    def _cancel_ahead(self) -> None:
+        with self._ahead_cv:
+            if self._ahead_cancel is not None:
+                self._ahead_cancel.cancel()
+            self._ahead_job = self._ahead_cancel = None
+
+    def _ahead_loop(self) -> None:
+        while True:
+            with self._ahead_cv:
+                while self._ahead_job is None:
+                    self._ahead_cv.wait()
+                messages, prefix, cancel = self._ahead_job
+                self._ahead_job = None
+            with contextlib.suppress(Exception):  # a head start: failing costs the real request nothing
+                self._prefill_ahead(messages, prefix, cancel)
+
+    def _prefill_ahead(self, messages: list[dict], prefix: str, cancel: CancelToken) -> None:
+        if cancel.cancelled:
+            return
+        ids = self.prompt_ids(messages, prefix)  # tokenized here, off the caller's thread
+        if len(ids) >= self.n_ctx:
+            return  # the request itself will say the prompt does not fit
+        steps = self.engine.prefill(ids, cancel=cancel, keep_prefix=self.engine.system_prefix(messages, ids))
+        while not cancel.cancelled:
+            with self.engine.lock:  # one chunk at a time: a real request waits for one at most
+                if cancel.cancelled or next(steps, None) is None:
+                    return
+
+    def _begin_request(self) -> None:
+        with self._ahead_cv:
+            if self._ahead_cancel is not None:
+                self._ahead_cancel.cancel()
+            self._ahead_job = self._ahead_cancel = None
+            self._requests += 1
+
+    def _end_request(self) -> None:
+        with self._ahead_cv:
+            self._requests -= 1
 
     def describe(self) -> dict:
         said = self.engine.runtime.describe()
@@ -129,13 +210,13 @@ class InProcessClient:
     ) -> Reply:
         from pairline.engine.sampling import SamplingParams
 
+        self._cancel_ahead()  # the real request goes first: ahead work stops within a chunk
         cancel = cancel or CancelToken()
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
         pred = self.engine.tokenizer.encode_text(prediction) if prediction else None
         if prefix:
-            ids = self.engine.chat_prompt(messages)
+            ids = self.prompt_ids(messages, prefix)
             shared = self.engine.system_prefix(messages, ids)  # Engine.chat marks it itself
-            ids += self.engine.tokenizer.encode_text(prefix)  # the model's own answer so far: plain text
             gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared,
                                        speculation=speculation)
         else:
@@ -143,12 +224,14 @@ class InProcessClient:
         reply = Reply(iter(()), cancel, prediction_tokens=len(pred) if pred else 0)
 
         def deltas() -> Iterator[str]:
+            self._begin_request()  # no ahead work while it streams (nor posted meanwhile)
             try:
                 for event in gen:
                     reply.tokens += event.token_id >= 0
                     if event.text:
                         yield event.text
             finally:
+                self._end_request()
                 reply.finish_reason = gen.finish_reason or "cancelled"
                 reply.usage, reply.timings = gen.usage, gen.timings
 
@@ -205,6 +288,7 @@ class RemoteClient:
 
     supports_prefix = False
     supports_stop = False
+    supports_ahead = False  # the server's draft/context events are being built; until then ahead() is a no-op
     n_ctx = None
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
@@ -291,6 +375,9 @@ class RemoteClient:
 
     def reset(self) -> None:
         pass  # the server's KV is the session's, not ours to drop
+
+    def ahead(self, messages: list[dict], prefix: str = "") -> None:
+        pass  # supports_ahead is False: nothing to send yet
 
     def describe(self) -> dict:
         return {"runtime": None, "threads": None}

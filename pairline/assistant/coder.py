@@ -158,6 +158,13 @@ def choose_mode(mode: str, files: list[FileState]) -> str:
     return "blocks"
 
 
+def answer_primer(prompt: prompts.EditPrompt, files: list[FileState], can_prefix: bool) -> str:
+    """The start of a search/replace answer, written for the model (the first file's name and the
+    block opening), or "" where the prompt is not primed or the client cannot continue an answer.
+    The chat's ahead prefill needs the very same text, so both take it from here."""
+    return prompts.primer(prompt, files[0].shown) if can_prefix and files else ""
+
+
 def max_tokens_for(client: Client, files: list[FileState], mode: str) -> int:
     if mode == "rewrite":
         n = client.count_tokens(files[0].model_text)
@@ -321,7 +328,7 @@ class Coder:
         result = TurnResult("unchanged", files={f.real: f for f in files})
         result.stats.mode = "blocks"
         if prefix is None:
-            prefix = prompts.primer(self.prompt, files[0].shown) if self.can_prefix else ""
+            prefix = answer_primer(self.prompt, files, self.can_prefix)
         budget = max_tokens or 1024
         original = {f.real: f.model_text for f in files}
         current, convo, applied = self._blocks_round(messages, prefix, cancel, budget, result, dict(original))

@@ -247,17 +247,18 @@ class Engine:
         prompt = self.chat_prompt(messages)
         return self.generate(prompt, params, keep_prefix=self.system_prefix(messages, prompt), **kw)
 
-    def prefill(self, tokens: list[int], *, cancel: CancelToken | None = None) -> Iterator[int]:
+    def prefill(self, tokens: list[int], *, cancel: CancelToken | None = None, keep_prefix: int = 0) -> Iterator[int]:
         """Make the KV cache hold `tokens`, reusing the longest prefix it already holds, one chunk of
         `prefill_chunk` tokens per step: yields how many positions are cached after each chunk.
         Without holding the lock: the caller takes `engine.lock` around each `next()`, so a
         scheduler steps other work in between and a server can prefill ahead of a request. Once
         `cancel` is set it stops at the next chunk's edge (inside a chunk where the runtime is
         interruptible), the cache holding the chunks done. A later request for these tokens then
-        prefills nothing but its last position (which it needs logits for)."""
+        prefills nothing but its last position (which it needs logits for). `keep_prefix` as in
+        `generate`: the shared head is restored from the prefix store where it is kept."""
         if not tokens:
             return
-        keep, shared = self._reuse(tokens, 0, need_logits=False)
+        keep, shared = self._reuse(tokens, keep_prefix, need_logits=False)
         for end, _ in self._chunks(tokens, keep, shared, cancel or CancelToken(), last="none"):
             yield end
 
@@ -343,11 +344,12 @@ class Engine:
 
     def _store(self, g: Generation) -> None:
         """Keep the whole prompt's KV (and the answer's) for a later process whose prompt shares its
-        head: the same files edited again. Only where this request computed a chunk or more; the
-        state is copied here (the cache is ours now) and written on a thread (tens of MB)."""
+        head: the same files edited again. Only where it holds a chunk or more beyond what the store
+        has (whether this request or a prefill ahead of it computed them); the state is copied here
+        (the cache is ours now) and written on a thread (tens of MB)."""
         if not (g.keep_prefix and self.prefix_store and self.cached):
             return
-        if len(self.cached) - g.usage.cached_tokens - len(g.token_ids) < self.prefill_chunk:
+        if len(g.prompt) - self.prefix_store.longest_head(g.prompt) < self.prefill_chunk:
             return
         tokens, state = list(self.cached), self.runtime.save_state()
         threading.Thread(target=self.prefix_store.save, args=(tokens, state), name="pairline-kv-save").start()

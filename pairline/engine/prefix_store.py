@@ -55,6 +55,10 @@ class PrefixStore:
             return None
         return _read_state(path)
 
+    def longest_head(self, tokens: list[int]) -> int:
+        """How many leading tokens of `tokens` the best stored state holds (ids read, no state)."""
+        return max((common_prefix(_read_ids(path) or [], tokens) for path in self.root.glob("*.kv")), default=0)
+
     def longest(self, tokens: list[int]) -> tuple[list[int], bytes] | None:
         """The stored state sharing the longest head with `tokens`: (the ids it was computed from,
         the state). Only its ids are read from each file until the best is known."""

@@ -1,8 +1,8 @@
 """`pairline bench ...`: measurements, printed as tables and saved as JSON.
 
 Subcommands: `engine` (pairline's runtimes against llama.cpp and HF transformers on the same
-weights), `overhead` (transport and session cost), `edit` (real edits end to end) and `cancel`
-(cancel latency inside a long prefill)."""
+weights), `overhead` (transport and session cost), `edit` (real edits end to end), `cancel`
+(cancel latency inside a long prefill) and `typeahead` (TTFT after Enter with prefill ahead)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from pairline.bench.cancel import add_parser as add_cancel_parser
 
     add_cancel_parser(sub)  # `pairline bench cancel`
+
+    from pairline.bench.typeahead import add_parser as add_typeahead_parser
+
+    add_typeahead_parser(sub)  # `pairline bench typeahead`
 
 
 def cmd_engine(args: argparse.Namespace) -> int:

@@ -8,6 +8,11 @@ backend:
   seen yet (`WsLink.synced`), and the backend's events come back re-numbered;
 - an OpenAI-compatible server gets the whole conversation each turn over /v1/chat/completions
   (SSE), translated into the session's events.
+Drafts and context items (draft.update, context.update) are kept here too: the context enters every
+turn's messages (an OpenAI-compatible backend gets them in the request; a pairline backend session
+is kept in step with context.update), and drafts are passed on, throttled, to the pairline backend
+sessions held open, which prefill ahead; a session with none yet opens one for the tier its draft
+would go to.
 Until a turn's first token, its events are held back: a backend that fails by then is replaced
 unseen (retry, then the other tier); after it, the client gets an `error` event and
 `response.failed`, never a hang or a silently truncated answer."""
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from pairline.router.ahead import AHEAD_EVENT_ID, PrefillAhead
 from pairline.router.backends import (
     RETRY_CODES,
     TERMINAL,
@@ -42,20 +48,30 @@ from pairline.wire.protocol import (
     FINAL_EVENT,
     SAMPLING_FIELDS,
     SESSION_FIELDS,
+    AheadLimits,
+    DraftGate,
     ProtocolError,
     ResponseState,
     Sampling,
     already_active,
     api_key_error,
+    apply_context,
     check_fields,
+    context_bytes,
     dispatch_event,
+    draft_flood_error,
     new_id,
+    opt_str,
+    parse_context,
     parse_create,
+    parse_draft,
     parse_sampling,
     parse_steer,
     response_status,
     session_body,
+    steer_not_applied,
     usage_responses,
+    with_context,
 )
 from pairline.wire.session_socket import CLOSE_POLICY, SessionSocket, Turn, active_turn, client_messages
 
@@ -64,6 +80,9 @@ log = logging.getLogger("pairline.router")
 MAX_TOKENS = 4096  # checked here like the server does; each backend applies its own limit too
 _OUTCOME = {"response.completed": "completed", "response.incomplete": "completed", "response.cancelled": "cancelled",
             "response.failed": "errored"}
+
+
+Steer = tuple[list[dict], str | None]  # one response.steer: its input, its event_id
 
 
 @dataclass(slots=True, eq=False)
@@ -80,8 +99,12 @@ class RouterTurn(Turn):
     metadata: dict
     event_id: str | None
     previous: str | None  # the response this turn continues
-    steer: list[dict] = field(default_factory=list)  # steer input not yet sent to a backend
-    steer_sent: list[dict] = field(default_factory=list)  # steer input a backend is acting on
+    context: dict[str, str] = field(default_factory=dict)  # the context items, as at response.create
+    # steers, (input, event_id) each: not yet sent to a backend, and sent to a backend session that has
+    # not answered yet (its successor's response.created says how many it took; an error answers one)
+    steer: list[Steer] = field(default_factory=list)
+    steer_pending: list[Steer] = field(default_factory=list)
+    absorbed: int = 0  # steers merged into the input of the next response shown (its steers_applied)
     cancel: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # emulated turns: cut the HTTP stream
     link: WsLink | None = None
@@ -94,10 +117,21 @@ class RouterTurn(Turn):
         return self.response_id
 
     def in_progress(self) -> bool:
-        return not (self.concluded or (self.cancel and not self.steer and not self.steer_sent))
+        return not (self.concluded or (self.cancel and not self.steer and not self.steer_pending))
+
+    def absorb(self) -> list[dict]:
+        """The steers not sent yet, taken into the next request's input."""
+        self.absorbed += len(self.steer)
+        steer, self.steer = self.steer, []
+        return _flat(steer)
+
+    def shown(self, info: dict, applied: int = 0) -> dict:
+        """The `pairline` object of a response.created: who serves it, and the steers its input holds."""
+        applied, self.absorbed = applied + self.absorbed, 0
+        return {**info, "steers_applied": applied} if applied else info
 
 
-class RouterSession(SessionSocket):
+class RouterSession(PrefillAhead, SessionSocket):
     def __init__(self, ws: WebSocket, router: Router):
         super().__init__(ws)
         self.r = router
@@ -112,6 +146,15 @@ class RouterSession(SessionSocket):
         self.turn: RouterTurn | None = None
         self.turn_task: asyncio.Task | None = None
         self.last_active = time.monotonic()  # the client's last event, or the end of the last turn
+        # ahead of the next turn (docs/protocol.md, "Prefill ahead")
+        self.limits = AheadLimits()
+        self.draft: str | None = None
+        self.context: dict[str, str] = {}
+        self.link_context: dict[str, dict[str, str]] = {}  # tier -> the context its backend session holds
+        self.draft_gate = DraftGate(self.limits.draft_rate)
+        self.draft_task: asyncio.Task | None = None  # a throttled draft on its way to the backends
+        self.draft_sent = 0.0
+        self.opening: asyncio.Task | None = None  # a backend session opened ahead of the first turn
 
     # ------------------------------------------------------------ sending
 
@@ -162,19 +205,22 @@ class RouterSession(SessionSocket):
                                 "this session", code="previous_response_not_found", param="previous_response_id")
         sampling = {k: ev[k] if ev.get(k) is not None else self.defaults.get(k) for k in SAMPLING_FIELDS}
         system = [{"role": "system", "content": sampling["instructions"]}] if sampling["instructions"] else []
-        mode, route = self.r.decide(mode or self.mode, system + self.history + req.messages)
+        mode, route = self.r.decide(mode or self.mode, with_context(system, self.context, self.history + req.messages))
         ledger = self.r.admit(route.tier)
         if ledger is None:
             raise self.r.busy_error(route.tier)
+        self.draft = None  # consumed, as at the backend
+        if self.draft_task is not None:
+            self.draft_task.cancel()
         self.turn = RouterTurn(ledger, mode, route, req.messages, sampling, ev.get("prediction"), req.metadata,
-                               req.event_id, self.last_response_id)
+                               req.event_id, self.last_response_id, context=self.context)
         self.turn_task = asyncio.create_task(self.run_turn(self.turn))
 
     async def on_response_cancel(self, ev: dict) -> None:
         check_fields(ev, CANCEL_FIELDS, "response.cancel")
         turn = active_turn(self.turn, ev.get("response_id"), "response_cancel_not_active")
         turn.cancel = True
-        turn.steer.clear()
+        turn.steer.clear()  # a cancel wins over steers not yet applied
         if turn.link is not None and turn.sent:
             with contextlib.suppress(ConnectionError):
                 await turn.link.send({"type": "response.cancel"})
@@ -185,12 +231,36 @@ class RouterSession(SessionSocket):
         turn = active_turn(self.turn, ev.get("response_id") or ev.get("previous_response_id"),
                            "response_steer_not_active")
         if turn.link is not None and turn.sent and not turn.link.closed:
-            turn.steer_sent += messages
-            with contextlib.suppress(ConnectionError):
-                await turn.link.send({"type": "response.steer", "input": ev["input"]})
-        else:
-            turn.steer += messages
+            await self._send_steer(turn, (messages, opt_str(ev, "event_id")))
+        else:  # not sent yet (it joins the input), or an emulated turn (its stream is cut)
+            turn.steer.append((messages, opt_str(ev, "event_id")))
             turn.stop.set()
+
+    async def _send_steer(self, turn: RouterTurn, steer_: Steer) -> None:
+        turn.steer_pending.append(steer_)
+        messages, event_id = steer_
+        steer = {"type": "response.steer", "input": _items(messages)}
+        if event_id:
+            steer["event_id"] = event_id
+        with contextlib.suppress(ConnectionError):
+            await turn.link.send(steer)
+
+    async def on_draft_update(self, ev: dict) -> None:
+        self.draft = parse_draft(ev, self.limits)
+        self._pass_draft()
+        if self.draft_gate.flooding():
+            raise draft_flood_error(self.limits.draft_rate)
+
+    async def on_context_update(self, ev: dict) -> None:
+        items = parse_context(ev, self.limits)
+        self.context = apply_context(self.context, items, self.limits)
+        await self.send("context.updated", event_id=opt_str(ev, "event_id"), paths=list(self.context),
+                        bytes=context_bytes(self.context))
+        for tier, link in list(self.links.items()):
+            if not link.closed:
+                with contextlib.suppress(ConnectionError):  # a closed one is replaced, and synced, at its next turn
+                    await self._sync_context(tier, link, self.context)
+        self._open_ahead()
 
     # ------------------------------------------------------------ turns
 
@@ -220,7 +290,7 @@ class RouterSession(SessionSocket):
                 if turn.cancel:
                     await self._cancelled_unseen(turn)
                     return
-                turn.new_msgs, turn.steer = turn.new_msgs + turn.steer, []
+                turn.new_msgs = turn.new_msgs + turn.absorb()
                 b = att.backend
                 self.r.begin(b)
                 turn.backend, turn.sent = b, False
@@ -234,7 +304,7 @@ class RouterSession(SessionSocket):
                     turn.backend = None
                     self.r.failed(b, err)
                     last = err
-                    turn.steer, turn.steer_sent = turn.steer_sent + turn.steer, []
+                    turn.steer, turn.steer_pending = turn.steer_pending + turn.steer, []
             self.conclude(turn, "errored", None)
             await self.send_error(self.r.no_backend_error(last, "response"), turn.event_id)
         except asyncio.CancelledError:
@@ -283,7 +353,14 @@ class RouterSession(SessionSocket):
             self.links.pop(att.tier, None)
             link = await WsLink.open(b, r.cfg.connect_timeout_s)
             self.links[att.tier] = link
+            self.link_context[att.tier] = {}
         turn.link = link
+        turn.new_msgs = turn.new_msgs + turn.absorb()  # steered while the session opened
+        try:
+            await self._sync_context(att.tier, link, turn.context)
+        except ConnectionError:
+            self.links.pop(att.tier, None)
+            raise Retryable(f"{b.name}: the session closed") from None
         missed = self.history[link.synced:]  # turns served elsewhere since (all of them on a new link)
         ev = {"type": "response.create", "input": _items(missed + turn.new_msgs),
               **{k: v for k, v in turn.sampling.items() if v is not None}}
@@ -301,6 +378,9 @@ class RouterSession(SessionSocket):
             self.links.pop(att.tier, None)
             raise Retryable(f"{b.name}: the session closed") from None
         turn.sent = True
+        steers, turn.steer = turn.steer, []
+        for steer in steers:  # steered while the request went out: now the backend session can take them
+            await self._send_steer(turn, steer)
         if turn.cancel:
             with contextlib.suppress(ConnectionError):
                 await link.send({"type": "response.cancel"})
@@ -317,9 +397,16 @@ class RouterSession(SessionSocket):
                 await self._broken(turn, info, response, text, "its session closed or went silent")
                 return
             t = msg.get("type")
+            err = msg.get("error") if t == "error" else None
+            err = err if isinstance(err, dict) else {}
+            code = err.get("code")
+            if t == "context.updated" or err.get("event_id") == AHEAD_EVENT_ID:
+                if t == "error":  # the backend refused what was passed on ahead: the next turn will say why
+                    log.info("router: session %s: backend %s refused a draft or context: %s", self.id, b, code)
+                continue  # the router answers context.update itself
+            if code == "response_steer_not_active" and not (started and turn.steer_pending):
+                continue  # about a steer of an earlier response, already answered by the router
             if not started:
-                err = msg.get("error") if t == "error" else None
-                code = err.get("code") if isinstance(err, dict) else None
                 if code in RETRY_CODES:
                     raise Retryable.before_first_token(b.name, code)
                 head.append(msg)
@@ -333,12 +420,19 @@ class RouterSession(SessionSocket):
                 batch = [msg]
             for m in batch:
                 t = m.get("type")
-                if t == "response.created":
+                if t == "error" and (m.get("error") or {}).get("code") == "response_steer_not_active":
+                    turn.steer_pending.pop(0)  # the backend answered one steer: the client gets its answer
+                elif t == "response.created":
                     response = m.get("response") or {}
                     if first and response.get("previous_response_id") is None:
                         response["previous_response_id"] = turn.previous  # a fresh backend session knows none
                     turn.response_id = response.get("id")
-                    m["pairline"] = info
+                    n = 0
+                    if not first:  # a successor: its input is the steers the backend took, in order
+                        n = (m.get("pairline") or {}).get("steers_applied", len(turn.steer_pending))
+                        turn.new_msgs = turn.new_msgs + _flat(turn.steer_pending[:n])
+                        del turn.steer_pending[:n]
+                    m["pairline"] = turn.shown(info, n)
                 elif t == "response.output_text.delta":
                     text += m.get("delta") or ""
                     now = time.perf_counter()
@@ -350,18 +444,31 @@ class RouterSession(SessionSocket):
                     if first and resp.get("previous_response_id") is None:
                         resp["previous_response_id"] = turn.previous
                     m["pairline"] = info
-                    if resp.get("usage") is not None:  # the backend kept this turn: so does the router
+                    kept = resp.get("usage") is not None
+                    if kept:  # the backend kept this turn: so does the router
                         self._commit(turn, resp.get("output_text") or "", resp.get("id"))
                         link.synced = len(self.history)
                     steered = (resp.get("incomplete_details") or {}).get("reason") == "steered"
                     if steered:  # a successor follows on the same backend session
-                        turn.new_msgs, turn.steer_sent, text, first = turn.steer_sent, [], "", False
+                        # (steered before it ran: not kept, and the successor's input starts with this one's)
+                        turn.new_msgs, text, first = turn.new_msgs if not kept else [], "", False
                         await self.forward(m)
                         continue
                     self.conclude(turn, _OUTCOME[t], True)
                     await self.forward(m)
+                    await self._unanswered_steers(turn)
                     return
                 await self.forward(m)
+
+    async def _unanswered_steers(self, turn: RouterTurn) -> None:
+        """The response ended, not steered, while steers were on their way to the backend: each gets
+        its error now (the backend's own answers, which follow, are skipped). After a cancel, the
+        cancel won, as at the backend."""
+        pending, turn.steer_pending = turn.steer_pending, []
+        if turn.cancel:
+            return
+        for _, event_id in pending:
+            await self.send_error(steer_not_applied("the response ended before the steer reached it"), event_id)
 
     # -------- an OpenAI-compatible backend: the conversation resent, SSE translated
 
@@ -370,8 +477,9 @@ class RouterSession(SessionSocket):
         info = served_by(att, turn.mode, turn.route)
         shown = False  # has the client seen a response of this turn yet (then failures are visible)
         while True:
-            messages = ([{"role": "system", "content": turn.sampling["instructions"]}]
-                        if turn.sampling.get("instructions") else []) + self.history + turn.new_msgs
+            system = ([{"role": "system", "content": turn.sampling["instructions"]}]
+                      if turn.sampling.get("instructions") else [])
+            messages = with_context(system, turn.context, self.history + turn.new_msgs)  # as a pairline session
             body = {"model": b.model or "default", "messages": messages, "stream": True,
                     "stream_options": {"include_usage": True}}
             s = turn.sampling
@@ -456,7 +564,7 @@ class RouterSession(SessionSocket):
                     last_t = time.perf_counter()
                     r.ttft(b, last_t - t0)
                     turn.response_id = state.id
-                    for type_, fields in state.opening_events(pairline=info):
+                    for type_, fields in state.opening_events(pairline=turn.shown(info)):
                         await self.send(type_, **fields)
                 if delta:
                     now = time.perf_counter()
@@ -468,10 +576,11 @@ class RouterSession(SessionSocket):
             pump_task.cancel()
             with contextlib.suppress(BaseException):
                 await resp.aclose()
-        steered = kind == "stop" and bool(turn.steer)
+        # a steer that came as the stream ended still applies: the whole answer, reported steered
+        steered = bool(turn.steer) and not turn.cancel
         if kind == "stop" and not started:  # cut before anything showed
             if steered:
-                turn.new_msgs, turn.steer = turn.new_msgs + turn.steer, []
+                turn.new_msgs = turn.new_msgs + turn.absorb()
                 turn.stop = asyncio.Event()
                 return shown
             await self._cancelled_unseen(turn)
@@ -481,17 +590,18 @@ class RouterSession(SessionSocket):
         # a backend's finish_reason counts only as "length" or not (any other reason is a completed answer)
         reason = "cancelled" if kind == "stop" else "length" if finish == "length" else None
         state.status, state.incomplete_reason = response_status(reason, steered)
+        final = FINAL_EVENT[state.status]
+        if not steered:  # decided before any await: a steer from now on is told it came too late
+            self.conclude(turn, _OUTCOME[final], True)
         # the router's copy keeps what was said, cut or not, as a pairline server does
         self._commit(turn, state.text, state.id)
         for type_, fields in state.closing_events():
             await self.send(type_, **fields)
-        final = FINAL_EVENT[state.status]
-        if steered:
+        if steered:  # steers that came while these events went out join the successor's input
             await self.send(final, response=state.to_dict(), pairline=info)
-            turn.new_msgs, turn.steer, turn.previous = turn.steer, [], state.id
+            turn.new_msgs, turn.previous = turn.absorb(), state.id
             turn.stop = asyncio.Event()
             return True
-        self.conclude(turn, _OUTCOME[final], True)
         await self.send(final, response=state.to_dict(), pairline=info)
         return None
 
@@ -516,6 +626,9 @@ class RouterSession(SessionSocket):
             return
         if self.turn_task is not None:
             self.turn_task.cancel()
+        for task in (self.draft_task, self.opening):
+            if task is not None:
+                task.cancel()
         if error is not None:  # before the links close: a backend slow to close must not delay it
             await self.send_error(error)
         for link in self.links.values():
@@ -526,6 +639,9 @@ class RouterSession(SessionSocket):
 
     async def cleanup(self) -> None:
         self.closed = True
+        for task in (self.draft_task, self.opening):
+            if task is not None:
+                task.cancel()
         turn = self.turn
         if turn is not None and turn.link is not None and turn.sent:
             with contextlib.suppress(ConnectionError):
@@ -536,6 +652,10 @@ class RouterSession(SessionSocket):
                 await self.turn_task
         for link in list(self.links.values()):
             await link.close()
+
+
+def _flat(steers: list[Steer]) -> list[dict]:
+    return [m for messages, _ in steers for m in messages]
 
 
 def _items(messages: list[dict]) -> list[dict]:

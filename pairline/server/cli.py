@@ -35,6 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-queue", type=int, default=32, metavar="N", help="waiting requests before 429 (default 32)")
     add_runtime_option(p)
     p.add_argument("--idle-timeout", type=float, default=600.0, metavar="S", help="close idle sessions after S s")
+    p.add_argument("--no-prefill-ahead", dest="prefill_ahead", action="store_false",
+                   help="do not prefill sessions' drafts and context while the engine idles (they still count "
+                   "in the prompt; docs/protocol.md, \"Prefill ahead\")")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -51,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
     engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
     cfg = ServerConfig(host=args.host, port=args.port, api_key=api_key(args), max_sessions=args.max_sessions,
-                       max_queue=args.max_queue, idle_timeout_s=args.idle_timeout,
+                       max_queue=args.max_queue, idle_timeout_s=args.idle_timeout, prefill_ahead=args.prefill_ahead,
                        allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin))
     app = build_app(engine, cfg)
     server = make_uvicorn(app, args.host, args.port)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pairline.wire.protocol import AheadLimits
 
 
 @dataclass(slots=True)
@@ -24,3 +26,5 @@ class ServerConfig:
     idle_timeout_s: float = 600.0  # a WebSocket session with no client message for this long is closed
     shutdown_grace_s: float = 2.0  # SIGTERM: time given to open sessions for their final event
     retry_after_s: int = 1
+    ahead: AheadLimits = field(default_factory=AheadLimits)  # draft and context limits per session
+    prefill_ahead: bool = True  # prefill sessions' drafts and context while the engine idles

@@ -29,6 +29,11 @@ class Metrics:
             "pairline:prefix_cache_queries_total": 0,  # prompt tokens looked up in a KV cache
             "pairline:prefix_cache_hits_total": 0,  # of which found (not prefilled again)
             "pairline:kv_evictions_total": 0,
+            # prefill ahead of requests (draft.update, context.update): positions computed, engine
+            # seconds spent, and positions a request then reused (the rest was wasted)
+            "pairline:prefill_ahead_tokens_total": 0,
+            "pairline:prefill_ahead_seconds_total": 0,
+            "pairline:prefill_ahead_used_tokens_total": 0,
         }
         self.finished: dict[str, int] = {}  # finished_reason -> count
         self.errors: dict[str, int] = {}  # error code -> count

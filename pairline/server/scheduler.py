@@ -4,7 +4,13 @@
 Why one thread: the engine's compute is single-threaded and every fork shares one lock, so
 requests cannot run in parallel anyway. Interleaving them token by token on one thread is what
 makes N users fair: a new request waits at most one step of each running one (or one prefill),
-not for whole answers. Events go to the asyncio side through each job's `sink`."""
+not for whole answers. Events go to the asyncio side through each job's `sink`.
+
+When no request waits or runs, the engine prefills ahead: a session's `Ahead` wish (its next
+prompt as far as the client's draft and context tell it) one chunk per step, sessions in turn.
+Real work cancels it the moment it is submitted (inside a chunk on an interruptible runtime), so
+a request never waits for someone's draft more than what is left of one chunk; a session's own
+request withdraws its wish first and lets the chunk under way finish (its own prefill's start)."""
 
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class Slot:
     owner: str | None = None  # session id, "http", or None (free)
     busy: bool = False
     last_used: float = 0.0
+    ahead_from: int | None = None  # the first position prefilled ahead since the last request here
 
 
 @dataclass(eq=False)
@@ -67,6 +74,7 @@ class Job:
     busy_first_text: float = 0.0
     busy_last_text: float = 0.0
     kv_rebuilt: bool = False  # its session's KV had been evicted; the whole history was prefilled again
+    prefilled_ahead: int = 0  # prompt positions the KV held because they were prefilled ahead of the request
     prompt: list[int] | None = None
     gen: Generation | None = None
     slot: Slot | None = None
@@ -154,6 +162,19 @@ class KVPool:
             log.info("kv: evicting session %s (least recently used)", victim.owner)
         return self._take(victim, owner)
 
+    def ahead_slot(self, owner: str) -> Slot | None:
+        """The slot a session prefills ahead on: its own, else a free one it claims. Never another
+        session's (it may be typing too), never a new fork (that is the helper thread's), never busy."""
+        mine = self.owned(owner)
+        if mine is not None:
+            return None if mine.busy else mine
+        free = [s for s in self.slots if s.owner is None and not s.busy]
+        if not free:
+            return None
+        slot = free[0]
+        slot.owner, slot.last_used, slot.ahead_from = owner, time.monotonic(), None
+        return slot
+
     def wants_spare(self) -> bool:
         return len(self.slots) < self.max_slots and not any(s.owner is None and not s.busy for s in self.slots)
 
@@ -191,6 +212,7 @@ class Scheduler:
         self._released: list[str] = []  # owners whose slots are to be freed (set from other threads)
         self._spares: list[Engine] = []  # forks made by the helper thread, not yet in the pool
         self._forking = False
+        self.ahead: dict[str, Ahead] = {}  # owner -> what to prefill ahead of its next request (under cv)
         self.thread = threading.Thread(target=self._loop, name="pairline-engine", daemon=True)
 
     # ------------------------------------------------------------ any thread
@@ -214,12 +236,38 @@ class Scheduler:
                 raise QueueFull(f"{len(self.pending)} requests are already waiting")
             self.pending.append(job)
             self.metrics.set("pairline:num_requests_waiting", len(self.pending))
+            for wish in self.ahead.values():  # real work first: stop any prefill ahead, inside its chunk
+                wish.cancel.cancel()
             self.cv.notify_all()
+
+    def set_ahead(self, owner: str, make_tokens: Callable[[], list[int]]) -> None:
+        """What `owner`'s next request will start with changed (a draft, context): prefill it when the
+        engine has nothing else to do. `make_tokens` runs on the worker; each call replaces the last
+        (a generation already stepping finishes its chunk, then starts over on the new tokens)."""
+        with self.cv:
+            wish = self.ahead.get(owner)
+            if wish is None:
+                wish = self.ahead[owner] = Ahead(owner, make_tokens)
+            wish.make_tokens = make_tokens
+            wish.version += 1
+            wish.blocked = False
+            self.cv.notify_all()
+
+    def drop_ahead(self, owner: str, stop_chunk: bool = True) -> None:
+        """Nothing more to prefill for `owner`. Its own request coming (`stop_chunk` False) lets a
+        chunk under way finish: that is the start of the request's own prefill, not someone else's."""
+        with self.cv:
+            wish = self.ahead.pop(owner, None)
+            if wish is not None and stop_chunk:
+                wish.cancel.cancel()
 
     def release_owner(self, owner: str) -> None:
         """A session ended: its KV slot becomes free (done on the worker, which owns the pool)."""
         with self.cv:
             self._released.append(owner)
+            wish = self.ahead.pop(owner, None)
+            if wish is not None:
+                wish.cancel.cancel()
             self.cv.notify_all()
 
     def wake(self) -> None:
@@ -231,7 +279,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cv:
-                while not self._stop and not self.active and not self._startable():
+                while not self._stop and not self.active and not self._startable() and not self._ahead_ready():
                     self._free_released()
                     self._adopt_spares()
                     self.cv.wait(0.5)
@@ -243,10 +291,13 @@ class Scheduler:
                 self._free_released()
                 self._adopt_spares()
                 admit = self._take_pending()
+                wish = self._next_ahead() if not admit and not self.active and not self.pending else None
             for job in admit:
                 self._start(job)
             for job in list(self.active):
                 self._step(job)
+            if wish is not None:
+                self._step_ahead(wish)
             self.metrics.set("pairline:num_requests_running", len(self.active))
 
     def _adopt_spares(self) -> None:
@@ -254,6 +305,7 @@ class Scheduler:
         thread does it (the engine thread keeps stepping); the engine thread adopts the result."""
         while self._spares:
             self.pool.add_spare(self._spares.pop())
+            self._unblock_ahead()
         if not self._forking and not self._stop and self.pool.wants_spare():
             self._forking = True
             threading.Thread(target=self._fork_spare, name="pairline-fork", daemon=True).start()
@@ -284,6 +336,7 @@ class Scheduler:
             owner = self._released.pop()
             self.pool.drop_owner(owner)
             self._owners_known.discard(owner)
+            self._unblock_ahead()
 
     def _startable(self) -> bool:
         return bool(self.pending) and len(self.active) < self.pool.max_slots
@@ -322,6 +375,11 @@ class Scheduler:
             if job.owner != "http":
                 job.kv_rebuilt = job.owner in self._owners_known and not had_kv
                 self._owners_known.add(job.owner)
+            if got.ahead_from is not None:  # what this request reuses of what was prefilled ahead
+                reused = min(common_prefix(got.engine.cached, job.prompt), len(job.prompt) - 1)
+                job.prefilled_ahead = max(0, reused - got.ahead_from)
+                got.ahead_from = None
+                self.metrics.add("pairline:prefill_ahead_used_tokens_total", job.prefilled_ahead)
             job.gen = job.slot.engine.generate(job.prompt, job.params, prediction=job.prediction, cancel=job.cancel)
             job._events = self._pieces_then_steps(job)
         except Exception as err:  # bad input that only the engine can tell (prompt too long, ...)
@@ -410,6 +468,97 @@ class Scheduler:
             self.active.remove(job)
         if job.slot is not None:
             self.pool.release(job.slot)
+            self._unblock_ahead()
+
+    # ------------------------------------------------------------ prefill ahead (worker thread)
+
+    def _ahead_ready(self) -> bool:
+        """Under cv: a wish could take a step now (no real work is waiting)."""
+        return not self.pending and any(not w.blocked for w in self.ahead.values())
+
+    def _unblock_ahead(self) -> None:
+        with self.cv:  # re-entrant: also called with it held
+            for wish in self.ahead.values():  # a slot may have come free: try again
+                wish.blocked = False
+
+    def _next_ahead(self) -> Ahead | None:
+        """Under cv: the wish to step, sessions in turn (the one stepped longest ago), with a fresh
+        cancel token if real work stopped its last generation."""
+        ready = [w for w in self.ahead.values() if not w.blocked]
+        if not ready:
+            return None
+        wish = min(ready, key=lambda w: w.stepped)
+        if wish.cancel.cancelled:
+            wish.cancel, wish.gen = CancelToken(), None
+        return wish
+
+    def _step_ahead(self, wish: Ahead) -> None:
+        """One chunk of `wish`'s prefill, or the start of it."""
+        t0 = time.perf_counter()
+        wish.stepped = t0
+        try:
+            if (wish.gen is None or wish.built != wish.version) and not self._begin_ahead(wish):
+                return
+            with wish.slot.engine.lock:
+                end = next(wish.gen)
+        except StopIteration:
+            wish.gen = None
+            if not wish.cancel.cancelled and wish.built == wish.version:
+                self._ahead_done(wish)  # the KV holds all of it: nothing more until the next change
+            return
+        except Exception as err:  # a bad prompt, a runtime failure: prefill ahead is an optimization
+            log.warning("prefill ahead for %s failed: %s", wish.owner, err)
+            wish.gen = None
+            with self.cv:  # not tried again until the session changes it (a new wish)
+                if self.ahead.get(wish.owner) is wish:
+                    del self.ahead[wish.owner]
+            return
+        self.metrics.add("pairline:prefill_ahead_tokens_total", end - wish.done_to)
+        self.metrics.add("pairline:prefill_ahead_seconds_total", time.perf_counter() - t0)
+        wish.done_to = end
+        wish.slot.last_used = time.monotonic()
+
+    def _begin_ahead(self, wish: Ahead) -> bool:
+        """A generation for the wish's current tokens on its session's slot; False when it cannot run."""
+        with self.cv:
+            version = wish.version
+            slot = self.pool.ahead_slot(wish.owner) if self.ahead.get(wish.owner) is wish else None
+            if slot is None:
+                wish.blocked = True  # until a slot comes free or the wish changes
+                return False
+        tokens = wish.make_tokens()
+        engine, wish.built = slot.engine, version
+        if not tokens or len(tokens) >= engine.runtime.n_ctx:  # the request itself will say it is too long
+            self._ahead_done(wish)
+            return False
+        keep = common_prefix(engine.cached, tokens)  # what the engine's prefill keeps
+        slot.ahead_from = keep if slot.ahead_from is None else min(slot.ahead_from, keep)
+        wish.slot, wish.done_to = slot, keep
+        wish.gen = engine.prefill(tokens, cancel=wish.cancel)
+        return True
+
+    def _ahead_done(self, wish: Ahead) -> None:
+        with self.cv:
+            if self.ahead.get(wish.owner) is wish and wish.built == wish.version:
+                del self.ahead[wish.owner]
+            else:
+                wish.gen = None  # it changed meanwhile: start over on the new tokens
+
+
+@dataclass(eq=False)
+class Ahead:
+    """A session's wish: its KV should hold `make_tokens()` (the leading ids of its next prompt)."""
+
+    owner: str
+    make_tokens: Callable[[], list[int]]
+    version: int = 0  # bumped by each set_ahead
+    built: int = -1  # the version `gen` prefills
+    blocked: bool = False  # no slot for it now
+    stepped: float = 0.0
+    done_to: int = 0  # positions cached after the last chunk
+    cancel: CancelToken = field(default_factory=CancelToken)
+    slot: Slot | None = None
+    gen: Iterator[int] | None = None
 
 
 class CancelledWhileQueued(Exception):

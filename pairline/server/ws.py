@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -21,19 +21,29 @@ from pairline.wire.protocol import (
     CANCEL_FIELDS,
     FINAL_EVENT,
     SESSION_FIELDS,
+    AheadLimits,
     CreateRequest,
+    DraftGate,
     ProtocolError,
     ResponseState,
     Sampling,
     already_active,
     api_key_error,
+    apply_context,
     check_fields,
+    context_bytes,
+    context_text,
     dispatch_event,
+    draft_flood_error,
+    opt_str,
+    parse_context,
     parse_create,
+    parse_draft,
     parse_sampling,
     parse_steer,
     response_status,
     session_body,
+    steer_not_applied,
     usage_responses,
 )
 from pairline.wire.session_socket import (
@@ -47,19 +57,31 @@ from pairline.wire.session_socket import (
 
 log = logging.getLogger("pairline.server")
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ServerTurn(Turn):
-    """The response being generated, and what the client asked of it meanwhile."""
+    """One response on the engine (a job), and what the client asked of it meanwhile. A steered
+    response keeps taking steers while its final events go out (`closing`): they all start its
+    successor, so a steer that races the end of a response is applied or answered, never lost."""
 
     job: Job
     state: ResponseState
-    steer: list[dict] | None = None
+    messages: list[dict]  # its new input
+    req: CreateRequest
+    sampling: Sampling
+    files: str | None  # the context's message, as it was when the response was created
+    queue: asyncio.Queue
+    built: dict = field(default_factory=dict)  # the prompt and messages, set on the engine thread
+    steer: list[dict] | None = None  # steer input for the successor
+    steer_ids: list[str | None] = field(default_factory=list)  # each steer event's event_id
+    closing: bool = False  # steered: its final events are going out, the successor comes next
+    cancel_successor: bool = False  # a cancel arrived while closing: the successor is cancelled too
+    created_extra: dict = field(default_factory=dict)  # more fields for its response.created
 
     def current_response(self) -> str | None:
         return self.state.id
 
     def in_progress(self) -> bool:
-        return not (self.job.cancel.cancelled and self.steer is None)
+        return self.closing or not (self.job.cancel.cancelled and self.steer is None)
 
 
 class Connection(SessionSocket):
@@ -69,6 +91,9 @@ class Connection(SessionSocket):
         self.session = Session(server.engine.tokenizer, server.model_name)
         self.turn: ServerTurn | None = None
         self.turn_task: asyncio.Task | None = None
+        self.limits: AheadLimits = server.cfg.ahead
+        self.draft_gate = DraftGate(self.limits.draft_rate)
+        self.ahead_held = False  # a draft or context change came during a response: prefill after it
 
     async def send_error(self, err: ProtocolError, event_id: str | None = None) -> None:
         self.server.metrics.error(err.code)
@@ -97,17 +122,35 @@ class Connection(SessionSocket):
         check_fields(body, SESSION_FIELDS, "session")
         self.session.defaults = self.session.defaults.merged(parse_sampling(body, self.server.cfg.max_output_tokens))
         await self.send("session.updated", session=self.session.describe())
+        if self.session.draft is not None or self.session.context:
+            self.want_ahead()  # new instructions: a new prefix to prefill
 
     async def on_response_create(self, ev: dict) -> None:
         req = parse_create(ev, self.server.cfg.max_output_tokens)
         if self.turn is not None:
             raise already_active()
         self.session.check_previous(req.previous_response_id)
-        self.start_turn(req)
+        sampling = self.session.defaults.merged(req.sampling)
+        # the draft is consumed (the input is what was sent); the context stays for later turns.
+        # Withdrawn before the request is queued, which stops other sessions' prefill ahead, not this one's
+        draft, self.session.draft, self.ahead_held = self.session.draft, None, False
+        self.server.scheduler.drop_ahead(self.session.id, stop_chunk=False)
+        try:  # the turn exists before this returns: a steer or cancel right behind it finds it
+            turn = self.submit(req.messages, sampling, req, self.session.last_response_id,
+                               context_text(self.session.context))
+        except ProtocolError:  # the queue is full: nothing was consumed
+            self.session.draft = draft
+            self.want_ahead()
+            raise
+        self.turn_task = asyncio.create_task(self.run_turns(turn))
 
     async def on_response_cancel(self, ev: dict) -> None:
         check_fields(ev, CANCEL_FIELDS, "response.cancel")
         turn = active_turn(self.turn, ev.get("response_id"), "response_cancel_not_active")
+        if turn.closing:  # steered and ending: what runs next is its successor, cancelled as it starts
+            turn.cancel_successor = True
+            return
+        turn.steer = None  # a cancel wins over a steer not yet applied
         turn.job.cancel.cancel()
 
     async def on_response_steer(self, ev: dict) -> None:
@@ -115,24 +158,43 @@ class Connection(SessionSocket):
         turn = active_turn(self.turn, ev.get("response_id") or ev.get("previous_response_id"),
                            "response_steer_not_active")
         turn.steer = (turn.steer or []) + messages
+        turn.steer_ids.append(opt_str(ev, "event_id"))
         turn.job.cancel.cancel()  # lands within one decode step; the turn task continues from there
+
+    async def on_draft_update(self, ev: dict) -> None:
+        text = parse_draft(ev, self.limits)
+        self.session.draft = text  # only the latest matters: a flood is coalesced, never queued
+        self.want_ahead()
+        if self.draft_gate.flooding():
+            raise draft_flood_error(self.limits.draft_rate)
+
+    async def on_context_update(self, ev: dict) -> None:
+        items = parse_context(ev, self.limits)
+        self.session.context = apply_context(self.session.context, items, self.limits)
+        await self.send("context.updated", event_id=opt_str(ev, "event_id"), paths=list(self.session.context),
+                        bytes=context_bytes(self.session.context))
+        self.want_ahead()
+
+    def want_ahead(self) -> None:
+        """Have the engine prefill the next turn's prompt as far as it is known, when it is idle.
+        During a response it waits for the response to end (its KV is the response's)."""
+        if self.closed or not self.server.cfg.prefill_ahead:
+            return
+        if self.turn is not None:
+            self.ahead_held = True
+            return
+        session = self.session
+
+        def make_tokens() -> list[int]:  # on the engine thread, from the session's latest state
+            return session.ahead_prompt(session.draft, session.defaults.instructions, context_text(session.context))
+
+        self.server.scheduler.set_ahead(session.id, make_tokens)
 
     # ------------------------------------------------------------ turns
 
-    def start_turn(self, req: CreateRequest) -> None:
-        sampling = self.session.defaults.merged(req.sampling)
-        self.turn_task = asyncio.create_task(self.run_turns(req, sampling))
-
-    async def run_turns(self, req: CreateRequest, sampling: Sampling) -> None:
-        """One response, then its successors while the client steers."""
-        messages, previous = req.messages, self.session.last_response_id
-        while messages is not None and not self.closed:
-            steer = await self.run_one(messages, sampling, req, previous)
-            messages, previous = steer, self.session.last_response_id
-            req = CreateRequest(messages=[], sampling=req.sampling)  # a successor carries no prediction
-
-    async def run_one(self, messages: list[dict], sampling: Sampling, req: CreateRequest,
-                      previous: str | None) -> list[dict] | None:
+    def submit(self, messages: list[dict], sampling: Sampling, req: CreateRequest, previous: str | None,
+               files: str | None, steers: int = 0) -> ServerTurn:
+        """Queue one response on the engine and make it the session's turn (synchronously)."""
         server, session = self.server, self.session
         state = ResponseState(server.model_name, sampling, previous, req.metadata)
         queue: asyncio.Queue = asyncio.Queue()
@@ -140,51 +202,109 @@ class Connection(SessionSocket):
         built: dict = {}
 
         def make_prompt() -> list[int]:  # on the engine thread
-            built["prompt"], built["messages"] = session.turn_prompt(messages, sampling.instructions)
+            built["prompt"], built["messages"] = session.turn_prompt(messages, sampling.instructions, files)
             return built["prompt"]
 
         params = _params(sampling, server.cfg.default_max_output_tokens)
         job = Job(session.id, make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
                   prediction=req.prediction)
-        t_recv = time.perf_counter()
-        self.turn = ServerTurn(job, state)
         try:
             server.scheduler.submit(job)
         except QueueFull as err:
-            self.turn = None
-            await self.send_error(ProtocolError(f"the server is busy ({err}); retry shortly",
-                                                code="rate_limit_exceeded", status=429, type_="rate_limit_error"),
-                                  req.event_id)
-            return None
-        for type_, fields in state.opening_events():
+            raise ProtocolError(f"the server is busy ({err}); retry shortly", code="rate_limit_exceeded", status=429,
+                                type_="rate_limit_error") from None
+        # a successor says how many response.steer events its input holds (a router relaying the
+        # session counts on it: a steer that came too late for it steers the successor instead)
+        extra = {"pairline": {"steers_applied": steers}} if steers else {}
+        self.turn = ServerTurn(job, state, messages, req, sampling, files, queue, built, created_extra=extra)
+        return self.turn
+
+    async def run_turns(self, turn: ServerTurn | None) -> None:
+        """One response, then its successors while the client steers; then what was held."""
+        try:
+            while turn is not None and not self.closed:
+                turn = await self.run_one(turn)
+        except Exception:  # a bug must not leave the session waiting on a turn that is gone
+            log.exception("ws %s: turn failed", self.session.id)
+            if self.turn is not None:
+                self.turn.job.cancel.cancel()
+                self.turn = None
+            await self.send_error(ProtocolError("internal error in the session", code="server_error", status=500,
+                                                type_="server_error"))
+        finally:
+            if self.ahead_held and not self.closed:
+                self.ahead_held = False
+                self.want_ahead()
+
+    async def run_one(self, turn: ServerTurn) -> ServerTurn | None:
+        """Streams one response; returns its successor when it was steered."""
+        session, state, job = self.session, turn.state, turn.job
+        t_recv = time.perf_counter()
+        for type_, fields in state.opening_events(**turn.created_extra):
             await self.send(type_, **fields)
         pos = state.pos()
         while True:
-            kind, payload = await queue.get()
+            kind, payload = await turn.queue.get()
             if kind == "token":
                 if payload.text:
                     state.text += payload.text
                     await self.send("response.output_text.delta", **pos, delta=payload.text, logprobs=[])
                 continue
             break
-        steer = self.turn.steer if self.turn else None
-        if steer is None or kind == "error":
+        # From here the outcome is decided: steered if a steer has arrived by now (a response that had
+        # just finished is then cut at its end), otherwise the session is free at once: a later steer
+        # gets `response_steer_not_active`, and the client may send its next turn.
+        queued = kind == "error" and isinstance(payload, CancelledWhileQueued)
+        if turn.steer is not None and queued:  # steered before it started: the successor takes both inputs
+            turn.closing = True
+            state.status, state.incomplete_reason, state.timings = "incomplete", "steered", job.server_timings()
+            for type_, fields in state.closing_events():
+                await self.send(type_, **fields)
+            await self.send(FINAL_EVENT[state.status], response=state.to_dict())
+            return self._successor(turn, turn.messages)
+        if turn.steer is None or kind == "error":
             self.turn = None  # before the final event: the client may send its next turn the moment it arrives
         if kind == "error":
-            await self._failed(state, job, payload, req.event_id)
+            await self._failed(state, job, payload, turn.req.event_id)
+            for event_id in turn.steer_ids if turn.steer is not None else []:
+                await self.send_error(steer_not_applied("the response failed"), event_id)
             return None
         g: Generation = payload
-        session.commit(built["prompt"], built["messages"], g, state.id)
+        session.commit(turn.built["prompt"], turn.built["messages"], g, state.id, turn.files)
+        steered = turn.steer is not None
+        turn.closing = steered
         state.text = g.text
         state.usage = usage_responses(g.usage.to_openai())
+        state.usage["input_tokens_details"]["prefilled_ahead_tokens"] = job.prefilled_ahead  # pairline's
         state.timings = job.server_timings()
-        state.status, state.incomplete_reason = response_status(g.finish_reason, steer is not None)
+        state.status, state.incomplete_reason = response_status(g.finish_reason, steered)
         for type_, fields in state.closing_events():
             await self.send(type_, **fields)
         await self.send(FINAL_EVENT[state.status], response=state.to_dict())
         _log_response(session.id, state, g, t_recv)
         session.last_active = time.monotonic()
-        return steer
+        return self._successor(turn, []) if steered else None
+
+    def _successor(self, turn: ServerTurn, before: list[dict]) -> ServerTurn | None:
+        """The response a steer asked for, with every steer that arrived until now (those that came
+        while the steered response's final events went out included)."""
+        steer, ids = turn.steer or [], turn.steer_ids
+        self.turn = None
+        if self.closed:
+            return None
+        req = CreateRequest(messages=[], sampling=turn.req.sampling, metadata=turn.req.metadata)
+        try:
+            nxt = self.submit(before + steer, turn.sampling, req, turn.state.id, turn.files, steers=len(ids))
+        except ProtocolError as err:  # the queue is full: each steer is answered, not lost
+            asyncio.create_task(self._send_errors(err, ids))
+            return None
+        if turn.cancel_successor:
+            nxt.job.cancel.cancel()
+        return nxt
+
+    async def _send_errors(self, err: ProtocolError, event_ids: list[str | None]) -> None:
+        for event_id in event_ids or [None]:
+            await self.send_error(err, event_id)
 
     async def _failed(self, state: ResponseState, job: Job, err: Exception, event_id: str | None) -> None:
         if isinstance(err, CancelledWhileQueued):  # cancelled while queued: nothing ran
@@ -200,9 +320,13 @@ class Connection(SessionSocket):
     # ------------------------------------------------------------ end of the session
 
     def cancel_active(self) -> None:
-        if self.turn is not None:
-            self.turn.steer = None
-            self.turn.job.cancel.cancel()
+        turn = self.turn
+        if turn is not None:
+            if turn.closing:
+                turn.cancel_successor = True
+            else:
+                turn.steer = None
+                turn.job.cancel.cancel()
 
     async def close(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
         """A final event (error, or the cancelled response), then the close frame."""

@@ -184,7 +184,8 @@ def parse_prediction(value: Any) -> str | None:
 
 # ---------------------------------------------------------------- client events
 
-CLIENT_EVENTS = ("session.update", "response.create", "response.cancel", "response.steer")
+CLIENT_EVENTS = ("session.update", "response.create", "response.cancel", "response.steer", "draft.update",
+                 "context.update")
 
 SAMPLING_FIELDS = frozenset({"instructions", "max_output_tokens", "temperature", "top_p", "seed"})
 CREATE_FIELDS = frozenset({"type", "event_id", "model", "input", "previous_response_id", "prediction", "store",
@@ -192,6 +193,9 @@ CREATE_FIELDS = frozenset({"type", "event_id", "model", "input", "previous_respo
 SESSION_FIELDS = frozenset({"model", *SAMPLING_FIELDS})
 STEER_FIELDS = frozenset({"type", "event_id", "input", "response_id", "previous_response_id"})
 CANCEL_FIELDS = frozenset({"type", "event_id", "response_id"})
+DRAFT_FIELDS = frozenset({"type", "event_id", "text"})
+CONTEXT_FIELDS = frozenset({"type", "event_id", "items"})
+CONTEXT_ITEM_FIELDS = frozenset({"type", "path", "content"})
 
 
 class EventTarget(Protocol):
@@ -238,6 +242,12 @@ def parse_steer(ev: dict) -> list[dict]:
     if "input" not in ev:
         raise ProtocolError("response.steer needs 'input'", code="missing_required_parameter", param="input")
     return parse_input(ev["input"])
+
+
+def steer_not_applied(why: str) -> ProtocolError:
+    """A response.steer that raced the end of its response: never dropped silently, always this error."""
+    return ProtocolError(f"the steer was not applied: {why}; send it as a new response.create",
+                         code="response_steer_not_active")
 
 
 def already_active() -> ProtocolError:
@@ -297,6 +307,155 @@ def parse_create(ev: dict, max_tokens: int) -> CreateRequest:
         event_id=opt_str(ev, "event_id"),
         metadata=metadata,
     )
+
+
+# ---------------------------------------------------------------- ahead of the next input
+# `draft.update` and `context.update` tell a session what its next response.create will hold, so a
+# server can prefill it while the user types (docs/protocol.md, "Prefill ahead").
+
+
+@dataclass(slots=True, frozen=True)
+class AheadLimits:
+    """What one session may hold ahead of its next request; past a limit, an error event naming it."""
+
+    max_draft_chars: int = 32 * 1024  # one draft (the text typed so far)
+    max_context_bytes: int = 256 * 1024  # all context items of a session: paths and contents, UTF-8
+    max_context_items: int = 64
+    max_path_chars: int = 1024
+    draft_rate: float = 100.0  # draft.update events per second beyond which a client is told it floods
+
+
+def parse_draft(ev: dict, limits: AheadLimits) -> str:
+    """draft.update -> the draft's text (each draft replaces the last; "" clears it)."""
+    check_fields(ev, DRAFT_FIELDS, "draft.update")
+    if "text" not in ev:
+        raise ProtocolError("draft.update needs 'text'", code="missing_required_parameter", param="text")
+    text = ev["text"]
+    if not isinstance(text, str):
+        raise ProtocolError("'text' must be a string", code="invalid_type", param="text")
+    if len(text) > limits.max_draft_chars:
+        raise ProtocolError(f"a draft of {len(text)} characters exceeds the limit of {limits.max_draft_chars} "
+                            "characters (max_draft_chars)", code="draft_too_large", param="text")
+    return text
+
+
+def parse_context(ev: dict, limits: AheadLimits) -> list[tuple[str, str | None]]:
+    """context.update -> [(path, content or None to remove it)], checked field by field."""
+    check_fields(ev, CONTEXT_FIELDS, "context.update")
+    items = ev.get("items")
+    if not isinstance(items, list):
+        raise ProtocolError("context.update needs 'items', a list of {path, content}", code="invalid_type"
+                            if "items" in ev else "missing_required_parameter", param="items")
+    if len(items) > limits.max_context_items:
+        raise ProtocolError(f"{len(items)} items exceed the limit of {limits.max_context_items} context items "
+                            "(max_context_items)", code="context_too_large", param="items")
+    out = []
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"{where} must be an object", code="invalid_type", param=where)
+        check_fields(item, CONTEXT_ITEM_FIELDS, where)
+        if item.get("type", "file") != "file":
+            raise ProtocolError(f"{where}: only file items are supported", code="invalid_value", param=f"{where}.type")
+        path, content = item.get("path"), item.get("content")
+        if not isinstance(path, str) or not path.strip() or "\n" in path:
+            raise ProtocolError(f"{where}.path must be a non-empty one-line string", code="invalid_value",
+                                param=f"{where}.path")
+        if len(path) > limits.max_path_chars:
+            raise ProtocolError(f"{where}.path exceeds {limits.max_path_chars} characters (max_path_chars)",
+                                code="context_too_large", param=f"{where}.path")
+        if "content" not in item:
+            raise ProtocolError(f"{where} needs 'content' (a string, or null to remove the item)",
+                                code="missing_required_parameter", param=f"{where}.content")
+        if content is not None and not isinstance(content, str):
+            raise ProtocolError(f"{where}.content must be a string or null", code="invalid_type",
+                                param=f"{where}.content")
+        out.append((path, content))
+    return out
+
+
+def context_bytes(context: dict[str, str]) -> int:
+    return sum(len(p.encode("utf-8", "replace")) + len(c.encode("utf-8", "replace")) for p, c in context.items())
+
+
+def apply_context(context: dict[str, str], items: list[tuple[str, str | None]], limits: AheadLimits) -> dict[str, str]:
+    """The context after `items`: a new dict (the old one may be read by another thread meanwhile).
+    A set item goes last (so the files that did not change stay a shared prefix); null removes it.
+    Over the byte limit: an error, and the context stays as it was."""
+    new = dict(context)
+    for path, content in items:
+        new.pop(path, None)
+        if content is not None:
+            new[path] = content
+    size = context_bytes(new)
+    if size > limits.max_context_bytes:
+        raise ProtocolError(f"the session's context would hold {size} bytes, over the limit of "
+                            f"{limits.max_context_bytes} bytes (max_context_bytes)", code="context_too_large",
+                            param="items")
+    if len(new) > limits.max_context_items:
+        raise ProtocolError(f"the session's context would hold {len(new)} items, over the limit of "
+                            f"{limits.max_context_items} (max_context_items)", code="context_too_large",
+                            param="items")
+    return new
+
+
+def context_diff(old: dict[str, str], new: dict[str, str]) -> list[dict]:
+    """The context.update items that turn a session holding `old` into one holding `new`, order
+    included (a router keeps its backend sessions' context in step with its own this way)."""
+    same = 0
+    for a, b in zip(old.items(), new.items(), strict=False):
+        if a != b:
+            break
+        same += 1
+    tail = list(new.items())[same:]
+    return [{"path": p, "content": None} for p in old if p not in new] + [{"path": p, "content": c} for p, c in tail]
+
+
+def context_text(context: dict[str, str]) -> str | None:
+    """The one user message the context becomes, right after the system message (None: no items).
+    Each file as its path, then its content in a fence; in the order the items were last set."""
+    if not context:
+        return None
+    parts = []
+    for path, content in context.items():
+        body = content if not content or content.endswith("\n") else content + "\n"
+        parts.append(f"{path}\n```\n{body}```")
+    return "Files:\n\n" + "\n\n".join(parts)
+
+
+def with_context(system: list[dict], context: dict[str, str], rest: list[dict]) -> list[dict]:
+    """A whole conversation as chat messages: the system message (if any), the context's message,
+    then the history and the new input. What an OpenAI-compatible backend is sent."""
+    text = context_text(context)
+    return [*system, *([{"role": "user", "content": text}] if text is not None else []), *rest]
+
+
+class DraftGate:
+    """Counts a session's draft.update events per second. Every draft is kept (only the latest
+    matters); past `rate`, the client is told once per second that it floods (`rate_limit_exceeded`)."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.window = 0.0
+        self.count = 0
+        self.warned = False
+
+    def flooding(self, now: float | None = None) -> bool:
+        """Count one event; True the first time in a one-second window that the rate is passed."""
+        now = time.monotonic() if now is None else now
+        if now - self.window >= 1.0:
+            self.window, self.count, self.warned = now, 0, False
+        self.count += 1
+        if self.count > self.rate and not self.warned:
+            self.warned = True
+            return True
+        return False
+
+
+def draft_flood_error(rate: float) -> ProtocolError:
+    return ProtocolError(f"more than {rate:g} draft.update events per second (draft_rate); drafts are coalesced "
+                         "(only the latest is used), so send fewer", code="rate_limit_exceeded", param="text",
+                         status=429, type_="rate_limit_error")
 
 
 # ---------------------------------------------------------------- server objects

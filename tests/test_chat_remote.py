@@ -99,3 +99,19 @@ def test_http_address_and_something_else_at_the_url(server):
     client.close()
     with pytest.raises(PairlineError, match="no pairline serve session at"):
         RemoteClient(base + "/health/v1/responses")
+
+
+def test_ahead_sends_the_draft_and_the_server_prefills_it(server):
+    import time
+
+    client = RemoteClient(server.ws_url)
+    assert client.supports_ahead
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    first = client.stream(history, max_tokens=4).run()
+    long = " ".join(f"word{i}" for i in range(200))
+    history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": f"now this: {long}"}]
+    client.ahead(history)
+    time.sleep(2.0)  # the server prefills a draft while nothing else runs (a tiny model: milliseconds)
+    second = client.stream(history, max_tokens=4).run()
+    assert second.usage.prompt_tokens - second.usage.cached_tokens <= 16  # only the draft's tail after Enter
+    client.close()

@@ -288,7 +288,7 @@ class RemoteClient:
 
     supports_prefix = False
     supports_stop = False
-    supports_ahead = False  # the server's draft/context events are being built; until then ahead() is a no-op
+    supports_ahead = True  # draft.update: the server prefills the draft into the session's KV
     n_ctx = None
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
@@ -377,7 +377,17 @@ class RemoteClient:
         pass  # the server's KV is the session's, not ours to drop
 
     def ahead(self, messages: list[dict], prefix: str = "") -> None:
-        pass  # supports_ahead is False: nothing to send yet
+        """Send the next user message as the session's draft (`draft.update`), which the server
+        prefills while nothing else runs. Only where the turn will extend this session by that one
+        message: a turn that opens a new session, or sends more, has nothing here to prefill into."""
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        convo = [m for m in messages if m["role"] != "system"]
+        new = convo[len(self.session) :]
+        if self.ws is None or prefix or system != self.instructions or convo[: len(self.session)] != self.session \
+                or not self.session or len(new) != 1 or new[0]["role"] != "user":
+            return
+        with contextlib.suppress(PairlineError):  # a broken link is reported by the turn itself
+            self._send({"type": "draft.update", "text": new[0]["content"]})
 
     def describe(self) -> dict:
         return {"runtime": None, "threads": None}

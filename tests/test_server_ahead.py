@@ -12,7 +12,6 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websockets.sync.client import connect
 
 from pairline.engine.tokenizer import Tokenizer
 from pairline.router.app import RouterThread
@@ -22,6 +21,7 @@ from pairline.server.config import ServerConfig
 from pairline.server.sessions import Session
 from pairline.wire.protocol import AheadLimits, context_diff, context_text
 from tests.engine_helpers import tiny_engine
+from tests.ws_helpers import SessionClient
 
 TERMINAL = ("response.completed", "response.incomplete", "response.cancelled", "response.failed")
 CODE = "".join(f"def f{i}(x):\n    return x * {i} + {i % 3}\n\n\n" for i in range(24))
@@ -57,24 +57,10 @@ def cold_srv(tokenizer):
     s.stop()
 
 
-class Client:
+class Client(SessionClient):
     def __init__(self, url: str):
-        self.ws = connect(url, open_timeout=10, close_timeout=5).__enter__()
-        self.created = self.recv()
+        super().__init__(url)
         self.id = self.created["session"]["id"]
-
-    def recv(self, timeout: float = 30) -> dict:
-        return json.loads(self.ws.recv(timeout=timeout))
-
-    def send(self, **event) -> None:
-        self.ws.send(json.dumps(event))
-
-    def until(self, *types: str, timeout: float = 30) -> list[dict]:
-        events = []
-        while True:
-            events.append(self.recv(timeout))
-            if events[-1]["type"] in types:
-                return events
 
     def quiet(self, wait: float = 0.5) -> list[dict]:
         """Every event until none comes for `wait` seconds."""
@@ -105,9 +91,6 @@ class Client:
         for i in range(half + step, len(text) + step, step):
             self.send(type="draft.update", text=text[: min(i, len(text))])
             time.sleep(pause)
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def wait_ahead(srv, client: Client, timeout: float = 20) -> None:

@@ -3,17 +3,16 @@ greedy, so outputs are deterministic) and the `websockets` client."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from pairline.engine.tokenizer import Tokenizer
 from pairline.server.app import ServerThread
 from pairline.server.config import ServerConfig
 from tests.engine_helpers import tiny_engine
+from tests.ws_helpers import SessionClient
 
 TERMINAL = ("response.completed", "response.incomplete", "response.cancelled", "response.failed")
 
@@ -34,25 +33,7 @@ def srv(tokenizer):
     s.stop()
 
 
-class Client:
-    def __init__(self, url: str, **kw):
-        self.ws = connect(url, open_timeout=10, close_timeout=5, **kw).__enter__()
-        self.created = self.recv()
-
-    def recv(self, timeout: float = 60) -> dict:
-        return json.loads(self.ws.recv(timeout=timeout))
-
-    def send(self, **event) -> None:
-        self.ws.send(json.dumps(event))
-
-    def until(self, *types: str, timeout: float = 60) -> list[dict]:
-        events = []
-        while True:
-            ev = self.recv(timeout)
-            events.append(ev)
-            if ev["type"] in types:
-                return events
-
+class Client(SessionClient):
     def turn(self, input, **kw) -> tuple[list[dict], dict]:
         self.send(type="response.create", input=input, **kw)
         events = self.until(*TERMINAL, "error")
@@ -60,9 +41,6 @@ class Client:
             failed = self.recv()  # a response that had started ends with response.failed
             assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
         return events, events[-1]
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def test_session_created_and_one_turn_event_order(srv):

@@ -183,10 +183,8 @@ class InProcessClient:
                     return
 
     def _begin_request(self) -> None:
-        with self._ahead_cv:
-            if self._ahead_cancel is not None:
-                self._ahead_cancel.cancel()
-            self._ahead_job = self._ahead_cancel = None
+        with self._ahead_cv:  # a re-entrant lock: _cancel_ahead takes it too
+            self._cancel_ahead()
             self._requests += 1
 
     def _end_request(self) -> None:

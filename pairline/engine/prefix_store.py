@@ -57,19 +57,24 @@ class PrefixStore:
 
     def longest_head(self, tokens: list[int]) -> int:
         """How many leading tokens of `tokens` the best stored state holds (ids read, no state)."""
-        return max((common_prefix(_read_ids(path) or [], tokens) for path in self.root.glob("*.kv")), default=0)
+        return self._best(tokens)[2]
 
     def longest(self, tokens: list[int]) -> tuple[list[int], bytes] | None:
         """The stored state sharing the longest head with `tokens`: (the ids it was computed from,
         the state). Only its ids are read from each file until the best is known."""
-        best, best_ids, best_n = None, [], 0
+        path, ids, _ = self._best(tokens)
+        state = _read_state(path) if path is not None else None
+        return (ids, state) if state is not None else None
+
+    def _best(self, tokens: list[int]) -> tuple[Path | None, list[int], int]:
+        """The file whose ids share the longest head with `tokens`: (path, its ids, shared length)."""
+        best: tuple[Path | None, list[int], int] = (None, [], 0)
         for path in self.root.glob("*.kv"):
-            ids = _read_ids(path)
-            n = common_prefix(ids or [], tokens)
-            if n > best_n:
-                best, best_ids, best_n = path, ids, n
-        state = _read_state(best) if best is not None else None
-        return (best_ids, state) if state is not None else None
+            ids = _read_ids(path) or []
+            n = common_prefix(ids, tokens)
+            if n > best[2]:
+                best = (path, ids, n)
+        return best
 
     def save(self, tokens: list[int], state: bytes) -> None:
         """Atomically and quietly: a full disk or a read-only cache only costs prefill time later."""

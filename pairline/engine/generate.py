@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from pairline.engine.constraint import Constraint, Grammar, compile_grammar
 from pairline.engine.prefix_store import PrefixStore
 from pairline.engine.runtime import Interrupted, Runtime, common_prefix
 from pairline.engine.sampling import Sampler, SamplingParams
@@ -80,6 +81,7 @@ class Usage:
     rejected_prediction_tokens: int = 0  # drafted from the prediction, computed, and thrown away
     draft_tokens: int = 0  # all drafted tokens, either source
     accepted_draft_tokens: int = 0
+    forced_tokens: int = 0  # appended by a grammar without a model step (a pairline extension)
 
     def to_openai(self) -> dict:
         return {
@@ -120,6 +122,7 @@ class Generation:
     cancel: CancelToken = field(default_factory=CancelToken)
     draft_max: int = 32
     keep_prefix: int = 0  # leading prompt tokens every request shares (a system prompt): KV kept on disk
+    constraint: Constraint | None = None  # the grammar the answer must match (constraint.py)
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -221,7 +224,10 @@ class Engine:
         cancel: CancelToken | None = None,
         draft_max: int = 32,
         keep_prefix: int = 0,
+        grammar: Grammar | None = None,
     ) -> Generation:
+        """One request. `grammar`: what the answer must match; its `prefix` is the part of the answer
+        already at the end of `prompt` (checked against the grammar before anything runs)."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise PairlineError("the prompt is empty")
@@ -241,6 +247,7 @@ class Engine:
             cancel or CancelToken(),
             draft_max,
             keep_prefix,
+            compile_grammar(grammar, self.tokenizer) if grammar is not None else None,
         )
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, **kw) -> Generation:
@@ -389,6 +396,53 @@ class Engine:
         exact = self.runtime.exact_rows
         return exact - 1 if exact else 1 << 30
 
+    @staticmethod
+    def _pick(sampler: Sampler, logits: np.ndarray, c: Constraint | None) -> int:
+        """The next token from one row of logits. Under a grammar, the greedy pick stands when the
+        grammar allows it; only otherwise is the mask computed (the model mostly agrees with it)."""
+        if c is None:
+            return sampler.sample(logits)
+        if sampler.params.greedy:
+            best = int(np.argmax(logits))
+            return best if c.allows([best]) == 1 else int(np.argmax(c.mask(logits)))
+        return sampler.sample(c.mask(logits))
+
+    def _verify_constrained(
+        self, sampler: Sampler, drafts: list[int], logits: np.ndarray, c: Constraint
+    ) -> tuple[int, int]:
+        """`_verify` under a grammar: row i is masked by the grammar's state after drafts[:i], so a
+        draft the grammar forbids is rejected like any other mismatch (still lossless)."""
+        if sampler.params.greedy:
+            best = np.argmax(logits, axis=-1).tolist()
+            n = 0
+            while n < len(drafts) and drafts[n] == best[n]:
+                n += 1
+            picked = [*drafts[:n], best[n]]
+            k = c.allows(picked)
+            if k == len(picked):
+                return n, best[n]
+            # picked[k] is forbidden: drafts before it stand; row k's masked argmax comes next
+            c.advance(drafts[:k])
+            try:
+                return k, int(np.argmax(c.mask(logits[k])))
+            finally:
+                c.rollback(k)
+        advanced = 0
+        try:
+            for i, d in enumerate(drafts):
+                p = sampler.probs(c.mask(logits[i]))
+                if sampler.uniform() < float(p[d]):
+                    c.advance([d])
+                    advanced += 1
+                    continue
+                p[d] = 0.0
+                if float(p.sum()) <= 0.0:
+                    return i, d
+                return i, sampler.draw(p / p.sum())
+            return len(drafts), sampler.sample(c.mask(logits[len(drafts)]))
+        finally:
+            c.rollback(advanced)
+
     def _verify(self, sampler: Sampler, drafts: list[int], logits: np.ndarray, ids: bool) -> tuple[int, int]:
         """logits[i] predicts the token after drafts[:i] (with `ids`, it is that row's greedy id).
         Returns (accepted drafts, next token). Greedy: accept while the draft is the argmax.
@@ -417,8 +471,10 @@ class Engine:
         stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else set(tok.stop_ids))
         stream = _TextStream(tok, p.stop)
         sampler = Sampler(p)
+        c = g.constraint
         g.usage.prompt_tokens = len(g.prompt)
-        ids = p.greedy and self.runtime.has_argmax  # greedy ids come from the runtime, not its logits
+        # greedy ids come from the runtime, not its logits (a grammar needs the logits to mask them)
+        ids = p.greedy and self.runtime.has_argmax and c is None
 
         def finish(reason: str) -> Iterator[TokenEvent]:
             g.finish_reason = reason
@@ -427,6 +483,28 @@ class Engine:
             if tail:
                 yield TokenEvent(-1, tail, len(g.token_ids), time.perf_counter() - t0)
 
+        def emit(tokens: list[int]):
+            """Release decided tokens, stopping at a stop token, a stop string or the budget;
+            returns True once the answer is over."""
+            for t in tokens:
+                if t in stop_ids:
+                    g.usage.completion_tokens += 1
+                    yield from finish("stop")
+                    return True
+                if c is not None:
+                    c.advance([t])
+                g.token_ids.append(t)
+                g.usage.completion_tokens += 1
+                delta = stream.push(t)
+                yield TokenEvent(t, delta, len(g.token_ids) - 1, time.perf_counter() - t0)
+                if stream.stopped:
+                    yield from finish("stop")
+                    return True
+                if len(g.token_ids) >= p.max_tokens:
+                    yield from finish("length")
+                    return True
+            return False
+
         logits = self._prefill(g, ids)
         t_prefill = time.perf_counter()
         g.timings.prefill_s = t_prefill - t0
@@ -434,55 +512,59 @@ class Engine:
             yield from self._cancelled(g, finish)
             return
         drafter, policy = self._drafter(g)
-        next_tok = int(logits) if ids else sampler.sample(logits)
+        next_tok = int(logits) if ids else self._pick(sampler, logits, c)
         t_first = time.perf_counter()
         g.timings.ttft_s = t_first - t0
-        pending = [next_tok]  # sampled, not yet in the KV
+        pending = [next_tok]  # decided this round; only the last is not in the KV yet
         try:
             while True:
-                # emit what was just decided, stopping at a stop token, stop string or the budget
-                for t in pending:
-                    if t in stop_ids:
-                        g.usage.completion_tokens += 1
+                if (yield from emit(pending)):
+                    return
+                forced: list[int] = []
+                if c is not None:
+                    if c.finished:  # nothing but the end may follow: no model step for it
                         yield from finish("stop")
                         return
-                    g.token_ids.append(t)
-                    g.usage.completion_tokens += 1
-                    delta = stream.push(t)
-                    yield TokenEvent(t, delta, len(g.token_ids) - 1, time.perf_counter() - t0)
-                    if stream.stopped:
-                        yield from finish("stop")
-                        return
-                    if len(g.token_ids) >= p.max_tokens:
-                        yield from finish("length")
-                        return
+                    forced = c.forced()[: self._draft_cap()]
+                    if forced:
+                        g.usage.forced_tokens += len(forced)
+                        if (yield from emit(forced)):
+                            return
+                        if c.finished:
+                            yield from finish("stop")
+                            return
                 if drafter is not None:
-                    drafter.accept(pending)
+                    drafter.accept([*pending, *forced])
                 if g.cancel.cancelled:
                     yield from self._cancelled(g, finish)
                     return
-                last = pending[-1]
-                room = min(p.max_tokens - len(g.token_ids) - 1, self.runtime.n_ctx - self.runtime.n_past - 1)
+                feed = [pending[-1], *forced]  # decided, not yet in the KV
+                room = min(p.max_tokens - len(g.token_ids) - 1, self.runtime.n_ctx - self.runtime.n_past - len(feed))
                 if room < 0:
                     yield from finish("length")
                     return
                 drafts = []
                 if drafter is not None:
-                    offered = drafter.draft(min(policy.max_len, room, self._draft_cap()))
+                    offered = drafter.draft(min(policy.max_len, room, self._draft_cap() - len(forced)))
                     drafts = offered[: policy.choose(len(offered))]
                 n_before = self.runtime.n_past
                 t_step = time.perf_counter()
+                width = len(feed) + len(drafts)
                 try:
-                    logits = self._forward([last, *drafts], "all" if drafts else "last", g.cancel, ids)
+                    out = self._forward([*feed, *drafts], "all" if width > 1 else "last", g.cancel, ids)
                 except Interrupted:
                     yield from self._cancelled(g, finish)
                     return
-                self.step_costs.record(1 + len(drafts), time.perf_counter() - t_step)
+                self.step_costs.record(width, time.perf_counter() - t_step)
                 g.timings.forward_calls += 1
-                accepted, next_tok = self._verify(sampler, drafts, logits, ids)
+                logits = out[len(feed) - 1 :] if width > 1 else out  # row i follows drafts[:i]
+                if c is not None:
+                    accepted, next_tok = self._verify_constrained(sampler, drafts, logits, c)
+                else:
+                    accepted, next_tok = self._verify(sampler, drafts, logits, ids)
                 g.steps.append((len(drafts), accepted))
                 if drafts:
-                    self._truncate(n_before + 1 + accepted)
+                    self._truncate(n_before + len(feed) + accepted)
                     policy.update(len(drafts), accepted)
                     g.usage.draft_tokens += len(drafts)
                     g.usage.accepted_draft_tokens += accepted

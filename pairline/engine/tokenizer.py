@@ -382,6 +382,10 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def backend_json(self) -> str:
+        """The whole tokenizer as `tokenizers` serializes it (what llguidance builds its vocabulary from)."""
+        return self._tok.to_str()
+
     @cached_property
     def token_bytes(self) -> list[bytes]:
         """The raw bytes each id decodes to, indexed by id (built once, on first use)."""

@@ -19,6 +19,7 @@ class ScriptedClient:
     supports_prefix = True
     supports_stop = True  # takes stop strings (and ignores them: the answers are scripted)
     supports_ahead = True  # records each ahead() call (nothing to prefill)
+    supports_grammar = True  # records the grammar (the scripted answers are not decoded under it)
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0
@@ -44,9 +45,10 @@ class ScriptedClient:
         return {"runtime": None, "threads": None}
 
     def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None,
-               speculation="auto") -> Reply:
+               speculation="auto", grammar=None) -> Reply:
         cancel = cancel or CancelToken()
-        self.calls.append({"messages": messages, "prefix": prefix, "prediction": prediction, "max_tokens": max_tokens})
+        self.calls.append({"messages": messages, "prefix": prefix, "prediction": prediction, "max_tokens": max_tokens,
+                           "grammar": grammar})
         answer = self.answers.pop(0) if self.answers else ""
         if prefix and answer.startswith(prefix):
             answer = answer[len(prefix) :]  # else the answer is scripted as the continuation itself

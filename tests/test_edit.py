@@ -335,7 +335,7 @@ class _Engine:
 
     model_name = "fake"
 
-    def chat(self, messages, params, prediction=None, cancel=None, speculation="auto"):
+    def chat(self, messages, params, prediction=None, cancel=None, speculation="auto", grammar=None):
         self.calls.append((messages, params, prediction))
         if cancel is not None:
             self.gen.cancel = cancel

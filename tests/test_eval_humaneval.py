@@ -202,6 +202,7 @@ class Scripted:
     supports_prefix = False
     supports_stop = False
     supports_ahead = False
+    supports_grammar = False
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0
@@ -223,7 +224,8 @@ class Scripted:
     def describe(self) -> dict:
         return {"runtime": None, "threads": None}
 
-    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None, speculation="auto"):
+    def stream(self, messages, *, max_tokens, prefix="", prediction=None, stop=(), cancel=None, speculation="auto",
+               grammar=None):
         from pairline.assistant.client import Reply
         from pairline.engine.generate import CancelToken
 

@@ -9,6 +9,7 @@ client for `pairline serve` plugs in behind the same two methods (see docs/assis
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from pairline.engine.constraint import Grammar
+from pairline.engine.constraint import warm as warm_grammar
 from pairline.engine.generate import CancelToken, Timings, Usage
 from pairline.errors import PairlineError
 
@@ -65,6 +68,7 @@ class Client(Protocol):
     load_s: float  # seconds it took to load the model (or to open the session)
     n_ctx: int | None  # the context window in tokens; None where it is not known here (a server's)
     supports_ahead: bool  # ahead() prefills a prompt before it is sent (else ahead() does nothing)
+    supports_grammar: bool  # stream() takes `grammar=`: the answer is decoded under it (else it is refused)
 
     def stream(
         self,
@@ -76,10 +80,12 @@ class Client(Protocol):
         stop: tuple[str, ...] = (),
         cancel: CancelToken | None = None,
         speculation: str = "auto",
+        grammar: Grammar | None = None,
     ) -> Reply:
         """Answer `messages`; `prefix` is the start of the assistant's answer, already written
         (it is not repeated in the reply's text). Greedy. `speculation="off"` turns drafting off
-        (to measure what it gives; in-process only)."""
+        (to measure what it gives; in-process only). `grammar`: what the whole answer, `prefix`
+        included, must match (only where `supports_grammar`)."""
         ...
 
     def count_tokens(self, text: str) -> int: ...
@@ -110,6 +116,7 @@ class InProcessClient:
     supports_prefix = True
     supports_stop = True
     supports_ahead = True
+    supports_grammar = True
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -122,6 +129,9 @@ class InProcessClient:
         self._ahead_cancel: CancelToken | None = None  # the newest ahead work's
         self._requests = 0  # answers streaming now: ahead work posted meanwhile would be stale
         self._ahead_thread: threading.Thread | None = None
+        # llguidance's vocabulary takes 0.2-0.8 s to build (once per process): build it now, so the
+        # first edit's grammar is ready by the end of its prefill
+        warm_grammar(engine.tokenizer)
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer.encode_text(text))
@@ -205,6 +215,7 @@ class InProcessClient:
         stop: tuple[str, ...] = (),
         cancel: CancelToken | None = None,
         speculation: str = "auto",
+        grammar: Grammar | None = None,
     ) -> Reply:
         from pairline.engine.sampling import SamplingParams
 
@@ -212,13 +223,16 @@ class InProcessClient:
         cancel = cancel or CancelToken()
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=stop)
         pred = self.engine.tokenizer.encode_text(prediction) if prediction else None
+        if grammar is not None:
+            grammar = dataclasses.replace(grammar, prefix=prefix)  # the answer's written start comes first
         if prefix:
             ids = self.prompt_ids(messages, prefix)
             shared = self.engine.system_prefix(messages, ids)  # Engine.chat marks it itself
             gen = self.engine.generate(ids, params, prediction=pred, cancel=cancel, keep_prefix=shared,
-                                       speculation=speculation)
+                                       speculation=speculation, grammar=grammar)
         else:
-            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel, speculation=speculation)
+            gen = self.engine.chat(messages, params, prediction=pred, cancel=cancel, speculation=speculation,
+                                   grammar=grammar)
         reply = Reply(iter(()), cancel, prediction_tokens=len(pred) if pred else 0)
 
         def deltas() -> Iterator[str]:
@@ -287,6 +301,7 @@ class RemoteClient:
     supports_prefix = False
     supports_stop = False
     supports_ahead = True  # draft.update: the server prefills the draft into the session's KV
+    supports_grammar = False  # the session protocol carries no grammar yet
     n_ctx = None
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
@@ -400,9 +415,12 @@ class RemoteClient:
         stop: tuple[str, ...] = (),
         cancel: CancelToken | None = None,
         speculation: str = "auto",
+        grammar: Grammar | None = None,
     ) -> Reply:
         if prefix:
             raise PairlineError("pairline serve cannot continue a started answer (no assistant prefix)")
+        if grammar is not None:
+            raise PairlineError("this client sends no grammar to pairline serve (supports_grammar is False)")
         if stop:
             raise PairlineError("pairline serve's session protocol has no stop strings")
         if speculation != "auto":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pairline.assistant import check, prompts
 from pairline.assistant.client import Client, Reply
+from pairline.assistant.edit_grammar import blocks_grammar, rewrite_grammar
 from pairline.assistant.edits import DIVIDER, BlockParser, EditBlock, EditError, apply_block
 from pairline.assistant.rewrite import (
     BlockStream,
@@ -32,7 +33,9 @@ from pairline.assistant.rewrite import (
     for_model,
     restore_layout,
 )
+from pairline.assistant.sites import find_sites, sites_message
 from pairline.assistant.workspace import Fingerprint, Workspace, read_text_file
+from pairline.engine.constraint import Grammar
 from pairline.engine.generate import CancelToken
 from pairline.errors import PairlineError
 
@@ -182,8 +185,14 @@ class Coder:
         *,
         on_event: Callable[[Event], None] | None = None,
         search_cap: int | None = -1,
+        constrain: bool = True,
+        hints: bool = True,
     ):
         self.client = client
+        # answers decoded under the edit grammars (edit_grammar.py), where the client can: a SEARCH
+        # part that is not in the file, or a rewrite that stops early, cannot be written
+        self.constrain = constrain and client.supports_grammar
+        self.hints = hints  # list the lines the instruction's names are on (sites.py)
         self.ws = ws
         self.on_event = on_event or (lambda e: None)
         self.prompt = prompts.prompt_for(client.family)
@@ -213,7 +222,9 @@ class Coder:
             if len(files) != 1 or files[0].text is None:
                 raise PairlineError("--rewrite takes exactly one existing file")
             return self._rewrite(files[0], instruction, cancel, max_tokens)
-        messages = prompts.edit_messages(self.prompt, {f.shown: f.model_text for f in files}, instruction)
+        texts = {f.shown: f.model_text for f in files}
+        hints = sites_message(find_sites(texts, instruction)) if self.hints else ""
+        messages = prompts.edit_messages(self.prompt, texts, instruction, hints)
         if history:
             messages = messages[:-1] + history + messages[-1:]
         return self.run_blocks(files, messages, cancel=cancel, max_tokens=max_tokens, instruction=instruction)
@@ -228,6 +239,7 @@ class Coder:
         max_tokens: int,
         result: TurnResult,
         applied: tuple[EditBlock, ...] = (),
+        grammar: Grammar | None = None,
     ):
         """Stream one answer, parsing blocks as they close. With a search cap, a SEARCH part that
         reaches the cap is cut there: the request stops and a new one continues the same answer
@@ -241,7 +253,7 @@ class Coder:
         while budget > 0:
             started = time.perf_counter()
             inner = LinkedCancel(cancel)
-            reply = self.client.stream(messages, max_tokens=budget, prefix=answer, cancel=inner)
+            reply = self.client.stream(messages, max_tokens=budget, prefix=answer, cancel=inner, grammar=grammar)
             forced = looping = False
             held = ""  # text is passed on a whole line at a time, so a cut line is never shown
             kept = ""  # the text read before this request was stopped (a verify step may emit more after)
@@ -265,7 +277,13 @@ class Coder:
                         blocks.append(block)
                         self.on_event(Event("block", path=block.path or "", block=block))
                     cap = self.search_cap
-                    if cap and parser.state == "search" and parser.partial and len(parser.partial.search) >= cap:
+                    if (
+                        cap
+                        and parser.state == "search"
+                        and parser.partial
+                        and len(parser.partial.search) >= cap
+                        and (not self.constrain or self._unique(parser.partial.search, result))
+                    ):  # under the grammar, a SEARCH part ends only once it matches one place
                         if blocks and not self._in_files(parser.partial.search[0], result):
                             # a small model that has written its blocks drifts into invented ones
                             # (often the prompt's example): a SEARCH that starts with a line found
@@ -301,6 +319,15 @@ class Coder:
         if reply is not None and cancel.cancelled:
             reply.finish_reason = "cancelled"
         return reply, answer, parser, blocks
+
+    def _unique(self, search: list[str], result: TurnResult) -> bool:
+        """The lines appear, whole and in a row, at one place of one file."""
+        want = "".join(line + "\n" for line in search)
+        count = 0
+        for f in result.files.values():
+            text = f.model_text if f.model_text.endswith("\n") else f.model_text + "\n"
+            count += sum(1 for i in range(len(text)) if text.startswith(want, i) and (i == 0 or text[i - 1] == "\n"))
+        return count == 1
 
     def _in_files(self, line: str, result: TurnResult) -> bool:
         want = " ".join(line.split())
@@ -368,7 +395,8 @@ class Coder:
         (`retry`); blocks equal to one of `applied` are skipped (already in `current`). The new
         texts, the conversation so far and the blocks applied; None (status set) if cancelled or
         if blocks still fail."""
-        reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result, applied)
+        grammar = self._blocks_grammar(current, result)
+        reply, answer, parser, blocks = self._ask(messages, prefix, cancel, budget, result, applied, grammar)
         result.answer = f"{result.answer}\n{answer}" if result.answer else answer
         convo = [*messages, {"role": "assistant", "content": answer}]
         result.stats.blocks += len(blocks)
@@ -389,7 +417,9 @@ class Coder:
             # new lists, never appended to: a client may keep the messages it was given
             convo = [*convo, {"role": "user", "content": prompts.retry_message(problems, n_good)}]
             good = tuple(b for b in blocks if all(b is not f for f, _ in failed))
-            reply, answer2, parser2, blocks2 = self._ask(convo, prefix, cancel, budget, result, (*applied, *good))
+            grammar = self._blocks_grammar(current, result)  # the good blocks are in `current` now
+            reply, answer2, parser2, blocks2 = self._ask(convo, prefix, cancel, budget, result, (*applied, *good),
+                                                         grammar)
             result.answer += "\n" + answer2
             convo = [*convo, {"role": "assistant", "content": answer2}]
             result.stats.blocks += len(blocks2)
@@ -405,6 +435,13 @@ class Coder:
             result.status, result.errors = "malformed", problems
             return None, convo, ()
         return current, convo, (*applied, *blocks)
+
+    def _blocks_grammar(self, current: dict[Path, str], result: TurnResult) -> Grammar | None:
+        """Blocks whose SEARCH parts are runs of lines of the texts they will be applied to."""
+        if not self.constrain:
+            return None
+        texts = {real: None if f.text is None else current.get(real, f.model_text) for real, f in result.files.items()}
+        return blocks_grammar([(f.shown, texts[real]) for real, f in result.files.items()])
 
     def _check(
         self, current: dict[Path, str], result: TurnResult, instruction: str, *, rewrite: bool
@@ -527,7 +564,8 @@ class Coder:
         started = time.perf_counter()
         # the request's own cancel, so that stopping it at the closing fence leaves the turn (and a retry) alive
         inner = LinkedCancel(cancel)
-        reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner)
+        grammar = rewrite_grammar(f.shown) if self.constrain else None
+        reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner, grammar=grammar)
         result.stats.predicted = reply.prediction_tokens  # the client tokenized the prediction to send it
         lines = BlockStream()
         for delta in reply:

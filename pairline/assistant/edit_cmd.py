@@ -59,6 +59,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--rewrite", action="store_true", help="rewrite the whole file (one file), old file as prediction")
     how.add_argument("--blocks", action="store_true", help="search/replace blocks even for a small file")
+    parser.add_argument(
+        "--no-grammar",
+        action="store_true",
+        help="decode without the edit grammar (to compare; by default a SEARCH part can only be lines of the file)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     parser.add_argument("--json", action="store_true", help="JSONL events on stdout, for scripts")
     parser.add_argument("--no-commit", action="store_true", help="in a git repository, do not commit the edit")
@@ -254,7 +259,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
                 title = f"{', '.join(f.shown for f in files)} · {now - t_gen:.1f} s"
                 live.update(rows_view(title, live_blocks.rows + live_blocks.partial_rows, height))
 
-    coder = Coder(client, ws, on_event=on_event)
+    coder = Coder(client, ws, on_event=on_event, constrain=not args.no_grammar)
     budget = args.max_tokens or max_tokens_for(client, files, mode)
     with live or contextlib.nullcontext():
         result = coder.run(files, args.message, mode=mode, max_tokens=budget)

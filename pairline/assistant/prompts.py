@@ -72,13 +72,15 @@ geometry.py
 SEARCH_CAP: dict[str, int] = {"qwen2.5-coder-0.5b": 1, "smollm2-135m": 1}
 
 
-def user_message(files: str, instruction: str) -> str:
-    """The files section (may be empty), with the instruction before and after it."""
+def user_message(files: str, instruction: str, hints: str = "") -> str:
+    """The files section (may be empty), with the instruction before and after it, and `hints`
+    (sites.py's list of lines the instruction's names are on) just before the last one."""
     if not files:
         return f"Instruction: {instruction}"
     # the instruction before the files (so the model reads them knowing what to look for) and after
     # (so it is the last thing before the answer)
-    return f"Instruction: {instruction}\n\n{files}\n\nInstruction: {instruction}"
+    hints = f"{hints}\n\n" if hints else ""
+    return f"Instruction: {instruction}\n\n{files}\n\n{hints}Instruction: {instruction}"
 
 
 _EXAMPLE = (
@@ -127,12 +129,12 @@ def files_message(files: dict[str, str]) -> str:
     return "\n\n".join(parts)
 
 
-def edit_messages(prompt: EditPrompt, files: dict[str, str], instruction: str) -> list[dict]:
+def edit_messages(prompt: EditPrompt, files: dict[str, str], instruction: str, hints: str = "") -> list[dict]:
     """System prompt, the worked example, then the files and the instruction in one user turn."""
     messages = [{"role": "system", "content": prompt.system}]
     if prompt.example:
         messages += list(prompt.example)
-    messages.append({"role": "user", "content": user_message(files_message(files), instruction.strip())})
+    messages.append({"role": "user", "content": user_message(files_message(files), instruction.strip(), hints)})
     return messages
 
 

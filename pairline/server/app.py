@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from pairline.engine.constraint import warm as warm_grammar
 from pairline.engine.generate import Engine
 from pairline.server.config import ServerConfig
 from pairline.server.metrics import Metrics
@@ -45,6 +46,9 @@ class PairlineServer:
         self.connections: set = set()
         self.shutting_down = False
         self.runtime = engine.runtime.name
+        # llguidance's view of the vocabulary (0.2-0.8 s, GIL held): built now, not by the first
+        # structured-output request
+        warm_grammar(engine.tokenizer)
         log.info("server: %s on the %s runtime, n_ctx %d, at most %d KV caches resident (%s each)", self.model_name,
                  self.runtime, engine.runtime.n_ctx, self.max_slots,
                  f"{per_fork / 2**20:.0f} MiB" if per_fork else "size unknown")

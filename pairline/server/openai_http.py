@@ -1,20 +1,29 @@
 """The server's OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions (SSE or not),
 /v1/models. Wire formats (pairline.wire.openai) match OpenAI's field for field; pairline adds
-`timings` (the server's own) to the final chunk or body. Requests share the engine through the
-scheduler; their KV goes to the prefix cache, so a request repeating an earlier prefix prefills
-only the rest."""
+`timings` (the server's own) to the final chunk or body, and the `grammar` request field (below).
+Requests share the engine through the scheduler; their KV goes to the prefix cache, so a request
+repeating an earlier prefix prefills only the rest.
+
+Structured output: OpenAI's `response_format` (`text`, `json_object`, `json_schema`) and pairline's
+`grammar` extension ({"kind": "lark" | "regex" | "json_schema", "source": ...}, like vLLM's
+`guided_*` fields or llama.cpp's `grammar`) become one engine `Grammar`. It is compiled here, on a
+thread, before the request is queued: a bad schema or grammar is a 400, never a broken stream."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from pairline.engine.constraint import Grammar, compile_grammar
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
+from pairline.errors import PairlineError
 from pairline.server.scheduler import Job, QueueFull
 from pairline.server.ws import engine_error
 from pairline.wire.openai import (
@@ -33,13 +42,15 @@ log = logging.getLogger("pairline.server")
 # Fields OpenAI defines that pairline accepts; the ignored ones only at their neutral values.
 _COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "user",
            "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "metadata", "store",
-           "service_tier", "prediction", "top_k"}
-CHAT_FIELDS = frozenset(_COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls", "response_format",
+           "service_tier", "prediction", "top_k", "response_format", "grammar"}  # grammar: pairline's
+CHAT_FIELDS = frozenset(_COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls",
                                    "reasoning_effort", "tool_choice", "tools", "functions", "function_call"})
 COMPLETION_FIELDS = frozenset(_COMMON | {"prompt", "echo", "best_of", "suffix"})
 _NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
             "best_of": (1,), "echo": (False,), "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
-            "response_format": ({"type": "text"},), "logit_bias": ({},), "suffix": ("",)}
+            "logit_bias": ({},), "suffix": ("",)}
+_FORMATS = ("text", "json_object", "json_schema")
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def fingerprint(model: str) -> str:
@@ -65,6 +76,83 @@ def _sampling(body: dict, server, max_field: str, default_max: int) -> SamplingP
     return SamplingParams(max_tokens=max_tokens, temperature=temperature or 0.0, top_p=top_p or 1.0,
                           top_k=opt_int(body, "top_k", 0, 1 << 20) or 0, seed=opt_int(body, "seed", -(2**63), 2**63),
                           stop=tuple(stop))
+
+
+def _bad(message: str, param: str, code: str = "invalid_value") -> ProtocolError:
+    return ProtocolError(message, code=code, param=param)
+
+
+def _response_format(fmt: object) -> Grammar | None:
+    """OpenAI's `response_format` -> a JSON-schema grammar (None: plain text)."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise _bad("'response_format' must be an object", "response_format", "invalid_type")
+    kind = fmt.get("type")
+    if kind not in _FORMATS:
+        raise _bad(f"response_format.type {kind!r} is not supported; use one of {', '.join(_FORMATS)}",
+                   "response_format.type")
+    check_fields(fmt, frozenset({"type", "json_schema"} if kind == "json_schema" else {"type"}), "response_format")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Grammar("json_schema", '{"type": "object"}')
+    spec = fmt.get("json_schema")
+    if spec is None:
+        raise _bad("missing required parameter 'response_format.json_schema'", "response_format.json_schema",
+                   "missing_required_parameter")
+    if not isinstance(spec, dict):
+        raise _bad("'response_format.json_schema' must be an object", "response_format.json_schema", "invalid_type")
+    check_fields(spec, frozenset({"name", "description", "schema", "strict"}), "response_format.json_schema")
+    name = spec.get("name")
+    if name is None:
+        raise _bad("missing required parameter 'response_format.json_schema.name'", "response_format.json_schema.name",
+                   "missing_required_parameter")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise _bad("response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'",
+                   "response_format.json_schema.name")
+    if not isinstance(spec.get("description", ""), str):
+        raise _bad("response_format.json_schema.description must be a string",
+                   "response_format.json_schema.description", "invalid_type")
+    if spec.get("strict") not in (None, True, False):
+        raise _bad("response_format.json_schema.strict must be a boolean", "response_format.json_schema.strict",
+                   "invalid_type")
+    schema = spec.get("schema", {})  # none given: any JSON value (strict or not, the schema is always enforced)
+    if not isinstance(schema, dict):
+        raise _bad("response_format.json_schema.schema must be a JSON Schema object",
+                   "response_format.json_schema.schema", "invalid_type")
+    return Grammar("json_schema", json.dumps(schema))
+
+
+def parse_grammar(body: dict) -> tuple[Grammar | None, str]:
+    """The request's constraint (None: none) and the field it came from, which its errors name."""
+    from_format = _response_format(body.get("response_format"))
+    ext = body.get("grammar")
+    if ext is None:
+        return from_format, "response_format"
+    if from_format is not None:
+        raise _bad("give either 'response_format' (json_object or json_schema) or 'grammar', not both", "grammar")
+    if not isinstance(ext, dict):
+        raise _bad('\'grammar\' must be an object {"kind": "lark" | "regex" | "json_schema", "source": ...}',
+                   "grammar", "invalid_type")
+    check_fields(ext, frozenset({"kind", "source"}), "grammar")
+    try:
+        return Grammar.from_dict(ext), "grammar"
+    except PairlineError as err:
+        raise _bad(str(err), "grammar") from None
+
+
+async def check_grammar(grammar: Grammar, param: str, tokenizer) -> None:
+    """Compile once, on a thread (the first grammar of a process builds llguidance's view of the
+    vocabulary, 0.2-0.8 s), so that a bad one is a 400 before anything is queued or streamed."""
+    try:
+        await asyncio.to_thread(compile_grammar, grammar, tokenizer)
+    except PairlineError as err:
+        raise _bad(str(err), param) from None
+    except Exception as err:  # not the client's fault
+        log.exception("compiling a grammar failed")
+        raise ProtocolError(f"internal error compiling the grammar: {type(err).__name__}", code="server_error",
+                            status=500, type_="server_error") from None
 
 
 class HttpApi:
@@ -102,11 +190,14 @@ class HttpApi:
                 def make_prompt() -> list[int]:
                     return tokenizer.encode(prompt)
             prediction = parse_prediction(body.get("prediction"))
+            grammar, grammar_param = parse_grammar(body)
             stream = bool(body.get("stream"))
             opts = body.get("stream_options") or {}
             if not isinstance(opts, dict):
                 raise ProtocolError("'stream_options' must be an object", code="invalid_type", param="stream_options")
             check_fields(opts, frozenset({"include_usage", "include_obfuscation"}), "stream_options")
+            if grammar is not None:
+                await check_grammar(grammar, grammar_param, s.engine.tokenizer)
         except ProtocolError as err:
             s.metrics.error(err.code)
             request.state.log = err.code
@@ -115,7 +206,7 @@ class HttpApi:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         job = Job("http", make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
-                  prediction=prediction)
+                  prediction=prediction, grammar=grammar)
         try:
             s.scheduler.submit(job)
         except QueueFull as err:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from pairline.engine.constraint import Grammar
 from pairline.engine.generate import CancelToken, Engine, Generation, TokenEvent
 from pairline.engine.runtime import common_prefix
 from pairline.engine.sampling import SamplingParams
@@ -59,6 +60,7 @@ class Job:
     params: SamplingParams
     sink: Callable[[str, object], None]  # ("token", TokenEvent) | ("done", Generation) | ("error", Exception)
     prediction: str | None = None
+    grammar: Grammar | None = None  # what the answer must match (engine/constraint.py)
     cancel: CancelToken = field(default_factory=CancelToken)
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
@@ -380,7 +382,8 @@ class Scheduler:
                 job.prefilled_ahead = max(0, reused - got.ahead_from)
                 got.ahead_from = None
                 self.metrics.add("pairline:prefill_ahead_used_tokens_total", job.prefilled_ahead)
-            job.gen = job.slot.engine.generate(job.prompt, job.params, prediction=job.prediction, cancel=job.cancel)
+            job.gen = job.slot.engine.generate(job.prompt, job.params, prediction=job.prediction, cancel=job.cancel,
+                                               grammar=job.grammar)
             job._events = self._pieces_then_steps(job)
         except Exception as err:  # bad input that only the engine can tell (prompt too long, ...)
             self._fail(job, err)

@@ -19,7 +19,9 @@ class ScriptedClient:
     supports_prefix = True
     supports_stop = True  # takes stop strings (and ignores them: the answers are scripted)
     supports_ahead = True  # records each ahead() call (nothing to prefill)
-    supports_grammar = True  # records the grammar (the scripted answers are not decoded under it)
+    # the scripted answers are not decoded under a grammar; a test that sets this True gets the
+    # grammar recorded in `calls` (and the coder's grammar-mode behaviour: no primer)
+    supports_grammar = False
     model_name = "scripted"
     family = "qwen2"
     load_s = 0.0

@@ -8,6 +8,7 @@ import pytest
 
 from pairline.assistant.edit_grammar import blocks_grammar, rewrite_grammar, unique_lengths
 from pairline.assistant.edits import BlockParser, apply_block
+from pairline.assistant.rename import apply_rename, names_bound
 from pairline.assistant.sites import find_sites, named_in, sites_message
 from pairline.engine.constraint import compile_grammar
 from pairline.engine.sampling import SamplingParams
@@ -101,19 +102,32 @@ def test_a_rewrite_is_one_fence_and_nothing_else(tokenizer):
     assert not allowed(tokenizer, g, f"Here it is:\n```python\n{SHOP}```")
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_random_model_writes_only_blocks_that_apply(tokenizer, seed):
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_random_model_writes_only_items_that_apply(tokenizer, seed):
     engine = tiny_engine(tokenizer, arch="qwen2", n_ctx=2048, seed=seed)
     g = blocks_grammar([("shop.py", SHOP)])
     params = SamplingParams(max_tokens=300, temperature=1.0, seed=seed)
     out = engine.generate("Edit the file.", params, grammar=g).run()
     parser = BlockParser(default_path="shop.py")
     blocks = [*parser.feed(out.text), *parser.finish()] if out.finish_reason == "stop" else parser.feed(out.text)
-    assert out.text.startswith(HEAD)
+    assert out.text.startswith("shop.py\n")  # forced: the only file
     text = SHOP
     for b in blocks:  # each complete block applies, in order (nothing else can be written)
         text, _ = apply_block(text, b, path="shop.py")
+    for r in parser.renames:  # and each RENAME names something the file binds
+        assert r.path == "shop.py" and r.old in names_bound(SHOP)
+        text = apply_rename({"shop.py": text}, "shop.py", r.old, r.new).get("shop.py", text)
+    assert blocks or parser.renames or out.finish_reason == "length"
     assert parser.malformed == [] or out.finish_reason == "length"
+
+
+def test_rename_lines_name_what_the_file_binds(tokenizer):
+    g = blocks_grammar([("shop.py", SHOP), ("notes.txt", "total_price\n")])
+    assert allowed(tokenizer, g, "shop.py\nRENAME total_price basket_total\n")
+    assert allowed(tokenizer, g, "shop.py\nRENAME receipt.items goods\n\n" + block("def count(items):\n", "x\n"))
+    assert not allowed(tokenizer, g, "shop.py\nRENAME totalprice basket_total\n")  # not bound in the file
+    assert not allowed(tokenizer, g, "shop.py\nRENAME total_price 9lives\n")  # not a name
+    assert not allowed(tokenizer, g, "notes.txt\nRENAME ")  # only Python files
 
 
 def test_sites_list_the_lines_of_the_names_in_the_instruction():

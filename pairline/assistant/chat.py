@@ -107,7 +107,7 @@ def turn_request(
     user = {"role": "user", "content": chat_user_message(prompts.files_message(fresh) if fresh else "", instruction)}
     messages = [{"role": "system", "content": p.system}, *(p.example or ()), *history, user]
     seen = {**shown, **{f.real: f.model_text for f in states}}
-    return TurnRequest(messages, answer_primer(p, states, client.supports_prefix), False, seen)
+    return TurnRequest(messages, answer_primer(p, states, client.supports_prefix, client.supports_grammar), False, seen)
 
 
 @dataclass(slots=True)
@@ -300,6 +300,8 @@ class ChatSession:
     def _on_event(self, e: Event) -> None:
         if e.kind == "text":
             self.write(e.text)
+        elif e.kind == "rename":
+            self.write(f"\n[renamed {e.text} in {e.path}, every reference]\n")
         elif e.kind == "error":
             self.write(f"\n[edit failed: {e.text}]\n")
         elif e.kind == "check":

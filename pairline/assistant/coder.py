@@ -23,8 +23,9 @@ from pathlib import Path
 
 from pairline.assistant import check, prompts
 from pairline.assistant.client import Client, Reply
-from pairline.assistant.edit_grammar import blocks_grammar, rewrite_grammar
-from pairline.assistant.edits import DIVIDER, BlockParser, EditBlock, EditError, apply_block
+from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar, rewrite_grammar
+from pairline.assistant.edits import DIVIDER, BlockParser, EditBlock, EditError, RenameAction, apply_block
+from pairline.assistant.rename import apply_rename, names_bound
 from pairline.assistant.rewrite import (
     BlockStream,
     MalformedOutputError,
@@ -101,8 +102,9 @@ def load_file(ws: Workspace, path: str | Path) -> FileState:
 
 @dataclass(slots=True)
 class Event:
-    """What the caller shows: kind is text | block | error (a block failed) | check (the check after
-    the edit failed) | retry | rewrite_line | status (a repair, said once)."""
+    """What the caller shows: kind is text | block | rename (a RENAME was applied) | error (a block
+    or a rename failed) | check (the check after the edit failed) | retry | rewrite_line | status
+    (a repair, said once)."""
 
     kind: str
     text: str = ""
@@ -125,6 +127,7 @@ class TurnStats:
     retried: bool = False  # any retry: failed blocks, or a failed check
     check_retried: bool = False  # the check after the edit failed and went back to the model
     repaired: bool = False  # a rewrite that stopped early got the original's tail back
+    renames: int = 0  # RENAME actions the model wrote (rope did the renaming)
 
     def add(self, reply: Reply, started: float) -> None:
         self.requests += 1
@@ -161,11 +164,13 @@ def choose_mode(mode: str, files: list[FileState]) -> str:
     return "blocks"
 
 
-def answer_primer(prompt: prompts.EditPrompt, files: list[FileState], can_prefix: bool) -> str:
+def answer_primer(prompt: prompts.EditPrompt, files: list[FileState], can_prefix: bool, constrained: bool) -> str:
     """The start of a search/replace answer, written for the model (the first file's name and the
-    block opening), or "" where the prompt is not primed or the client cannot continue an answer.
-    The chat's ahead prefill needs the very same text, so both take it from here."""
-    return prompts.primer(prompt, files[0].shown) if can_prefix and files else ""
+    block opening), or "" where the prompt is not primed, the client cannot continue an answer, or
+    the answer is decoded under the edit grammar (which forces what has no choice by itself, and
+    leaves the choice between a block and a RENAME to the model). The chat's ahead prefill needs
+    the very same text, so both take it from here."""
+    return prompts.primer(prompt, files[0].shown) if can_prefix and files and not constrained else ""
 
 
 def max_tokens_for(client: Client, files: list[FileState], mode: str) -> int:
@@ -192,6 +197,7 @@ class Coder:
         # answers decoded under the edit grammars (edit_grammar.py), where the client can: a SEARCH
         # part that is not in the file, or a rewrite that stops early, cannot be written
         self.constrain = constrain and client.supports_grammar
+        self._grammar_texts: list[str] = []  # the texts the latest blocks grammar was built on
         self.hints = hints  # list the lines the instruction's names are on (sites.py)
         self.ws = ws
         self.on_event = on_event or (lambda e: None)
@@ -276,13 +282,17 @@ class Coder:
                             continue  # a retry repeating a block that already applied: skip it
                         blocks.append(block)
                         self.on_event(Event("block", path=block.path or "", block=block))
+                    if parser.renames and parser.renames[-1] in parser.renames[:-1]:
+                        parser.renames.pop()  # the same RENAME again: the model repeats itself, the answer is over
+                        looping = True
+                        inner.cancel()
                     cap = self.search_cap
                     if (
                         cap
                         and parser.state == "search"
                         and parser.partial
                         and len(parser.partial.search) >= cap
-                        and (not self.constrain or self._unique(parser.partial.search, result))
+                        and (not self.constrain or self._unique(parser.partial.search))
                     ):  # under the grammar, a SEARCH part ends only once it matches one place
                         if blocks and not self._in_files(parser.partial.search[0], result):
                             # a small model that has written its blocks drifts into invented ones
@@ -320,12 +330,15 @@ class Coder:
             reply.finish_reason = "cancelled"
         return reply, answer, parser, blocks
 
-    def _unique(self, search: list[str], result: TurnResult) -> bool:
-        """The lines appear, whole and in a row, at one place of one file."""
+    def _unique(self, search: list[str]) -> bool:
+        """The lines appear, whole and in a row, at one place of the texts the grammar was built on
+        (and no more of them than it lets a SEARCH part need): the grammar then takes a divider."""
+        if len(search) >= SEARCH_LONGEST:
+            return False
         want = "".join(line + "\n" for line in search)
         count = 0
-        for f in result.files.values():
-            text = f.model_text if f.model_text.endswith("\n") else f.model_text + "\n"
+        for text in self._grammar_texts:
+            text = text if text.endswith("\n") else text + "\n"
             count += sum(1 for i in range(len(text)) if text.startswith(want, i) and (i == 0 or text[i - 1] == "\n"))
         return count == 1
 
@@ -355,7 +368,7 @@ class Coder:
         result = TurnResult("unchanged", files={f.real: f for f in files})
         result.stats.mode = "blocks"
         if prefix is None:
-            prefix = answer_primer(self.prompt, files, self.can_prefix)
+            prefix = answer_primer(self.prompt, files, self.can_prefix, self.constrain)
         budget = max_tokens or 1024
         original = {f.real: f.model_text for f in files}
         current, convo, applied = self._blocks_round(messages, prefix, cancel, budget, result, dict(original))
@@ -406,7 +419,7 @@ class Coder:
             result.status = "cancelled"
             return None, convo, ()
         failed = self._apply_all(blocks, current, result)
-        problems = [why for _, why in failed] + [
+        problems = [why for _, why in failed] + self._rename_all(parser.renames, current, result) + [
             f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed
         ]
         if problems and retry:
@@ -428,7 +441,7 @@ class Coder:
                 return None, convo, ()
             failed = self._apply_all(blocks2, current, result)
             blocks = [*good, *blocks2]
-            problems = [why for _, why in failed] + [
+            problems = [why for _, why in failed] + self._rename_all(parser2.renames, current, result) + [
                 f"The answer was malformed: {m.message} (line {m.line})." for m in parser2.malformed
             ]
         if problems:
@@ -441,6 +454,7 @@ class Coder:
         if not self.constrain:
             return None
         texts = {real: None if f.text is None else current.get(real, f.model_text) for real, f in result.files.items()}
+        self._grammar_texts = [t for t in texts.values() if t]
         return blocks_grammar([(f.shown, texts[real]) for real, f in result.files.items()])
 
     def _check(
@@ -487,6 +501,31 @@ class Coder:
                 failed.append((block, f"{block.path}: {err}"))
                 self.on_event(Event("error", str(err), path=block.path or ""))
         return failed
+
+    def _rename_all(self, renames: list[RenameAction], current: dict[Path, str], result: TurnResult) -> list[str]:
+        """Apply each RENAME (after the blocks, whose SEARCH parts quote the text before it) to the
+        in-memory texts of every file of the turn; the errors of those that failed. A rename that
+        is already done (a retry repeating it) is skipped."""
+        problems: list[str] = []
+        for action in renames:
+            result.stats.renames += 1
+            try:
+                real = self._target(EditBlock(action.path, [], []), result)
+                shown = result.files[real].shown
+                texts = {f.shown: current.get(r, f.model_text) for r, f in result.files.items() if f.text is not None}
+                bound = names_bound(texts[shown])
+                if action.old.rpartition(".")[2] not in bound and action.new in bound:
+                    continue
+                changed = apply_rename(texts, shown, action.old, action.new)
+            except PairlineError as err:
+                problems.append(str(err))
+                self.on_event(Event("error", str(err), path=action.path or ""))
+                continue
+            by_shown = {f.shown: r for r, f in result.files.items()}
+            for name, text in changed.items():
+                current[by_shown[name]] = text
+            self.on_event(Event("rename", f"{action.old} → {action.new}", path=shown))
+        return problems
 
     def _target(self, block: EditBlock, result: TurnResult) -> Path:
         """The chat file a block names (by its path, or uniquely by its file name); a new file only

@@ -235,6 +235,9 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
         elif e.kind == "block":
             live_blocks.block(e.block)
             out.event("block", path=e.block.path, search=e.block.search_text, replace=e.block.replace_text)
+        elif e.kind == "rename":
+            out.event("rename", path=e.path, rename=e.text)
+            out.note(f"renamed in {e.path}: {e.text} (every reference, by rope)")
         elif e.kind == "error":
             out.event("block_error", path=e.path, message=e.text)
             out.note(f"edit failed: {e.text}")

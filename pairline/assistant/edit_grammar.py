@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 
-from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+from pairline.assistant.edits import DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.prompts import language_for
+from pairline.assistant.rename import names_bound
 from pairline.engine.constraint import Grammar
 
 # A REPLACE line: anything but the closing marker (seven or more '>' at its start).
@@ -37,7 +38,10 @@ def _lines(text: str) -> list[str]:
     return [line if line.endswith("\n") else line + "\n" for line in text.splitlines(keepends=True)]
 
 
-def unique_lengths(lines: list[str], longest: int = 40) -> list[int | None]:
+SEARCH_LONGEST = 40  # a start that needs more lines than this to be unique is no start at all
+
+
+def unique_lengths(lines: list[str], longest: int = SEARCH_LONGEST) -> list[int | None]:
     """For each start line, how many lines from it a SEARCH part needs to match one place only
     (None: no run of up to `longest` lines from there is unique, e.g. a repeated tail of the
     file). Each start follows only the other places that still match it, so a file of distinct
@@ -78,7 +82,8 @@ def _runs(name: str, lines: list[str]) -> list[str]:
 def blocks_grammar(files: list[tuple[str, str | None]]) -> Grammar:
     """Search/replace blocks over `files` ((name shown to the model, text as the model sees it,
     None for a file the edit creates: its SEARCH is empty)). The answer is one or more blocks,
-    each naming one of the files, a blank line allowed between them."""
+    each naming one of the files, a blank line allowed between them; in a Python file that parses,
+    an item may instead be `RENAME old new`, `old` one of the names the file binds."""
     rules: list[str] = []
     alternatives: list[str] = []
     for k, (name, text) in enumerate(files):
@@ -90,10 +95,16 @@ def blocks_grammar(files: list[tuple[str, str | None]]) -> Grammar:
         if lines:
             rules += _runs(f"search{k}", lines)
         alternatives.append(f"file{k}")
+        bound = names_bound(text) if text and name.endswith((".py", ".pyi")) else []
+        if bound:
+            rules.append(f"rename{k}: {_lit(f'{name}{chr(10)}{RENAME} ')} old{k} \" \" NEW_NAME \"\\n\"")
+            rules.append(f"old{k}: " + " | ".join(_lit(b) for b in bound))
+            alternatives.append(f"rename{k}")
     head = [
         'start: block ("\\n"? block)*',
         "block: " + " | ".join(alternatives),
         "replace: REPLACE_LINE*",
+        "NEW_NAME: /[A-Za-z_][A-Za-z0-9_]{0,63}/",
         f"REPLACE_LINE: {_REPLACE_LINE}",
     ]
     return Grammar("lark", "\n".join([*head, *rules]) + "\n")

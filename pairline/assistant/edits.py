@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pairline.errors import PairlineError
 
 HEAD, DIVIDER, TAIL = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
+RENAME = "RENAME"  # the one action besides a block: `RENAME old new` below a file name (rename.py)
 
 # Markers are recognised with some slack (5-9 marker characters, spaces, case), because small
 # models miscount; anything looser would collide with merge conflicts or reStructuredText rules.
@@ -39,7 +40,18 @@ _HEAD = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$", re.I)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _TAIL = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$", re.I)
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
+_RENAME = re.compile(rf"^\s*{RENAME}\s+([A-Za-z_][A-Za-z0-9_.]*)\s+([A-Za-z_][A-Za-z0-9_]*)\s*$")
 _BARE_NAMES = {"makefile", "dockerfile", "license", "readme", "gemfile", "procfile", "justfile"}
+
+
+@dataclass(frozen=True, slots=True)
+class RenameAction:
+    """`RENAME old new` under a file name: rename `old` (a name the file binds, or scope.name)
+    and every reference to it (rename.py does it)."""
+
+    path: str | None  # the file named above it; None if none was
+    old: str
+    new: str
 
 
 class EditError(PairlineError):
@@ -103,6 +115,7 @@ class BlockParser:
     blocks: list[EditBlock] = field(default_factory=list)
     malformed: list[Malformed] = field(default_factory=list)
     partial: EditBlock | None = None
+    renames: list[RenameAction] = field(default_factory=list)
     _buf: str = ""
     _line_no: int = 0
     _last_path: str | None = None  # the latest line that could name a file
@@ -147,7 +160,9 @@ class BlockParser:
         self._line_no += 1
         line = line.removesuffix("\r")
         if self.state == "text":
-            if _HEAD.match(line):
+            if m := _RENAME.match(line):
+                self.renames.append(RenameAction(self._last_path or self.default_path, m.group(1), m.group(2)))
+            elif _HEAD.match(line):
                 path = self._last_path or self.default_path
                 self.partial = EditBlock(path, [], [], len(self.blocks))
                 self.state = "search"

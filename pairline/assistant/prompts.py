@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+from pairline.assistant.edits import DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.rewrite import fence_for, language_for, wrap
 
 _RULES = f"""\
@@ -32,6 +32,10 @@ Rules:
 - SEARCH is short: only the lines that change, copied exactly, indentation included.
 - Several changes: several blocks, one per place.
 - A new file: an empty SEARCH.
+- To rename a function, class, variable or parameter everywhere, write instead of blocks:
+path/of/the/file.py
+{RENAME} old_name new_name
+(a parameter or a method: {RENAME} function_or_class.old_name new_name)
 - Change only what the instruction asks for."""
 
 _EXAMPLE_FILE = """\
@@ -46,7 +50,7 @@ def describe(shape):
     print("shape:", shape, "area:", area(shape.r))
 """
 
-_EXAMPLE_INSTRUCTION = "Rename the parameter r of area to radius."
+_EXAMPLE_INSTRUCTION = "Make area round to 3 digits by default, and print the shape's name in describe."
 
 _EXAMPLE_ANSWER = f"""\
 geometry.py
@@ -54,18 +58,21 @@ geometry.py
 {HEAD}
 def area(r, precision=2):
 {DIVIDER}
-def area(radius, precision=2):
+def area(r, precision=3):
 {TAIL}
 ```
 geometry.py
 ```python
 {HEAD}
-    return round(math.pi * r * r, precision)
+    print("shape:", shape, "area:", area(shape.r))
 {DIVIDER}
-    return round(math.pi * radius * radius, precision)
+    print("shape:", shape.name, "area:", area(shape.r))
 {TAIL}
 ```
 """
+
+_RENAME_INSTRUCTION = "Rename the parameter r of area to radius."
+_RENAME_ANSWER = f"geometry.py\n{RENAME} area.r radius\n"
 
 # Small models keep copying the file once they start a SEARCH part: after this many lines the
 # answer is cut there and continued after a forced ======= (see Coder). Measured per model; None: no cap.
@@ -83,10 +90,15 @@ def user_message(files: str, instruction: str, hints: str = "") -> str:
     return f"Instruction: {instruction}\n\n{files}\n\n{hints}Instruction: {instruction}"
 
 
+_EXAMPLE_FILES = f"geometry.py\n{wrap(_EXAMPLE_FILE, 'python', '```')}"
 _EXAMPLE = (
-    {"role": "user", "content": user_message(f"geometry.py\n{wrap(_EXAMPLE_FILE, 'python', '```')}",
-                                               _EXAMPLE_INSTRUCTION)},
+    {"role": "user", "content": user_message(_EXAMPLE_FILES, _EXAMPLE_INSTRUCTION)},
     {"role": "assistant", "content": _EXAMPLE_ANSWER},
+)
+# the rename example: a RENAME instead of a block per site (rope finds the sites; rename.py)
+_RENAME_EXAMPLE = (
+    {"role": "user", "content": user_message(_EXAMPLE_FILES, _RENAME_INSTRUCTION)},
+    {"role": "assistant", "content": _RENAME_ANSWER},
 )
 
 
@@ -94,7 +106,7 @@ _EXAMPLE = (
 class EditPrompt:
     family: str
     system: str
-    example: tuple[dict, dict] | None  # a user turn and the assistant's answer
+    example: tuple[dict, ...] | None  # worked exchanges: user turns and the assistant's answers
     primed: bool  # start the assistant's answer with the path and the first block's opening
 
 
@@ -104,14 +116,14 @@ PROMPTS: dict[str, EditPrompt] = {
     "qwen2": EditPrompt(
         "qwen2",
         _RULES,
-        _EXAMPLE,
+        (*_EXAMPLE, *_RENAME_EXAMPLE),
         primed=True,
     ),
     # SmolLM2 (llama family) is a test model here: same content, same priming.
     "llama": EditPrompt(
         "llama",
         _RULES,
-        _EXAMPLE,
+        (*_EXAMPLE, *_RENAME_EXAMPLE),
         primed=True,
     ),
 }

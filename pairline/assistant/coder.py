@@ -128,6 +128,9 @@ class TurnStats:
     check_retried: bool = False  # the check after the edit failed and went back to the model
     repaired: bool = False  # a rewrite that stopped early got the original's tail back
     renames: int = 0  # RENAME actions the model wrote (rope did the renaming)
+    decode_s: float = 0.0  # first token to the end, summed over the turn's requests
+    constraint_s: float = 0.0  # of which in the grammar (masks, checks, forced tokens)
+    forced: int = 0  # tokens the grammar appended without a model step
 
     def add(self, reply: Reply, started: float) -> None:
         self.requests += 1
@@ -137,6 +140,9 @@ class TurnStats:
         self.accepted += reply.usage.accepted_prediction_tokens or reply.usage.accepted_draft_tokens
         if reply.timings.decode_tokens_per_s:
             self.tokens_per_s = reply.timings.decode_tokens_per_s
+        self.decode_s += reply.timings.decode_s
+        self.constraint_s += reply.timings.constraint_s
+        self.forced += reply.usage.forced_tokens
         self.wall_s += time.perf_counter() - started
 
     def line(self) -> str:

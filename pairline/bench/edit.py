@@ -79,6 +79,10 @@ class TaskResult:
     file_tokens: int = 0  # the task's files as given, in this model's tokens
     reference_tokens: int = 0  # the reference edit's removed + added lines, in this model's tokens
     predicted_tokens: int = 0  # the prediction sent with a rewrite (0 for blocks)
+    forced_tokens: int = 0  # appended by the edit grammar without a model step
+    decode_s: float = 0.0  # first token to the end, the turn's requests summed
+    grammar_s: float = 0.0  # of which in the grammar: its masks, checks and forced tokens
+    renames: int = 0  # RENAME actions the model wrote
     check_output: str = ""
     answer: str = ""
 
@@ -173,6 +177,10 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
         file_tokens=sizes[0],
         reference_tokens=sizes[1],
         predicted_tokens=s.predicted,
+        forced_tokens=s.forced,
+        decode_s=s.decode_s,
+        grammar_s=s.constraint_s,
+        renames=s.renames,
         check_output=output,
         answer=result.answer[-4000:],
     )
@@ -210,6 +218,10 @@ def _row(rs: list[TaskResult]) -> dict:
         "median_tokens_vs_reference": median([r.tokens_vs_reference for r in rs]),
         "accepted_draft_tokens": accepted,
         "accepted_pct": _pct(accepted, tokens),
+        "forced_pct": _pct(sum(r.forced_tokens for r in rs), tokens),
+        # the grammar's cost as a share of decoding, all tasks together (issue 14: under 10%)
+        "grammar_pct_of_decode": _pct(sum(r.grammar_s for r in rs), sum(r.decode_s for r in rs)),
+        "renames": sum(r.renames for r in rs),
     }
 
 
@@ -309,7 +321,8 @@ def print_summary(result: EditBenchResult, console=None) -> None:
     console = console or make_console(piped_width=200)
     table = make_table("pairline bench edit", ("model", "mode", "tasks", "well-formed", "applied", "correct",
                                                "time to applied edit", "TTFT", "decode tok/s", "effective tok/s",
-                                               "tokens", "tokens / file", "tokens / ref.", "accepted"))
+                                               "tokens", "tokens / file", "tokens / ref.", "accepted", "forced",
+                                               "grammar / decode", "renames"))
     for row in summarize(result.results):
         table.add_row(
             row["model"], row["mode"], str(row["tasks"]), _f(row["well_formed_pct"], "{:.0f}%"),
@@ -318,6 +331,7 @@ def print_summary(result: EditBenchResult, console=None) -> None:
             _f(row["median_ttft_s"], "{:.1f} s"), _f(row["median_decode_tok_s"]), _f(row["median_effective_tok_s"]),
             _f(row["median_tokens"], "{:.0f}"), _f(row["median_tokens_vs_file"], "{:.2f}"),
             _f(row["median_tokens_vs_reference"], "{:.1f}"), _f(row["accepted_pct"], "{:.0f}%"),
+            _f(row["forced_pct"], "{:.0f}%"), _f(row["grammar_pct_of_decode"], "{:.1f}%"), str(row["renames"]),
         )
     console.print(table)
     kinds = make_table("per kind (medians over the kind's tasks)", (
@@ -334,7 +348,9 @@ def print_summary(result: EditBenchResult, console=None) -> None:
     console.print(kinds)
     console.print("tokens / file: generated tokens over the tokens of the task's files; tokens / ref.: over the "
                   "tokens of the lines the reference edit removes and adds; accepted: draft or prediction tokens "
-                  "accepted, as a share of the generated tokens.", highlight=False)
+                  "accepted, as a share of the generated tokens; forced: tokens the edit grammar appended without "
+                  "a model step, same share; grammar / decode: time in the grammar over decode time, all tasks; "
+                  "renames: RENAME actions written.", highlight=False)
 
 
 # --------------------------------------------------------------------------- the command

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Literal
@@ -152,14 +153,20 @@ class Constraint:
         self.vocab_size = vocab_size
         self._bits = np.zeros((vocab_size + 31) // 32, dtype=np.int32)  # llguidance's mask, 1 bit a token
         self.masks = 0  # masks computed (a measure of how often the model disagreed with the grammar)
-        self.forced_tokens = 0  # tokens appended without a model step
+        self.seconds = 0.0  # spent in the grammar (checks, masks, forced tokens): its cost per answer
 
     def allows(self, tokens: list[int]) -> int:
         """How many of `tokens`, in order, the grammar allows from here (the state is unchanged)."""
-        return self.matcher.validate_tokens(list(tokens))
+        t0 = time.perf_counter()
+        n = self.matcher.validate_tokens(list(tokens))
+        self.seconds += time.perf_counter() - t0
+        return n
 
     def advance(self, tokens: list[int]) -> None:
-        if tokens and not self.matcher.consume_tokens(list(tokens)):
+        t0 = time.perf_counter()
+        ok = not tokens or self.matcher.consume_tokens(list(tokens))
+        self.seconds += time.perf_counter() - t0
+        if not ok:
             raise PairlineError(f"internal: a token the grammar forbids was emitted ({self.matcher.get_error()})")
 
     def rollback(self, n: int) -> None:
@@ -168,7 +175,10 @@ class Constraint:
 
     def forced(self) -> list[int]:
         """The tokens the grammar leaves no choice about from here (may be empty)."""
-        return list(self.matcher.compute_ff_tokens())
+        t0 = time.perf_counter()
+        out = list(self.matcher.compute_ff_tokens())
+        self.seconds += time.perf_counter() - t0
+        return out
 
     @property
     def finished(self) -> bool:
@@ -181,10 +191,12 @@ class Constraint:
 
     def allowed(self) -> np.ndarray:
         """A bool [V] mask of the tokens allowed next."""
+        t0 = time.perf_counter()
         self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         self.masks += 1
-        bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")
-        return bits[: self.vocab_size].astype(bool)
+        bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
+        self.seconds += time.perf_counter() - t0
+        return bits
 
     def mask(self, logits) -> np.ndarray:
         """A float32 copy of `logits` ([V], or wider: a runtime may pad its vocabulary) with every

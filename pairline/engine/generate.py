@@ -105,6 +105,7 @@ class Timings:
     decode_tokens_per_s: float = 0.0  # tokens after the first / time after the first
     forward_calls: int = 0  # decode and verify steps
     cancel_latency_s: float | None = None  # cancel() to the loop stopping
+    constraint_s: float = 0.0  # in the grammar (checks, masks, forced tokens), part of decode_s
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -576,6 +577,7 @@ class Engine:
             with contextlib.suppress(Exception):  # a cache: failing to keep it costs time later, not this answer
                 self._store(g)
             t_end = time.perf_counter()
+            g.timings.constraint_s = c.seconds if c is not None else 0.0
             g.timings.total_s = t_end - t0
             g.timings.decode_s = t_end - t_first
             if len(g.token_ids) > 1 and g.timings.decode_s > 0:

@@ -124,6 +124,7 @@ def test_a_random_model_writes_only_items_that_apply(tokenizer, seed):
 def test_rename_lines_name_what_the_file_binds(tokenizer):
     g = blocks_grammar([("shop.py", SHOP), ("notes.txt", "total_price\n")])
     assert allowed(tokenizer, g, "shop.py\nRENAME total_price basket_total\n")
+    assert allowed(tokenizer, g, "shop.py\nRENAME total_price to basket_total\n")  # worded like the instruction
     assert allowed(tokenizer, g, "shop.py\nRENAME receipt.items goods\n\n" + block("def count(items):\n", "x\n"))
     assert not allowed(tokenizer, g, "shop.py\nRENAME totalprice basket_total\n")  # not bound in the file
     assert not allowed(tokenizer, g, "shop.py\nRENAME total_price 9lives\n")  # not a name

@@ -80,6 +80,8 @@ def test_the_parser_reads_rename_lines():
     parser = parse_blocks("shop.py\nRENAME total_price basket_total\n", default_path=None)
     assert [(r.path, r.old, r.new) for r in parser.renames] == [("shop.py", "total_price", "basket_total")]
     assert parser.blocks == [] and parser.well_formed
+    worded = parse_blocks("shop.py\nRENAME total_price to basket_total\n", default_path=None)
+    assert [(r.old, r.new) for r in worded.renames] == [("total_price", "basket_total")]
 
 
 def test_the_coder_applies_blocks_then_renames(tmp_path):

@@ -97,7 +97,9 @@ def blocks_grammar(files: list[tuple[str, str | None]]) -> Grammar:
         alternatives.append(f"file{k}")
         bound = names_bound(text) if text and name.endswith((".py", ".pyi")) else []
         if bound:
-            rules.append(f"rename{k}: {_lit(f'{name}{chr(10)}{RENAME} ')} old{k} \" \" NEW_NAME \"\\n\"")
+            # `RENAME old to new` too: Qwen2.5-Coder-0.5B, told "rename greet to welcome", wrote
+            # "RENAME greet to", and a grammar without the "to" made that "towelcome"
+            rules.append(f"rename{k}: {_lit(f'{name}{chr(10)}{RENAME} ')} old{k} \" \" (\"to \")? NEW_NAME \"\\n\"")
             rules.append(f"old{k}: " + " | ".join(_lit(b) for b in bound))
             alternatives.append(f"rename{k}")
     head = [

@@ -40,7 +40,8 @@ _HEAD = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$", re.I)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _TAIL = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$", re.I)
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
-_RENAME = re.compile(rf"^\s*{RENAME}\s+([A-Za-z_][A-Za-z0-9_.]*)\s+([A-Za-z_][A-Za-z0-9_]*)\s*$")
+# "to" may sit between the names: a small model words the action like the instruction it read
+_RENAME = re.compile(rf"^\s*{RENAME}\s+([A-Za-z_][A-Za-z0-9_.]*)\s+(?:to\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
 _BARE_NAMES = {"makefile", "dockerfile", "license", "readme", "gemfile", "procfile", "justfile"}
 
 

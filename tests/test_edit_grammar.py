@@ -105,7 +105,7 @@ def test_a_rewrite_is_one_fence_and_nothing_else(tokenizer):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_a_random_model_writes_only_items_that_apply(tokenizer, seed):
     engine = tiny_engine(tokenizer, arch="qwen2", n_ctx=2048, seed=seed)
-    g = blocks_grammar([("shop.py", SHOP)])
+    g = blocks_grammar([("shop.py", SHOP)], "rename total_price or receipt, or change count")
     params = SamplingParams(max_tokens=300, temperature=1.0, seed=seed)
     out = engine.generate("Edit the file.", params, grammar=g).run()
     parser = BlockParser(default_path="shop.py")
@@ -121,14 +121,18 @@ def test_a_random_model_writes_only_items_that_apply(tokenizer, seed):
     assert parser.malformed == [] or out.finish_reason == "length"
 
 
-def test_rename_lines_name_what_the_file_binds(tokenizer):
-    g = blocks_grammar([("shop.py", SHOP), ("notes.txt", "total_price\n")])
+def test_rename_lines_name_what_the_instruction_asks_to_rename(tokenizer):
+    files = [("shop.py", SHOP), ("notes.txt", "total_price\n")]
+    g = blocks_grammar(files, "Rename total_price to basket_total, and the parameter items of receipt to goods")
     assert allowed(tokenizer, g, "shop.py\nRENAME total_price basket_total\n")
     assert allowed(tokenizer, g, "shop.py\nRENAME total_price to basket_total\n")  # worded like the instruction
     assert allowed(tokenizer, g, "shop.py\nRENAME receipt.items goods\n\n" + block("def count(items):\n", "x\n"))
+    assert not allowed(tokenizer, g, "shop.py\nRENAME count number\n")  # bound, but not what was asked
     assert not allowed(tokenizer, g, "shop.py\nRENAME totalprice basket_total\n")  # not bound in the file
     assert not allowed(tokenizer, g, "shop.py\nRENAME total_price 9lives\n")  # not a name
     assert not allowed(tokenizer, g, "notes.txt\nRENAME ")  # only Python files
+    no_rename = blocks_grammar(files, "Make total_price round to 2 digits")
+    assert not allowed(tokenizer, no_rename, "shop.py\nRENAME ")  # not asked for: blocks only
 
 
 def test_sites_list_the_lines_of_the_names_in_the_instruction():

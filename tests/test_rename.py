@@ -7,7 +7,7 @@ import pytest
 
 from pairline.assistant.coder import Coder, load_file
 from pairline.assistant.edits import EditError, parse_blocks
-from pairline.assistant.rename import apply_rename, names_bound
+from pairline.assistant.rename import apply_rename, names_bound, rename_targets
 from pairline.assistant.workspace import Workspace
 from tests.assistant_helpers import ScriptedClient
 
@@ -74,6 +74,14 @@ def test_names_bound():
     names = names_bound(SHOP)
     assert {"total_price", "receipt", "receipt.total", "receipt.items", "__all__"} <= set(names)
     assert names_bound("def f(:\n") == []
+
+
+def test_rename_targets_follow_the_instruction():
+    assert rename_targets("Rename `total_price` to `basket_total` everywhere", SHOP) == ["total_price"]
+    scoped = rename_targets("rename the parameter total of receipt to given", SHOP)
+    assert set(scoped) == {"receipt", "receipt.total", "total"}
+    assert rename_targets("Fix the bug in total_price", SHOP) == []  # no rename asked for
+    assert rename_targets("Give it a new name: basket_total", SHOP) == []  # nothing bound is mentioned
 
 
 def test_the_parser_reads_rename_lines():

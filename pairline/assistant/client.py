@@ -296,12 +296,16 @@ class RemoteClient:
     The protocol has no way to start the assistant's answer for it, so `supports_prefix` is False:
     the coder then neither primes the answer nor caps SEARCH parts (both need a prefix). Nor has it
     stop strings (`supports_stop` False): the agent cancels the stream itself once its action is
-    complete. The server's context size is not part of the session, so `n_ctx` is None."""
+    complete. It does carry a grammar (`supports_grammar`): `grammar=` goes out as pairline's
+    `grammar` field of response.create and the server decodes the answer under it (a router passes
+    it on, or refuses the turn, never answering unconstrained); a grammar's `prefix` cannot be sent,
+    for want of an assistant prefix. The server's context size is not part of the session, so
+    `n_ctx` is None."""
 
     supports_prefix = False
     supports_stop = False
     supports_ahead = True  # draft.update: the server prefills the draft into the session's KV
-    supports_grammar = False  # the session protocol carries no grammar yet
+    supports_grammar = True  # response.create's `grammar` (docs/protocol.md)
     n_ctx = None
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 600.0,
@@ -419,8 +423,9 @@ class RemoteClient:
     ) -> Reply:
         if prefix:
             raise PairlineError("pairline serve cannot continue a started answer (no assistant prefix)")
-        if grammar is not None:
-            raise PairlineError("this client sends no grammar to pairline serve (supports_grammar is False)")
+        if grammar is not None and grammar.prefix:
+            raise PairlineError("pairline serve cannot continue a started answer under a grammar (its prefix "
+                                "cannot be sent: the session protocol has no assistant prefix)")
         if stop:
             raise PairlineError("pairline serve's session protocol has no stop strings")
         if speculation != "auto":
@@ -441,6 +446,8 @@ class RemoteClient:
             event["instructions"] = system
         if prediction:
             event["prediction"] = {"type": "content", "content": prediction}
+        if grammar is not None:
+            event["grammar"] = {"kind": grammar.kind, "source": grammar.source}
         reply = Reply(iter(()), cancel, prediction_tokens=self.count_tokens(prediction) if prediction else 0)
         self._send(event)
         self.instructions = system

@@ -204,6 +204,7 @@ class Coder:
         # part that is not in the file, or a rewrite that stops early, cannot be written
         self.constrain = constrain and client.supports_grammar
         self._grammar_texts: list[str] = []  # the texts the latest blocks grammar was built on
+        self._instruction = ""  # the turn's, for the grammar: it offers RENAME only where asked
         self.hints = hints  # list the lines the instruction's names are on (sites.py)
         self.ws = ws
         self.on_event = on_event or (lambda e: None)
@@ -371,6 +372,7 @@ class Coder:
         `instruction` is what the user asked for this turn: the check uses it to tell a deletion
         that was asked for from one that was not (without it, no deletion is taken as asked)."""
         cancel = cancel or CancelToken()
+        self._instruction = instruction
         result = TurnResult("unchanged", files={f.real: f for f in files})
         result.stats.mode = "blocks"
         if prefix is None:
@@ -420,7 +422,7 @@ class Coder:
         convo = [*messages, {"role": "assistant", "content": answer}]
         result.stats.blocks += len(blocks)
         if retry:  # the turn's first answer: parsed cleanly, with at least one block
-            result.stats.well_formed = parser.well_formed and bool(blocks)
+            result.stats.well_formed = parser.well_formed and bool(blocks or parser.renames)
         if cancel.cancelled:
             result.status = "cancelled"
             return None, convo, ()
@@ -461,7 +463,7 @@ class Coder:
             return None
         texts = {real: None if f.text is None else current.get(real, f.model_text) for real, f in result.files.items()}
         self._grammar_texts = [t for t in texts.values() if t]
-        return blocks_grammar([(f.shown, texts[real]) for real, f in result.files.items()])
+        return blocks_grammar([(f.shown, texts[real]) for real, f in result.files.items()], self._instruction)
 
     def _check(
         self, current: dict[Path, str], result: TurnResult, instruction: str, *, rewrite: bool

@@ -21,7 +21,7 @@ import json
 
 from pairline.assistant.edits import DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.prompts import language_for
-from pairline.assistant.rename import names_bound
+from pairline.assistant.rename import rename_targets
 from pairline.engine.constraint import Grammar
 
 # A REPLACE line: anything but the closing marker (seven or more '>' at its start).
@@ -79,11 +79,12 @@ def _runs(name: str, lines: list[str]) -> list[str]:
     return rules
 
 
-def blocks_grammar(files: list[tuple[str, str | None]]) -> Grammar:
+def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -> Grammar:
     """Search/replace blocks over `files` ((name shown to the model, text as the model sees it,
     None for a file the edit creates: its SEARCH is empty)). The answer is one or more blocks,
-    each naming one of the files, a blank line allowed between them; in a Python file that parses,
-    an item may instead be `RENAME old new`, `old` one of the names the file binds."""
+    each naming one of the files, a blank line allowed between them; where the instruction asks
+    for a rename, an item may instead be `RENAME old new` in a Python file, `old` one of the names
+    the file binds that the instruction mentions (rename.rename_targets)."""
     rules: list[str] = []
     alternatives: list[str] = []
     for k, (name, text) in enumerate(files):
@@ -95,7 +96,7 @@ def blocks_grammar(files: list[tuple[str, str | None]]) -> Grammar:
         if lines:
             rules += _runs(f"search{k}", lines)
         alternatives.append(f"file{k}")
-        bound = names_bound(text) if text and name.endswith((".py", ".pyi")) else []
+        bound = rename_targets(instruction, text) if text and name.endswith((".py", ".pyi")) else []
         if bound:
             # `RENAME old to new` too: Qwen2.5-Coder-0.5B, told "rename greet to welcome", wrote
             # "RENAME greet to", and a grammar without the "to" made that "towelcome"

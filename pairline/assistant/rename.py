@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+import re
 import tempfile
 import warnings
 from pathlib import Path, PurePosixPath
@@ -63,6 +64,20 @@ def names_bound(text: str) -> list[str]:
         if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             out[f"{scope.name}.{name}"] = None
     return list(out)
+
+
+_ASKS_RENAME = re.compile(r"\b(renam\w*|new name|call (it|them)|name it)\b", re.I)
+
+
+def rename_targets(instruction: str, text: str) -> list[str]:
+    """What a RENAME may name in this file for this instruction: none unless the instruction asks
+    for a rename, and then only the bound names it mentions (`scope.name` where it mentions
+    `name`). Measured: offered every bound name on every edit, Qwen2.5-Coder-0.5B answered
+    bug fixes and new parameters with renames."""
+    if not _ASKS_RENAME.search(instruction):
+        return []
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", instruction))
+    return [n for n in names_bound(text) if n.rpartition(".")[2] in words]
 
 
 def _offset(text: str, old: str) -> int:

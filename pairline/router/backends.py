@@ -24,6 +24,7 @@ log = logging.getLogger("pairline.router")
 # Error codes a backend may answer before the first token that another backend could do better on.
 RETRY_CODES = frozenset({"rate_limit_exceeded", "server_shutting_down", "session_limit_reached", "server_error",
                          "session_expired"})
+GRAMMAR_REFUSED = "grammar_unsupported"  # a Retryable's code: the backend does not take `grammar`
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.cancelled", "response.failed"})
 
 
@@ -53,12 +54,13 @@ class Backend(Target):
     api_key: str | None = None
     health_path: str = "/health"
     prediction: bool = True
+    grammar: bool = True  # takes pairline's `grammar`; if not, a request with one is refused, never run unconstrained
     server: object | None = None  # inprocess: its ServerThread
 
     @classmethod
     def from_config(cls, bc: BackendConfig, tier: str, cfg: RouterConfig) -> Backend:
         b = cls(name=bc.name or tier, tier=tier, kind=bc.kind, model=bc.model, api_key=bc.api_key,
-                health_path=bc.health_path, prediction=bc.prediction,
+                health_path=bc.health_path, prediction=bc.prediction, grammar=bc.grammar,
                 breaker=CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
         if bc.url:
             b.set_url(bc.url)
@@ -82,13 +84,23 @@ class Backend(Target):
 
     def upstream_body(self, body: dict) -> dict:
         """The client's body as this backend should get it: an OpenAI-compatible server gets its
-        own model name, and no `prediction` where it does not take one."""
+        own model name, and no `prediction` where it does not take one. A `grammar` goes through
+        as it is; to a backend that does not take one, the request is not sent (Retryable: another
+        backend may take it), since dropping it would answer unconstrained."""
+        if body.get("grammar") is not None and not self.grammar:
+            raise self.grammar_refused()
         out = dict(body)
         if self.kind == "openai" and self.model:
             out["model"] = self.model
         if not self.prediction:
             out.pop("prediction", None)
         return out
+
+    def grammar_refused(self) -> Retryable:
+        """This backend cannot take a request with a `grammar`: not a failure of the backend (its
+        circuit is untouched), and another backend may serve it."""
+        return Retryable(f"{self.name} does not take 'grammar' (grammar = false in the router's config)",
+                         broken=False, code=GRAMMAR_REFUSED)
 
 
 # ---------------------------------------------------------------- HTTP

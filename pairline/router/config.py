@@ -33,6 +33,7 @@ class BackendConfig:
     api_key_env: str | None = None  # the env var holding this backend's key (never the key itself)
     health_path: str = "/health"  # GET on the server's root; "" turns health checks off
     prediction: bool = True  # pass `prediction` through (vLLM and pairline accept it)
+    grammar: bool = True  # pass pairline's `grammar` through; false: a request with one is refused by this backend
     ctx: int = 8192  # inprocess: context per session
     runtime: str = "auto"  # inprocess: auto | torch | llamacpp
     max_sessions: int = 8  # inprocess: resident KV caches

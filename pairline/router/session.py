@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pairline.router.ahead import AHEAD_EVENT_ID, PrefillAhead
 from pairline.router.backends import (
+    GRAMMAR_REFUSED,
     RETRY_CODES,
     TERMINAL,
     Backend,
@@ -60,6 +61,7 @@ from pairline.wire.protocol import (
     context_bytes,
     dispatch_event,
     draft_flood_error,
+    grammar_field,
     new_id,
     opt_str,
     parse_context,
@@ -100,6 +102,7 @@ class RouterTurn(Turn):
     event_id: str | None
     previous: str | None  # the response this turn continues
     context: dict[str, str] = field(default_factory=dict)  # the context items, as at response.create
+    grammar: dict | None = None  # pairline's `grammar` field, forwarded as is (only to backends that take it)
     # steers, (input, event_id) each: not yet sent to a backend, and sent to a backend session that has
     # not answered yet (its successor's response.created says how many it took; an error answers one)
     steer: list[Steer] = field(default_factory=list)
@@ -213,7 +216,8 @@ class RouterSession(PrefillAhead, SessionSocket):
         if self.draft_task is not None:
             self.draft_task.cancel()
         self.turn = RouterTurn(ledger, mode, route, req.messages, sampling, ev.get("prediction"), req.metadata,
-                               req.event_id, self.last_response_id, context=self.context)
+                               req.event_id, self.last_response_id, context=self.context,
+                               grammar=grammar_field(req.grammar) if req.grammar is not None else None)
         self.turn_task = asyncio.create_task(self.run_turn(self.turn))
 
     async def on_response_cancel(self, ev: dict) -> None:
@@ -290,8 +294,12 @@ class RouterSession(PrefillAhead, SessionSocket):
                 if turn.cancel:
                     await self._cancelled_unseen(turn)
                     return
-                turn.new_msgs = turn.new_msgs + turn.absorb()
                 b = att.backend
+                if turn.grammar is not None and not b.grammar:  # never answered unconstrained: another may take it
+                    last = b.grammar_refused()
+                    log.info("router: session %s: %s", self.id, last)
+                    continue
+                turn.new_msgs = turn.new_msgs + turn.absorb()
                 self.r.begin(b)
                 turn.backend, turn.sent = b, False
                 try:
@@ -306,7 +314,12 @@ class RouterSession(PrefillAhead, SessionSocket):
                     last = err
                     turn.steer, turn.steer_pending = turn.steer_pending + turn.steer, []
             self.conclude(turn, "errored", None)
-            await self.send_error(self.r.no_backend_error(last, "response"), turn.event_id)
+            if last is not None and last.code == GRAMMAR_REFUSED:
+                err = ProtocolError(f"no backend that takes 'grammar' could serve the response ({last})",
+                                    code="unsupported_parameter", param="grammar")
+            else:
+                err = self.r.no_backend_error(last, "response")
+            await self.send_error(err, turn.event_id)
         except asyncio.CancelledError:
             self.conclude(turn, "cancelled", None)
             raise
@@ -366,6 +379,8 @@ class RouterSession(PrefillAhead, SessionSocket):
               **{k: v for k, v in turn.sampling.items() if v is not None}}
         if turn.prediction is not None and b.prediction:
             ev["prediction"] = turn.prediction
+        if turn.grammar is not None:  # run_turn sends a turn with one only to a backend that takes it
+            ev["grammar"] = turn.grammar
         if turn.metadata:
             ev["metadata"] = turn.metadata
         if turn.event_id:
@@ -409,6 +424,13 @@ class RouterSession(PrefillAhead, SessionSocket):
             if not started:
                 if code in RETRY_CODES:
                     raise Retryable.before_first_token(b.name, code)
+                if t == "error" and not head and code != "response_cancel_not_active":
+                    # refused before any response began (a grammar that does not compile...): the
+                    # client's to fix, and nothing ran (a cancel's answer is about an earlier response)
+                    self.conclude(turn, "errored", True)
+                    await self.forward(msg)
+                    await self._unanswered_steers(turn)
+                    return
                 head.append(msg)
                 if t not in ("response.output_text.delta", "error") and t not in TERMINAL:
                     continue
@@ -489,6 +511,8 @@ class RouterSession(PrefillAhead, SessionSocket):
                     body[theirs] = s[ours]
             if turn.prediction is not None and b.prediction:
                 body["prediction"] = turn.prediction
+            if turn.grammar is not None:  # pairline's HTTP takes the same field
+                body["grammar"] = turn.grammar
             t0 = time.perf_counter()
             try:
                 resp = await send_request(r.client, b, "/chat/completions", body, stream=True)

@@ -6,8 +6,9 @@ repeating an earlier prefix prefills only the rest.
 
 Structured output: OpenAI's `response_format` (`text`, `json_object`, `json_schema`) and pairline's
 `grammar` extension ({"kind": "lark" | "regex" | "json_schema", "source": ...}, like vLLM's
-`guided_*` fields or llama.cpp's `grammar`) become one engine `Grammar`. It is compiled here, on a
-thread, before the request is queued: a bad schema or grammar is a 400, never a broken stream."""
+`guided_*` fields or llama.cpp's `grammar`) become one engine `Grammar`. It is compiled on a thread
+before the request is queued (`check_grammar`, shared with the WebSocket sessions, which take the
+same `grammar` field): a bad schema or grammar is a 400, never a broken stream."""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from pairline.engine.constraint import Grammar, compile_grammar
+from pairline.engine.constraint import Grammar
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
-from pairline.errors import PairlineError
 from pairline.server.scheduler import Job, QueueFull
-from pairline.server.ws import engine_error
+from pairline.server.ws import check_grammar, engine_error
 from pairline.wire.openai import (
     SSE_DONE,
     SSE_HEADERS,
@@ -35,7 +35,15 @@ from pairline.wire.openai import (
     read_json,
     sse_data,
 )
-from pairline.wire.protocol import ProtocolError, check_fields, new_id, opt_int, opt_number, parse_prediction
+from pairline.wire.protocol import (
+    ProtocolError,
+    check_fields,
+    new_id,
+    opt_int,
+    opt_number,
+    parse_grammar,
+    parse_prediction,
+)
 
 log = logging.getLogger("pairline.server")
 
@@ -124,7 +132,7 @@ def _response_format(fmt: object) -> Grammar | None:
     return Grammar("json_schema", json.dumps(schema))
 
 
-def parse_grammar(body: dict) -> tuple[Grammar | None, str]:
+def request_grammar(body: dict) -> tuple[Grammar | None, str]:
     """The request's constraint (None: none) and the field it came from, which its errors name."""
     from_format = _response_format(body.get("response_format"))
     ext = body.get("grammar")
@@ -132,27 +140,7 @@ def parse_grammar(body: dict) -> tuple[Grammar | None, str]:
         return from_format, "response_format"
     if from_format is not None:
         raise _bad("give either 'response_format' (json_object or json_schema) or 'grammar', not both", "grammar")
-    if not isinstance(ext, dict):
-        raise _bad('\'grammar\' must be an object {"kind": "lark" | "regex" | "json_schema", "source": ...}',
-                   "grammar", "invalid_type")
-    check_fields(ext, frozenset({"kind", "source"}), "grammar")
-    try:
-        return Grammar.from_dict(ext), "grammar"
-    except PairlineError as err:
-        raise _bad(str(err), "grammar") from None
-
-
-async def check_grammar(grammar: Grammar, param: str, tokenizer) -> None:
-    """Compile once, on a thread (the first grammar of a process builds llguidance's view of the
-    vocabulary, 0.2-0.8 s), so that a bad one is a 400 before anything is queued or streamed."""
-    try:
-        await asyncio.to_thread(compile_grammar, grammar, tokenizer)
-    except PairlineError as err:
-        raise _bad(str(err), param) from None
-    except Exception as err:  # not the client's fault
-        log.exception("compiling a grammar failed")
-        raise ProtocolError(f"internal error compiling the grammar: {type(err).__name__}", code="server_error",
-                            status=500, type_="server_error") from None
+    return parse_grammar(ext), "grammar"  # the same field as a session's response.create
 
 
 class HttpApi:
@@ -190,7 +178,7 @@ class HttpApi:
                 def make_prompt() -> list[int]:
                     return tokenizer.encode(prompt)
             prediction = parse_prediction(body.get("prediction"))
-            grammar, grammar_param = parse_grammar(body)
+            grammar, grammar_param = request_grammar(body)
             stream = bool(body.get("stream"))
             opts = body.get("stream_options") or {}
             if not isinstance(opts, dict):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from pairline.engine.constraint import Grammar, compile_grammar
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
@@ -130,6 +131,8 @@ class Connection(SessionSocket):
         if self.turn is not None:
             raise already_active()
         self.session.check_previous(req.previous_response_id)
+        if req.grammar is not None:  # compiled once, off the loop: a bad one is an error, and nothing is queued
+            await check_grammar(req.grammar, "grammar", self.server.engine.tokenizer)
         sampling = self.session.defaults.merged(req.sampling)
         # the draft is consumed (the input is what was sent); the context stays for later turns.
         # Withdrawn before the request is queued, which stops other sessions' prefill ahead, not this one's
@@ -207,7 +210,7 @@ class Connection(SessionSocket):
 
         params = _params(sampling, server.cfg.default_max_output_tokens)
         job = Job(session.id, make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
-                  prediction=req.prediction)
+                  prediction=req.prediction, grammar=req.grammar)
         try:
             server.scheduler.submit(job)
         except QueueFull as err:
@@ -292,7 +295,9 @@ class Connection(SessionSocket):
         self.turn = None
         if self.closed:
             return None
-        req = CreateRequest(messages=[], sampling=turn.req.sampling, metadata=turn.req.metadata)
+        # the successor answers the same request: under the same grammar, if it had one
+        req = CreateRequest(messages=[], sampling=turn.req.sampling, metadata=turn.req.metadata,
+                            grammar=turn.req.grammar)
         try:
             nxt = self.submit(before + steer, turn.sampling, req, turn.state.id, turn.files, steers=len(ids))
         except ProtocolError as err:  # the queue is full: each steer is answered, not lost
@@ -356,6 +361,20 @@ def engine_error(err: Exception) -> ProtocolError:
     if isinstance(err, PairlineError):
         return ProtocolError(msg, code="invalid_request_error")
     return ProtocolError(f"internal error: {type(err).__name__}", code="server_error", status=500, type_="server_error")
+
+
+async def check_grammar(grammar: Grammar, param: str, tokenizer) -> None:
+    """Compile a request's grammar once, on a thread (the first grammar of a process builds
+    llguidance's view of the vocabulary, 0.2-0.8 s), so that a bad one is refused (`invalid_value`,
+    naming `param`) before anything is queued or streamed. HTTP requests and sessions both use it."""
+    try:
+        await asyncio.to_thread(compile_grammar, grammar, tokenizer)
+    except PairlineError as err:
+        raise ProtocolError(str(err), code="invalid_value", param=param) from None
+    except Exception as err:  # not the client's fault
+        log.exception("compiling a grammar failed")
+        raise ProtocolError(f"internal error compiling the grammar: {type(err).__name__}", code="server_error",
+                            status=500, type_="server_error") from None
 
 
 def _log_response(session_id: str, state: ResponseState, g: Generation, t_recv: float) -> None:

@@ -1,6 +1,6 @@
 """Wire formats: ids, errors, the client events of the WebSocket session protocol, and the
 Responses-API objects a server or the router sends. Field names follow OpenAI's Responses API (WebSocket
-mode) and Realtime API; pairline's additions are `prediction` and `timings`. docs/protocol.md."""
+mode) and Realtime API; pairline's additions are `prediction`, `grammar` and `timings`. docs/protocol.md."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # imported where a grammar is parsed: the router needs nothing else of the engine
+    from pairline.engine.constraint import Grammar
 
 
 def new_id(prefix: str) -> str:
@@ -182,14 +185,41 @@ def parse_prediction(value: Any) -> str | None:
     return text_of(value.get("content"), "prediction.content")
 
 
+GRAMMAR_FIELDS = frozenset({"kind", "source"})
+
+
+def parse_grammar(value: Any, param: str = "grammar") -> Grammar | None:
+    """pairline's `grammar` extension, the same object in a session's response.create and an HTTP
+    body: {"kind": "lark" | "regex" | "json_schema", "source": str (a schema may be an object)}.
+    Checked for shape here; whether it compiles is the server's to say (it has the tokenizer)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(f'{param!r} must be an object {{"kind": "lark" | "regex" | "json_schema", "source": ...}}',
+                            code="invalid_type", param=param)
+    check_fields(value, GRAMMAR_FIELDS, param)  # no `prefix`: the protocol has no assistant prefix
+    from pairline.engine.constraint import Grammar
+    from pairline.errors import PairlineError
+
+    try:
+        return Grammar.from_dict(value)
+    except PairlineError as err:
+        raise ProtocolError(str(err), code="invalid_value", param=param) from None
+
+
+def grammar_field(grammar: Grammar) -> dict:
+    """A grammar as the `grammar` field sends it (what a router forwards, what a client sends)."""
+    return {"kind": grammar.kind, "source": grammar.source}
+
+
 # ---------------------------------------------------------------- client events
 
 CLIENT_EVENTS = ("session.update", "response.create", "response.cancel", "response.steer", "draft.update",
                  "context.update")
 
 SAMPLING_FIELDS = frozenset({"instructions", "max_output_tokens", "temperature", "top_p", "seed"})
-CREATE_FIELDS = frozenset({"type", "event_id", "model", "input", "previous_response_id", "prediction", "store",
-                           "metadata", *SAMPLING_FIELDS})
+CREATE_FIELDS = frozenset({"type", "event_id", "model", "input", "previous_response_id", "prediction", "grammar",
+                           "store", "metadata", *SAMPLING_FIELDS})
 SESSION_FIELDS = frozenset({"model", *SAMPLING_FIELDS})
 STEER_FIELDS = frozenset({"type", "event_id", "input", "response_id", "previous_response_id"})
 CANCEL_FIELDS = frozenset({"type", "event_id", "response_id"})
@@ -290,6 +320,7 @@ class CreateRequest:
     previous_response_id: str | None = None
     event_id: str | None = None
     metadata: dict = field(default_factory=dict)
+    grammar: Grammar | None = None  # what the answer must match (pairline's `grammar`)
 
 
 def parse_create(ev: dict, max_tokens: int) -> CreateRequest:
@@ -303,6 +334,7 @@ def parse_create(ev: dict, max_tokens: int) -> CreateRequest:
         messages=parse_input(ev["input"]),
         sampling=parse_sampling(ev, max_tokens),
         prediction=parse_prediction(ev.get("prediction")),
+        grammar=parse_grammar(ev.get("grammar")),
         previous_response_id=opt_str(ev, "previous_response_id"),
         event_id=opt_str(ev, "event_id"),
         metadata=metadata,

@@ -141,7 +141,9 @@ backends = [{{ kind = "{deep_kind}", url = "{deep_url}", model = "m", name = "de
 
 
 def test_router_relays_the_grammar_to_pairline_backends(srv):
-    r = route(srv, deep_kind="openai")  # deep: the same server, spoken to as Chat Completions
+    # deep: the same server, spoken to as Chat Completions (an `openai` backend takes no grammar
+    # unless its config says so: this one is pairline's)
+    r = route(srv, deep=", grammar = true", deep_kind="openai")
     try:
         c = Client(r.ws_url)
         for mode in ("realtime", "deep"):  # a relayed session, then an emulated one (HTTP body)
@@ -165,6 +167,19 @@ def test_router_relays_the_grammar_to_pairline_backends(srv):
         assert r.router.outstanding == {"realtime": 0, "deep": 0}
     finally:
         r.stop()
+
+
+def test_openai_backends_take_no_grammar_unless_told():
+    from pairline.router.config import parse_config as parse
+
+    cfg = parse("""
+[tiers.realtime]
+backends = [{ kind = "openai", url = "http://127.0.0.1:9/v1", model = "m" }]
+[tiers.deep]
+backends = [{ kind = "pairline", url = "http://127.0.0.1:9" }]
+""", "t.toml")
+    assert cfg.tiers["realtime"].backends[0].grammar is False  # vLLM would ignore it: never unconstrained
+    assert cfg.tiers["deep"].backends[0].grammar is True
 
 
 def test_backend_without_grammar_refuses_clearly(srv):

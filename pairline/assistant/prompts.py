@@ -96,8 +96,10 @@ _EXAMPLE = (
     {"role": "assistant", "content": _EXAMPLE_ANSWER},
 )
 # the rename example: a RENAME instead of a block per site (rope finds the sites; rename.py). It
-# goes first: the exchange nearest the request is the one a small model imitates, and blocks are
-# the general case (measured: with this one last, the 0.5B model answered bug fixes with renames)
+# goes last: the exchange nearest the request is the one a small model imitates (measured on
+# Qwen2.5-Coder-0.5B: with it first, renames came as partial blocks; with it last and RENAME on
+# offer for every edit, bug fixes came as renames, which is why the grammar offers RENAME only
+# where the instruction asks for a rename)
 _RENAME_EXAMPLE = (
     {"role": "user", "content": user_message(_EXAMPLE_FILES, _RENAME_INSTRUCTION)},
     {"role": "assistant", "content": _RENAME_ANSWER},
@@ -118,14 +120,14 @@ PROMPTS: dict[str, EditPrompt] = {
     "qwen2": EditPrompt(
         "qwen2",
         _RULES,
-        (*_RENAME_EXAMPLE, *_EXAMPLE),
+        (*_EXAMPLE, *_RENAME_EXAMPLE),
         primed=True,
     ),
     # SmolLM2 (llama family) is a test model here: same content, same priming.
     "llama": EditPrompt(
         "llama",
         _RULES,
-        (*_RENAME_EXAMPLE, *_EXAMPLE),
+        (*_EXAMPLE, *_RENAME_EXAMPLE),
         primed=True,
     ),
 }

@@ -33,7 +33,10 @@ class BackendConfig:
     api_key_env: str | None = None  # the env var holding this backend's key (never the key itself)
     health_path: str = "/health"  # GET on the server's root; "" turns health checks off
     prediction: bool = True  # pass `prediction` through (vLLM and pairline accept it)
-    grammar: bool = True  # pass pairline's `grammar` through; false: a request with one is refused by this backend
+    # pass pairline's `grammar` through; false: a request with one is refused by this backend. Unset:
+    # true for pairline's own servers, false for `openai` ones (vLLM ignores a field it does not know,
+    # so its answer would not be constrained; say `grammar = true` for a pairline server behind `openai`)
+    grammar: bool | None = None
     ctx: int = 8192  # inprocess: context per session
     runtime: str = "auto"  # inprocess: auto | torch | llamacpp
     max_sessions: int = 8  # inprocess: resident KV caches
@@ -231,6 +234,8 @@ def _tier(ck: _Checker, obj: Any, name: str, env: dict, names: set[str]) -> Tier
     for i, b in enumerate(raw):
         bp = path + ["backends", i]
         bc = BackendConfig(**ck.table(b, bp, BackendConfig))
+        if bc.grammar is None:
+            bc.grammar = bc.kind != "openai"
         if bc.kind not in KINDS:
             ck.fail(bp + ["kind"], f"must be one of {', '.join(KINDS)}, got {bc.kind!r}")
         if bc.kind in ("pairline", "openai"):

@@ -108,7 +108,8 @@ def test_typing_while_streaming_steers(tmp_path, monkeypatch):
 
 def test_test_runs_only_when_asked_and_fix_sends_output(tmp_path, monkeypatch):
     cmd = "echo ran >> test-marker; echo 'assert 1 == 2'; exit 1"
-    session, client, out = make(tmp_path, monkeypatch, [answer("def add(a, b):\n", "def add(a, b):\n")], test_cmd=cmd)
+    edit = answer("def add(a, b):\n", "def add(a, b):  # two numbers\n")
+    session, client, out = make(tmp_path, monkeypatch, [edit], test_cmd=cmd)
     session.submit("rename add")
     session.wait()
     assert not (tmp_path / "test-marker").exists()  # an edit never runs the tests

@@ -84,8 +84,10 @@ def test_malformed_answer_retried(ws):
 
 
 def test_unchanged(ws):
-    result, _ = run(ws, [block("app.py", "import os\n", "import os\n")])
-    assert result.status == "unchanged" and result.new_texts == {}
+    # a no-op answer goes back once ("nothing changed"); the same again is an unchanged turn
+    no_op = block("app.py", "import os\n", "import os\n")
+    result, _ = run(ws, [no_op, no_op])
+    assert result.status == "unchanged" and result.new_texts == {} and result.stats.retried
 
 
 def test_new_file_with_empty_search(ws):

@@ -130,6 +130,7 @@ def test_rename_lines_name_what_the_instruction_asks_to_rename(tokenizer):
     assert not allowed(tokenizer, g, "shop.py\nRENAME count number\n")  # bound, but not what was asked
     assert not allowed(tokenizer, g, "shop.py\nRENAME totalprice basket_total\n")  # not bound in the file
     assert not allowed(tokenizer, g, "shop.py\nRENAME total_price 9lives\n")  # not a name
+    assert not allowed(tokenizer, g, "shop.py\nRENAME total_price total\n")  # not the name the instruction gives
     assert not allowed(tokenizer, g, "notes.txt\nRENAME ")  # only Python files
     no_rename = blocks_grammar(files, "Make total_price round to 2 digits")
     assert not allowed(tokenizer, no_rename, "shop.py\nRENAME ")  # not asked for: blocks only

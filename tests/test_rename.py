@@ -7,7 +7,7 @@ import pytest
 
 from pairline.assistant.coder import Coder, load_file
 from pairline.assistant.edits import EditError, parse_blocks
-from pairline.assistant.rename import apply_rename, names_bound, rename_targets
+from pairline.assistant.rename import apply_rename, names_bound, new_names, rename_targets
 from pairline.assistant.workspace import Workspace
 from tests.assistant_helpers import ScriptedClient
 
@@ -82,6 +82,25 @@ def test_rename_targets_follow_the_instruction():
     assert set(scoped) == {"receipt", "receipt.total", "total"}
     assert rename_targets("Fix the bug in total_price", SHOP) == []  # no rename asked for
     assert rename_targets("Give it a new name: basket_total", SHOP) == []  # nothing bound is mentioned
+
+
+def test_new_names_come_from_the_instruction():
+    assert new_names("Rename `total_price` to `basket_total` everywhere", SHOP) == ["basket_total"]
+    assert new_names("rename total_price to basket_total", SHOP) == ["basket_total"]
+    assert new_names("rename total_price to receipt", SHOP) == []  # taken: any name then (rope will refuse)
+
+
+def test_the_coder_sends_no_op_blocks_back_once(tmp_path):
+    (tmp_path / "shop.py").write_text(SHOP)
+    head = "def receipt(items, total=None):\n"
+    same = f"shop.py\n```python\n<<<<<<< SEARCH\n{head}=======\n{head}>>>>>>> REPLACE\n```\n"
+    fixed = same.replace("=======\ndef receipt(items, total=None):", "=======\ndef receipt(items, total=0):")
+    client = ScriptedClient([same, fixed])
+    ws = Workspace(tmp_path, git=False)
+    result = Coder(client, ws, search_cap=None).run([load_file(ws, tmp_path / "shop.py")], "default total to 0",
+                                                    mode="blocks")
+    assert result.status == "changed" and result.stats.retried
+    assert "nothing changed" in client.calls[1]["messages"][-1]["content"]
 
 
 def test_the_parser_reads_rename_lines():

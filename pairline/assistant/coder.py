@@ -43,6 +43,16 @@ from pairline.errors import PairlineError
 REWRITE_MAX_LINES = 60  # auto mode rewrites files up to this many lines (see docs/assistant.md)
 
 
+NO_OP = (
+    "Every block's REPLACE part was the same as its SEARCH part, so nothing changed. Write each "
+    "REPLACE part as the lines must read after the change the instruction asks for."
+)
+
+
+def _no_op(block: EditBlock) -> bool:
+    return [line.rstrip() for line in block.search] == [line.rstrip() for line in block.replace]
+
+
 def _same_block(a: EditBlock, b: EditBlock) -> bool:
     """Equal up to whitespace: a model that loops rarely repeats its spacing exactly."""
 
@@ -430,6 +440,10 @@ class Coder:
         problems = [why for _, why in failed] + self._rename_all(parser.renames, current, result) + [
             f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed
         ]
+        if blocks and not parser.renames and all(_no_op(b) for b in blocks) and not problems:
+            # a small model "edits" by copying lines unchanged (measured: most of the 0.5B model's
+            # docstring answers); say so once, as a failed edit
+            problems = [NO_OP]
         if problems and retry:
             # one retry: the errors go back to the model, which answers with the failed blocks only
             result.stats.retried = True

@@ -21,7 +21,7 @@ import json
 
 from pairline.assistant.edits import DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.prompts import language_for
-from pairline.assistant.rename import rename_targets
+from pairline.assistant.rename import new_names, rename_targets
 from pairline.engine.constraint import Grammar
 
 # A REPLACE line: anything but the closing marker (seven or more '>' at its start).
@@ -98,9 +98,12 @@ def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -
         alternatives.append(f"file{k}")
         bound = rename_targets(instruction, text) if text and name.endswith((".py", ".pyi")) else []
         if bound:
+            given = new_names(instruction, text)
+            new = f"new{k}"
+            rules.append(f"{new}: " + (" | ".join(_lit(n) for n in given) if given else "NEW_NAME"))
             # `RENAME old to new` too: Qwen2.5-Coder-0.5B, told "rename greet to welcome", wrote
             # "RENAME greet to", and a grammar without the "to" made that "towelcome"
-            rules.append(f"rename{k}: {_lit(f'{name}{chr(10)}{RENAME} ')} old{k} \" \" (\"to \")? NEW_NAME \"\\n\"")
+            rules.append(f"rename{k}: {_lit(f'{name}{chr(10)}{RENAME} ')} old{k} \" \" (\"to \")? {new} \"\\n\"")
             rules.append(f"old{k}: " + " | ".join(_lit(b) for b in bound))
             alternatives.append(f"rename{k}")
     head = [

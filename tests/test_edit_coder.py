@@ -307,3 +307,13 @@ def test_rewrite_that_stops_early_gets_the_rest_of_the_file_back(ws):
     assert result.status == "changed" and result.stats.repaired and not result.stats.retried
     assert result.new_texts[ws.root / "big.py"] == big.replace("return 0\n", "return 100\n", 1)
     assert "stopped before the end" in result.notes[0]
+
+
+def test_a_runaway_replace_ends_the_answer_and_earlier_blocks_stand(ws):
+    good = block("app.py", "def greet(name):\n", "def welcome(name):\n")
+    runaway = f"app.py\n```python\n{HEAD}\nprint(os.name)\n{DIVIDER}\n" + "x = 1\n" * 200
+    result, client = run(ws, [good + runaway])
+    assert result.status == "changed"
+    new = result.new_texts[ws.root / "app.py"]
+    assert "def welcome(name):" in new and "x = 1" not in new
+    assert not result.stats.retried  # the runaway block is dropped, not sent back

@@ -49,6 +49,12 @@ NO_OP = (
 )
 
 
+def _replace_limit(block: EditBlock) -> int:
+    """How many REPLACE lines a block may have: generous for a block that adds a function, far
+    short of a whole file written into one."""
+    return 4 * len(block.search) + 60
+
+
 def _no_op(block: EditBlock) -> bool:
     return [line.rstrip() for line in block.search] == [line.rstrip() for line in block.replace]
 
@@ -299,6 +305,14 @@ class Coder:
                             continue  # a retry repeating a block that already applied: skip it
                         blocks.append(block)
                         self.on_event(Event("block", path=block.path or "", block=block))
+                    partial = parser.partial
+                    if parser.state == "replace" and partial and len(partial.replace) > _replace_limit(partial):
+                        # a REPLACE part that runs on and on is a model copying the file or looping
+                        # (measured: 0.5B answers that spent their whole budget inside one); the
+                        # blocks before it stand
+                        parser.drop_partial_block()
+                        looping = True
+                        inner.cancel()
                     if parser.renames and parser.renames[-1] in parser.renames[:-1]:
                         parser.renames.pop()  # the same RENAME again: the model repeats itself, the answer is over
                         looping = True

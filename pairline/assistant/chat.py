@@ -302,6 +302,8 @@ class ChatSession:
             self.write(e.text)
         elif e.kind == "rename":
             self.write(f"\n[renamed {e.text} in {e.path}, every reference]\n")
+        elif e.kind == "delete":
+            self.write(f"\n[deleted {e.text} from {e.path}]\n")
         elif e.kind == "error":
             self.write(f"\n[edit failed: {e.text}]\n")
         elif e.kind == "check":

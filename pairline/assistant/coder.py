@@ -23,8 +23,9 @@ from pathlib import Path
 
 from pairline.assistant import check, prompts
 from pairline.assistant.client import Client, Reply
+from pairline.assistant.delete import apply_delete, deletable
 from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar, rewrite_grammar
-from pairline.assistant.edits import DIVIDER, BlockParser, EditBlock, EditError, RenameAction, apply_block
+from pairline.assistant.edits import DIVIDER, BlockParser, DeleteAction, EditBlock, EditError, RenameAction, apply_block
 from pairline.assistant.rename import apply_rename, names_bound
 from pairline.assistant.rewrite import (
     BlockStream,
@@ -118,8 +119,8 @@ def load_file(ws: Workspace, path: str | Path) -> FileState:
 
 @dataclass(slots=True)
 class Event:
-    """What the caller shows: kind is text | block | rename (a RENAME was applied) | error (a block
-    or a rename failed) | check (the check after the edit failed) | retry | rewrite_line | status
+    """What the caller shows: kind is text | block | rename, delete (an action was applied) | error (a
+    block or an action failed) | check (the check after the edit failed) | retry | rewrite_line | status
     (a repair, said once)."""
 
     kind: str
@@ -144,6 +145,7 @@ class TurnStats:
     check_retried: bool = False  # the check after the edit failed and went back to the model
     repaired: bool = False  # a rewrite that stopped early got the original's tail back
     renames: int = 0  # RENAME actions the model wrote (rope did the renaming)
+    deletes: int = 0  # DELETE actions the model wrote
     decode_s: float = 0.0  # first token to the end, summed over the turn's requests
     constraint_s: float = 0.0  # of which in the grammar (masks, checks, forced tokens)
     forced: int = 0  # tokens the grammar appended without a model step
@@ -451,10 +453,10 @@ class Coder:
             result.status = "cancelled"
             return None, convo, ()
         failed = self._apply_all(blocks, current, result)
-        problems = [why for _, why in failed] + self._rename_all(parser.renames, current, result) + [
+        problems = [why for _, why in failed] + self._act(parser, current, result) + [
             f"The answer was malformed: {m.message} (line {m.line})." for m in parser.malformed
         ]
-        if blocks and not parser.renames and all(_no_op(b) for b in blocks) and not problems:
+        if blocks and not (parser.renames or parser.deletes) and all(_no_op(b) for b in blocks) and not problems:
             # a small model "edits" by copying lines unchanged (measured: most of the 0.5B model's
             # docstring answers); say so once, as a failed edit
             problems = [NO_OP]
@@ -477,7 +479,7 @@ class Coder:
                 return None, convo, ()
             failed = self._apply_all(blocks2, current, result)
             blocks = [*good, *blocks2]
-            problems = [why for _, why in failed] + self._rename_all(parser2.renames, current, result) + [
+            problems = [why for _, why in failed] + self._act(parser2, current, result) + [
                 f"The answer was malformed: {m.message} (line {m.line})." for m in parser2.malformed
             ]
         if problems:
@@ -537,6 +539,30 @@ class Coder:
                 failed.append((block, f"{block.path}: {err}"))
                 self.on_event(Event("error", str(err), path=block.path or ""))
         return failed
+
+    def _act(self, parser: BlockParser, current: dict[Path, str], result: TurnResult) -> list[str]:
+        """The answer's actions after its blocks: deletions, then renames; their errors."""
+        return self._delete_all(parser.deletes, current, result) + self._rename_all(parser.renames, current, result)
+
+    def _delete_all(self, deletes: list[DeleteAction], current: dict[Path, str], result: TurnResult) -> list[str]:
+        """Apply each DELETE to its file's in-memory text; the errors of those that failed. One whose
+        definition is already gone (a retry repeating it) is skipped."""
+        problems: list[str] = []
+        for action in dict.fromkeys(deletes):  # the same DELETE twice is one
+            result.stats.deletes += 1
+            try:
+                real = self._target(EditBlock(action.path, [], []), result)
+                text = current.get(real, result.files[real].model_text)
+                original = result.files[real].model_text if result.files[real].text is not None else ""
+                if action.name not in deletable(text) and action.name in deletable(original):
+                    continue  # deleted by an earlier answer of this turn
+                current[real] = apply_delete(text, action.name)
+            except PairlineError as err:
+                problems.append(str(err))
+                self.on_event(Event("error", str(err), path=action.path or ""))
+                continue
+            self.on_event(Event("delete", action.name, path=result.files[real].shown))
+        return problems
 
     def _rename_all(self, renames: list[RenameAction], current: dict[Path, str], result: TurnResult) -> list[str]:
         """Apply each RENAME (after the blocks, whose SEARCH parts quote the text before it) to the

@@ -66,6 +66,7 @@ _INTENT = re.compile(
     r"uncalled|unreachable)\b",
     re.I,
 )
+_MAIN = re.compile(r"__main__|__name__|entry[ -]point|main block", re.I)
 _NOTHING = re.compile(r"\s+(nothing|anything)\b", re.I)  # "remove nothing"
 _PROSE = re.compile(r"\b(doc\s*strings?|comments?|commented|documentation|docs)\b", re.I)
 _NEGATION = re.compile(r"\b(don'?t|do\s+not|never|without|not|no)\s+(\w+\s+){0,2}$", re.I)
@@ -349,6 +350,7 @@ class Intent:
     names: frozenset[str] = frozenset()
     texts: tuple[str, ...] = ()
     prose: bool = False  # the instruction is about comments or docstrings: theirs may change freely
+    main: bool = False  # it speaks of the `if __name__ == "__main__":` block (entry point, __main__)
 
     @property
     def anything(self) -> bool:
@@ -380,7 +382,8 @@ def read_intent(instruction: str, source: Source) -> Intent:
     # a quoted identifier is a name, not a substring (`b` must not match every b of the file)
     plain = [t for t in texts if not _TOKEN.fullmatch(t)]
     names |= {t for t in texts if _TOKEN.fullmatch(t)}
-    return Intent(True, frozenset(names), tuple(plain), prose)
+    main = bool(_MAIN.search(instruction))
+    return Intent(True, frozenset(names), tuple(plain), prose, main)
 
 
 def asked_lines(source: Source, intent: Intent) -> set[int]:
@@ -395,7 +398,27 @@ def asked_lines(source: Source, intent: Intent) -> set[int]:
     for d in source.definitions:
         if d.name in intent.names or d.qualname in intent.names:
             asked.update(range(d.first, d.last + 1))
+    if source.tree is not None:
+        for node in ast.walk(source.tree):
+            if not isinstance(node, ast.If | ast.For | ast.While | ast.With | ast.Try):
+                continue
+            header = node.lineno - 1
+            # a block whose first line is asked for goes whole (the `else:` of an `if` the
+            # instruction quotes, say); so does the main guard where the instruction speaks of it
+            if header in asked or (intent.main and _main_guard(node)):
+                asked.update(range(header, node.end_lineno or node.lineno))
     return asked
+
+
+def _main_guard(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":`"""
+    test = getattr(node, "test", None)
+    if not isinstance(node, ast.If) or not isinstance(test, ast.Compare):
+        return False
+    sides = [test.left, *test.comparators]
+    return any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides) and any(
+        isinstance(x, ast.Constant) and x.value == "__main__" for x in sides
+    )
 
 
 # --------------------------------------------------------------------------- lost lines

@@ -238,6 +238,9 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
         elif e.kind == "rename":
             out.event("rename", path=e.path, rename=e.text)
             out.note(f"renamed in {e.path}: {e.text} (every reference, by rope)")
+        elif e.kind == "delete":
+            out.event("delete", path=e.path, name=e.text)
+            out.note(f"deleted from {e.path}: {e.text}")
         elif e.kind == "error":
             out.event("block_error", path=e.path, message=e.text)
             out.note(f"edit failed: {e.text}")

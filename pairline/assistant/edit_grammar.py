@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 
-from pairline.assistant.edits import DIVIDER, HEAD, RENAME, TAIL
+from pairline.assistant.delete import delete_targets
+from pairline.assistant.edits import DELETE, DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.prompts import language_for
 from pairline.assistant.rename import new_names, rename_targets
 from pairline.engine.constraint import Grammar
@@ -84,7 +85,8 @@ def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -
     None for a file the edit creates: its SEARCH is empty)). The answer is one or more blocks,
     each naming one of the files, a blank line allowed between them; where the instruction asks
     for a rename, an item may instead be `RENAME old new` in a Python file, `old` one of the names
-    the file binds that the instruction mentions (rename.rename_targets)."""
+    the file binds that the instruction mentions (rename.rename_targets), and where it asks to
+    delete something, `DELETE name` for the definitions it mentions (delete.delete_targets)."""
     rules: list[str] = []
     alternatives: list[str] = []
     for k, (name, text) in enumerate(files):
@@ -106,6 +108,11 @@ def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -
             rules.append(f"rename{k}: {_lit(f'{name}{chr(10)}{RENAME} ')} old{k} \" \" (\"to \")? {new} \"\\n\"")
             rules.append(f"old{k}: " + " | ".join(_lit(b) for b in bound))
             alternatives.append(f"rename{k}")
+        doomed = delete_targets(instruction, text) if text and name.endswith((".py", ".pyi")) else []
+        if doomed:
+            names = " | ".join(_lit(d) for d in doomed)
+            rules.append(f"delete{k}: {_lit(f'{name}{chr(10)}{DELETE} ')} ({names}) " + '"\\n"')
+            alternatives.append(f"delete{k}")
     head = [
         'start: block ("\\n"? block)*',
         "block: " + " | ".join(alternatives),

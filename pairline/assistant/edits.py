@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pairline.errors import PairlineError
 
 HEAD, DIVIDER, TAIL = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
-RENAME = "RENAME"  # the one action besides a block: `RENAME old new` below a file name (rename.py)
+RENAME = "RENAME"  # an action besides a block: `RENAME old new` below a file name (rename.py)
+DELETE = "DELETE"  # and `DELETE name`: a whole definition (delete.py)
 
 # Markers are recognised with some slack (5-9 marker characters, spaces, case), because small
 # models miscount; anything looser would collide with merge conflicts or reStructuredText rules.
@@ -42,6 +43,7 @@ _TAIL = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$", re.I)
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 # "to" may sit between the names: a small model words the action like the instruction it read
 _RENAME = re.compile(rf"^\s*{RENAME}\s+([A-Za-z_][A-Za-z0-9_.]*)\s+(?:to\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*$")
+_DELETE = re.compile(rf"^\s*{DELETE}\s+([A-Za-z_][A-Za-z0-9_.]*)\s*$")
 _BARE_NAMES = {"makefile", "dockerfile", "license", "readme", "gemfile", "procfile", "justfile"}
 
 
@@ -53,6 +55,14 @@ class RenameAction:
     path: str | None  # the file named above it; None if none was
     old: str
     new: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAction:
+    """`DELETE name` under a file name: remove that definition whole (delete.py does it)."""
+
+    path: str | None
+    name: str
 
 
 class EditError(PairlineError):
@@ -117,6 +127,7 @@ class BlockParser:
     malformed: list[Malformed] = field(default_factory=list)
     partial: EditBlock | None = None
     renames: list[RenameAction] = field(default_factory=list)
+    deletes: list[DeleteAction] = field(default_factory=list)
     _buf: str = ""
     _line_no: int = 0
     _last_path: str | None = None  # the latest line that could name a file
@@ -163,6 +174,8 @@ class BlockParser:
         if self.state == "text":
             if m := _RENAME.match(line):
                 self.renames.append(RenameAction(self._last_path or self.default_path, m.group(1), m.group(2)))
+            elif m := _DELETE.match(line):
+                self.deletes.append(DeleteAction(self._last_path or self.default_path, m.group(1)))
             elif _HEAD.match(line):
                 path = self._last_path or self.default_path
                 self.partial = EditBlock(path, [], [], len(self.blocks))

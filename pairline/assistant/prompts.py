@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pairline.assistant.edits import DIVIDER, HEAD, RENAME, TAIL
+from pairline.assistant.edits import DELETE, DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.rewrite import fence_for, language_for, wrap
 
 _RULES = f"""\
@@ -36,6 +36,9 @@ Rules:
 path/of/the/file.py
 {RENAME} old_name new_name
 (a parameter or a method: {RENAME} function_or_class.old_name new_name)
+- To delete a whole function, class or assignment (or the `if __name__ == "__main__":` block: __main__):
+path/of/the/file.py
+{DELETE} name
 - Change only what the instruction asks for."""
 
 _EXAMPLE_FILE = """\

@@ -83,6 +83,7 @@ class TaskResult:
     decode_s: float = 0.0  # first token to the end, the turn's requests summed
     grammar_s: float = 0.0  # of which in the grammar: its masks, checks and forced tokens
     renames: int = 0  # RENAME actions the model wrote
+    deletes: int = 0  # DELETE actions the model wrote
     check_output: str = ""
     answer: str = ""
 
@@ -181,6 +182,7 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
         decode_s=s.decode_s,
         grammar_s=s.constraint_s,
         renames=s.renames,
+        deletes=s.deletes,
         check_output=output,
         answer=result.answer[-4000:],
     )
@@ -222,6 +224,7 @@ def _row(rs: list[TaskResult]) -> dict:
         # the grammar's cost as a share of decoding, all tasks together (issue 14: under 10%)
         "grammar_pct_of_decode": _pct(sum(r.grammar_s for r in rs), sum(r.decode_s for r in rs)),
         "renames": sum(r.renames for r in rs),
+        "deletes": sum(r.deletes for r in rs),
     }
 
 
@@ -322,7 +325,7 @@ def print_summary(result: EditBenchResult, console=None) -> None:
     table = make_table("pairline bench edit", ("model", "mode", "tasks", "well-formed", "applied", "correct",
                                                "time to applied edit", "TTFT", "decode tok/s", "effective tok/s",
                                                "tokens", "tokens / file", "tokens / ref.", "accepted", "forced",
-                                               "grammar / decode", "renames"))
+                                               "grammar / decode", "actions"))
     for row in summarize(result.results):
         table.add_row(
             row["model"], row["mode"], str(row["tasks"]), _f(row["well_formed_pct"], "{:.0f}%"),
@@ -331,7 +334,8 @@ def print_summary(result: EditBenchResult, console=None) -> None:
             _f(row["median_ttft_s"], "{:.1f} s"), _f(row["median_decode_tok_s"]), _f(row["median_effective_tok_s"]),
             _f(row["median_tokens"], "{:.0f}"), _f(row["median_tokens_vs_file"], "{:.2f}"),
             _f(row["median_tokens_vs_reference"], "{:.1f}"), _f(row["accepted_pct"], "{:.0f}%"),
-            _f(row["forced_pct"], "{:.0f}%"), _f(row["grammar_pct_of_decode"], "{:.1f}%"), str(row["renames"]),
+            _f(row["forced_pct"], "{:.0f}%"), _f(row["grammar_pct_of_decode"], "{:.1f}%"),
+            f"{row['renames']} renames, {row['deletes']} deletes",
         )
     console.print(table)
     kinds = make_table("per kind (medians over the kind's tasks)", (
@@ -350,7 +354,7 @@ def print_summary(result: EditBenchResult, console=None) -> None:
                   "tokens of the lines the reference edit removes and adds; accepted: draft or prediction tokens "
                   "accepted, as a share of the generated tokens; forced: tokens the edit grammar appended without "
                   "a model step, same share; grammar / decode: time in the grammar over decode time, all tasks; "
-                  "renames: RENAME actions written.", highlight=False)
+                  "actions: RENAME and DELETE actions written.", highlight=False)
 
 
 # --------------------------------------------------------------------------- the command

@@ -143,3 +143,15 @@ def test_a_failed_rename_goes_back_to_the_model_once(tmp_path):
     assert result.status == "changed" and result.stats.retried
     assert "nothing in the file binds" in client.calls[1]["messages"][-1]["content"]
     assert client.calls[0]["prefix"] == "" and client.calls[0]["grammar"] is not None
+
+
+def test_an_action_on_a_file_outside_the_edit_is_an_error_not_a_crash(tmp_path):
+    (tmp_path / "shop.py").write_text(SHOP)
+    # a small model copying the prompt's example names its file
+    client = ScriptedClient(["geometry.py\nRENAME area.r radius\n", "geometry.py\nDELETE area\n"])
+    client.supports_grammar = True
+    ws = Workspace(tmp_path, git=False)
+    result = Coder(client, ws, search_cap=None).run([load_file(ws, tmp_path / "shop.py")], "rename r to radius",
+                                                    mode="blocks")
+    assert result.status == "malformed" and "geometry.py" in result.errors[0]
+    assert not (tmp_path / "geometry.py").exists()

@@ -551,7 +551,7 @@ class Coder:
         for action in dict.fromkeys(deletes):  # the same DELETE twice is one
             result.stats.deletes += 1
             try:
-                real = self._target(EditBlock(action.path, [], []), result)
+                real = self._existing(action.path, result)
                 text = current.get(real, result.files[real].model_text)
                 original = result.files[real].model_text if result.files[real].text is not None else ""
                 if action.name not in deletable(text) and action.name in deletable(original):
@@ -572,7 +572,7 @@ class Coder:
         for action in renames:
             result.stats.renames += 1
             try:
-                real = self._target(EditBlock(action.path, [], []), result)
+                real = self._existing(action.path, result)
                 shown = result.files[real].shown
                 texts = {f.shown: current.get(r, f.model_text) for r, f in result.files.items() if f.text is not None}
                 bound = names_bound(texts[shown])
@@ -588,6 +588,14 @@ class Coder:
                 current[by_shown[name]] = text
             self.on_event(Event("rename", f"{action.old} → {action.new}", path=shown))
         return problems
+
+    def _existing(self, path: str | None, result: TurnResult) -> Path:
+        """The existing file of this edit an action names (an action never creates a file: a model
+        copying the prompt's example names geometry.py)."""
+        real = self._target(EditBlock(path, ["x"], []), result)  # a non-empty SEARCH: no new file
+        if result.files[real].text is None:
+            raise EditError(f"{path}: does not exist yet; RENAME and DELETE work on existing files")
+        return real
 
     def _target(self, block: EditBlock, result: TurnResult) -> Path:
         """The chat file a block names (by its path, or uniquely by its file name); a new file only

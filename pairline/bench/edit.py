@@ -131,7 +131,6 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
     (the default of `pairline edit`); without it the mode is reported as "<mode>/no-grammar"."""
     from pairline.assistant.coder import Coder, load_file
     from pairline.assistant.workspace import Workspace
-    from pairline.errors import PairlineError
 
     if sizes is None:
         sizes = task_sizes(client, task)
@@ -145,12 +144,12 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
         t0 = time.perf_counter()
         try:
             result = coder.run([load_file(ws, p) for p in paths], task.instruction, mode=mode, max_tokens=max_tokens)
-        except PairlineError as err:  # the prompt does not fit the context, say: this task fails, the run goes on
+        except Exception as err:  # noqa: BLE001  a prompt too long, or a bug: the task fails (named), the run goes on
             return TaskResult(
                 model=client.model_name, mode=label, task=task.name, kind=task.kind, status="error", well_formed=False,
                 retried=False, correct=False, time_to_edit_s=time.perf_counter() - t0, ttft_s=None, tokens=0,
                 decode_tok_s=0.0, effective_tok_s=0.0, accepted_draft_tokens=0, files=len(task.files),
-                file_tokens=sizes[0], reference_tokens=sizes[1], check_output=str(err)[-500:],
+                file_tokens=sizes[0], reference_tokens=sizes[1], check_output=f"{type(err).__name__}: {err}"[-500:],
             )
         elapsed = time.perf_counter() - t0
         for real, text in result.new_texts.items():

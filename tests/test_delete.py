@@ -104,7 +104,8 @@ def test_the_parser_and_the_coder(tmp_path):
     parser = parse_blocks("mod.py\nDELETE old_helper\n")
     assert [(d.path, d.name) for d in parser.deletes] == [("mod.py", "old_helper")]
     (tmp_path / "mod.py").write_text(MOD)
-    client = ScriptedClient(["mod.py\nDELETE old_helper\nmod.py\nDELETE __main__\n"])
+    repeated = "mod.py\nDELETE old_helper\nmod.py\nDELETE __main__\n" * 30  # a small model loops: the first repeat ends it
+    client = ScriptedClient([repeated])
     client.supports_grammar = True  # not primed with a block's opening
     ws = Workspace(tmp_path, git=False)
     events = []
@@ -115,6 +116,7 @@ def test_the_parser_and_the_coder(tmp_path):
     assert "old_helper" not in new and "__main__" not in new and "def keep" in new
     assert [e.text for e in events if e.kind == "delete"] == ["old_helper", "__main__"]
     assert result.stats.deletes == 2
+    assert len(client.calls) == 1
 
 
 def test_the_check_takes_a_main_block_or_a_quoted_block_header_as_asked_for():

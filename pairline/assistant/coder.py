@@ -315,10 +315,11 @@ class Coder:
                         parser.drop_partial_block()
                         looping = True
                         inner.cancel()
-                    if parser.renames and parser.renames[-1] in parser.renames[:-1]:
-                        parser.renames.pop()  # the same RENAME again: the model repeats itself, the answer is over
-                        looping = True
-                        inner.cancel()
+                    for actions in (parser.renames, parser.deletes):
+                        if actions and actions[-1] in actions[:-1]:
+                            actions.pop()  # the same action again: the model repeats itself, the answer is over
+                            looping = True
+                            inner.cancel()
                     cap = self.search_cap
                     if (
                         cap

@@ -104,7 +104,8 @@ def test_the_parser_and_the_coder(tmp_path):
     parser = parse_blocks("mod.py\nDELETE old_helper\n")
     assert [(d.path, d.name) for d in parser.deletes] == [("mod.py", "old_helper")]
     (tmp_path / "mod.py").write_text(MOD)
-    repeated = "mod.py\nDELETE old_helper\nmod.py\nDELETE __main__\n" * 30  # a small model loops: the first repeat ends it
+    # a small model loops: the first repeat ends the answer
+    repeated = "mod.py\nDELETE old_helper\nmod.py\nDELETE __main__\n" * 30
     client = ScriptedClient([repeated])
     client.supports_grammar = True  # not primed with a block's opening
     ws = Workspace(tmp_path, git=False)

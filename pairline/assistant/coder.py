@@ -531,7 +531,7 @@ class Coder:
         failed = []
         for block in blocks:
             try:
-                real = self._target(block, result)
+                real = self._target(block.path, result, create=not any(s.strip() for s in block.search))
                 current[real], _ = apply_block(current.get(real, ""), block, path=block.path)
             except EditError as err:
                 failed.append((block, str(err)))
@@ -593,22 +593,22 @@ class Coder:
     def _existing(self, path: str | None, result: TurnResult) -> Path:
         """The existing file of this edit an action names (an action never creates a file: a model
         copying the prompt's example names geometry.py)."""
-        real = self._target(EditBlock(path, ["x"], []), result)  # a non-empty SEARCH: no new file
+        real = self._target(path, result, create=False)
         if result.files[real].text is None:
             raise EditError(f"{path}: does not exist yet; RENAME and DELETE work on existing files")
         return real
 
-    def _target(self, block: EditBlock, result: TurnResult) -> Path:
-        """The chat file a block names (by its path, or uniquely by its file name); a new file only
-        when SEARCH is empty."""
-        name = (block.path or "").strip().removeprefix("./")
+    def _target(self, path: str | None, result: TurnResult, create: bool) -> Path:
+        """The chat file `path` names (by its path, or uniquely by its file name); a new file only
+        where `create` (a block with an empty SEARCH)."""
+        name = (path or "").strip().removeprefix("./")
         for f in result.files.values():
             if f.shown == name:
                 return f.real
         by_base = [f for f in result.files.values() if Path(f.shown).name == Path(name).name]
         if len(by_base) == 1:
             return by_base[0].real
-        if any(s.strip() for s in block.search):
+        if not create:
             raise EditError(f"{name}: not a file in this edit; the files are {', '.join(self._names(result))}")
         state = load_file(self.ws, self.ws.root / name)
         if state.text is not None:

@@ -24,7 +24,8 @@ _ASKS_DELETE = re.compile(r"\b(delet\w*|remov\w*|drop\w*|get rid|dead code|unuse
 _MAIN_WORDS = re.compile(r"__main__|__name__|entry point|main block", re.I)
 
 
-def _is_main_guard(node: ast.stmt) -> bool:
+def is_main_guard(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":` (the deletion check uses it too)."""
     if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
         return False
     sides = [node.test.left, *node.test.comparators]
@@ -52,7 +53,7 @@ def _definitions(tree: ast.Module) -> dict[str, ast.stmt]:
                 for member in node.body:
                     if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef):
                         out.setdefault(f"{node.name}.{member.name}", member)
-        elif _is_main_guard(node):
+        elif is_main_guard(node):
             out.setdefault(MAIN, node)
         for name in _assigned(node):
             out.setdefault(name, node)

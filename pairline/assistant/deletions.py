@@ -37,6 +37,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pairline.assistant.delete import is_main_guard
+
 RUN_LINES = 3  # this many lost lines in a row (not asked for, with words in them) are refused
 RENAMED = 0.6  # a new definition this much like a vanished one (names aside, difflib ratio) renames it
 
@@ -405,20 +407,9 @@ def asked_lines(source: Source, intent: Intent) -> set[int]:
             header = node.lineno - 1
             # a block whose first line is asked for goes whole (the `else:` of an `if` the
             # instruction quotes, say); so does the main guard where the instruction speaks of it
-            if header in asked or (intent.main and _main_guard(node)):
+            if header in asked or (intent.main and is_main_guard(node)):
                 asked.update(range(header, node.end_lineno or node.lineno))
     return asked
-
-
-def _main_guard(node: ast.AST) -> bool:
-    """`if __name__ == "__main__":`"""
-    test = getattr(node, "test", None)
-    if not isinstance(node, ast.If) or not isinstance(test, ast.Compare):
-        return False
-    sides = [test.left, *test.comparators]
-    return any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides) and any(
-        isinstance(x, ast.Constant) and x.value == "__main__" for x in sides
-    )
 
 
 # --------------------------------------------------------------------------- lost lines

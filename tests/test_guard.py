@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pairline.engine import guard
@@ -99,11 +100,16 @@ def test_real_llamacpp_configurations_are_checked(smollm2_gguf, tmp_path, monkey
     monkeypatch.setenv("PAIRLINE_CACHE", str(tmp_path))
     on = guard.check(Candidate("llamacpp", repack=True), smollm2_gguf)
     off = guard.check(Candidate("llamacpp", repack=False), smollm2_gguf)
-    for verdict in (on, off):
-        assert verdict.ok, verdict.reason  # on an AMX CPU, repack on may be refused: then off must pass
+    amx = "amx_tile" in guard.cpu_description()["flags"].split()
+    if not on.ok:  # llama.cpp 0.3.36's AMX repack faults on Sapphire-Rapids-class CPUs (docs/engine.md)
+        assert amx and on.reason == "killed by SIGSEGV", on.reason
+    passed = [v for v in (on, off) if v.ok]
+    assert off in passed, off.reason  # the plain layout runs everywhere
+    for verdict in passed:
         assert verdict.prefill_tok_s > 0 and verdict.step_ms > 0
     from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
 
-    rt = LlamaCppRuntime(smollm2_gguf, n_ctx=256)
+    rt = LlamaCppRuntime(smollm2_gguf, n_ctx=256)  # the layout the guard chose, and it runs in-process
+    assert np.isfinite(rt.forward([1, 2, 3], "last")).all()
     assert rt.repack == guard.preferred_repack(smollm2_gguf)
-    assert rt.repack == (off.job_seconds() >= guard.CLEAR_MARGIN * on.job_seconds())
+    assert rt.repack == (on.ok and off.job_seconds() >= guard.CLEAR_MARGIN * on.job_seconds())

@@ -35,12 +35,24 @@ def _llamacpp_smollm2(n_ctx: int = 64):
     return LlamaCppRuntime(pull("smollm2-135m", progress=False), n_ctx=n_ctx)
 
 
+def _split_smollm2(n_ctx: int = 64):
+    """llama.cpp decoding, torch prefilling calls of WIDE_ROWS+ tokens (runtimes/split_runtime.py)."""
+    from pairline.engine.load import build_llamacpp_runtime
+    from pairline.engine.runtimes.llamacpp_runtime import available
+    from pairline.models.fetch import pull
+
+    if not available():
+        pytest.skip("llama-cpp-python is not installed")
+    return build_llamacpp_runtime(pull("smollm2-135m", progress=False), n_ctx, repack=False, prefill="torch")
+
+
 RUNTIMES = [
     pytest.param(lambda **kw: _torch_tiny("none", **kw), id="torch-tiny-bf16"),
     pytest.param(lambda **kw: _torch_tiny("int8", **kw), id="torch-tiny-int8"),
     pytest.param(lambda **kw: _torch_smollm2("none", **kw), id="torch-smollm2-bf16", marks=pytest.mark.slow),
     pytest.param(lambda **kw: _torch_smollm2("int8", **kw), id="torch-smollm2-int8", marks=pytest.mark.slow),
     pytest.param(_llamacpp_smollm2, id="llamacpp-smollm2", marks=pytest.mark.slow),
+    pytest.param(_split_smollm2, id="split-smollm2", marks=pytest.mark.slow),
 ]
 
 TOKENS = [5, 17, 300, 42, 7, 99, 256, 3, 11, 64, 128, 200]

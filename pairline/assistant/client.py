@@ -258,17 +258,19 @@ def open_client(
     server: str | None = None,
     runtime: str | None = None,
     mode: str | None = None,
+    one_shot: bool = False,
 ) -> Client:
     """The in-process engine for `model`, or a `pairline serve` session at `server` (its model is
     the server's; the API key, if any, comes from PAIRLINE_API_KEY). `mode` (deep, realtime, auto)
-    asks a `pairline route` router for a tier; None sends nothing, as a plain server expects."""
+    asks a `pairline route` router for a tier; None sends nothing, as a plain server expects.
+    `one_shot`: the process answers one request and exits (load_engine)."""
     if server:
         import os
 
         return RemoteClient(server, api_key=os.environ.get("PAIRLINE_API_KEY"), mode=mode)
     from pairline.engine.load import load_engine
 
-    return InProcessClient(load_engine(model, runtime=runtime, n_ctx=n_ctx))
+    return InProcessClient(load_engine(model, runtime=runtime, n_ctx=n_ctx, one_shot=one_shot))
 
 
 # --------------------------------------------------------------------------- remote: a `pairline serve` session

@@ -207,7 +207,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
     answer = args.max_tokens or (None if mode == "rewrite" else 1024)
     n_ctx = args.ctx or plan_ctx(chars + 2500, len(args.message), answer)  # 2500: the prompt's rules and example
     out.note(f"loading {args.server or args.model}…")
-    client = open_client(args.model, n_ctx=n_ctx, server=args.server, runtime=args.runtime)
+    client = open_client(args.model, n_ctx=n_ctx, server=args.server, runtime=args.runtime, one_shot=True)
     stats = Stats(load_s=client.load_s, mode=mode)
     out.event("start", files=[f.shown for f in files], new_files=missing, mode=mode, model=args.model)
 

@@ -25,8 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     eng.add_argument(
         "--engines",
         default=None,
-        help="comma-separated, from: pairline-llamacpp, pairline-torch, llamacpp, llamacpp-lookup, hf-fp32, "
-        "hf-bf16 (default: all that can run here; the llama.cpp ones need llama-cpp-python)",
+        help="comma-separated, from: pairline (the configuration pairline picks here, the split runtime "
+        "included), pairline-llamacpp, pairline-torch, llamacpp, llamacpp-lookup, hf-fp32, hf-bf16 (default: all "
+        "that can run here; the llama.cpp ones need llama-cpp-python)",
     )
     eng.add_argument(
         "--edit-engines",

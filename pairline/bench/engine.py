@@ -166,6 +166,8 @@ def default_pairline_engine(path: Path) -> str:
 
 
 def _engine_kwargs(name: str, cfg: BenchConfig, path: Path) -> dict:
+    if name == "pairline":
+        return {"model": cfg.model, "runtime": "auto", "dtype": "auto", "n_ctx": cfg.n_ctx}
     if name == "pairline-llamacpp":
         return {"model": cfg.model, "runtime": "llamacpp", "dtype": "auto", "n_ctx": cfg.n_ctx}
     if name == "pairline-torch":
@@ -216,7 +218,7 @@ def run_engine_bench(cfg: BenchConfig) -> dict:
     names, editors, skipped = resolve_engines(cfg)
     path = resolve(cfg.model)
     tok = Tokenizer.load(path)
-    default_engine = default_pairline_engine(path)
+    default_engine = "pairline" if "pairline" in names else default_pairline_engine(path)
     started = _dt.datetime.now(_dt.timezone.utc)
     t_start = time.perf_counter()
     result: dict[str, Any] = {

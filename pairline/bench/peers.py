@@ -23,13 +23,16 @@ from typing import Any
 from pairline.engine.doctor import configuration_label
 from pairline.engine.guard import preferred_repack
 
-ENGINES = ("pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup", "hf-fp32", "hf-bf16")
-PAIRLINE_ENGINES = ("pairline-llamacpp", "pairline-torch")
+# "pairline": whatever load_engine's runtime="auto" runs here (the crash guard's measured choice,
+# the split runtime included); the other two pin a runtime
+ENGINES = ("pairline", "pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup", "hf-fp32", "hf-bf16")
+PAIRLINE_ENGINES = ("pairline", "pairline-llamacpp", "pairline-torch")
 LLAMACPP_ENGINES = ("pairline-llamacpp", "llamacpp", "llamacpp-lookup")  # need llama-cpp-python
 HF_ENGINES = ("hf-fp32", "hf-bf16")
 PAIRLINE_EDIT_MODES = ("plain", "prediction", "prompt_lookup", "useless_prediction", "ceiling")
 # the edit modes each engine runs: the raw peer has no predicted outputs; each llama.cpp worker is one mode
 ENGINE_EDIT_MODES = {
+    "pairline": PAIRLINE_EDIT_MODES,
     "pairline-llamacpp": PAIRLINE_EDIT_MODES,
     "pairline-torch": PAIRLINE_EDIT_MODES,
     "llamacpp": ("plain",),
@@ -117,7 +120,7 @@ class PairlineBackend:
         rt = self.engine.runtime
         said = rt.describe()
         self.info = {
-            "engine": f"pairline-{runtime}",
+            "engine": "pairline" if runtime == "auto" else f"pairline-{runtime}",
             "runtime": rt.name,
             "dtype": said["dtype"] or "gguf",
             "quant": said["quant"],
@@ -135,7 +138,7 @@ class PairlineBackend:
         import torch
 
         torch.set_num_threads(threads)  # after loading: the torch runtime sets its own count
-        if "llamacpp" not in self.info["runtime"]:
+        if self.info["runtime"] not in ("llamacpp", "split"):  # llama.cpp tunes its own count
             self.info["threads"] = torch.get_num_threads()
 
     def _stream(self, g) -> list[float]:

@@ -89,10 +89,16 @@ def gguf_tensor_bytes(path: Path) -> dict[str, int]:
     return sizes
 
 
-def phases_of(configuration: str) -> dict:
-    """Which configuration serves each phase of a turn. One runtime serves all three today; a split
-    (one runtime prefilling, another decoding) would show here."""
-    return {"prefill": configuration, "verify": configuration, "decode": configuration}
+def phases_of(runtime) -> dict:
+    """Which configuration serves each phase of a turn: one runtime serves all three, except the
+    split one, whose prefill chunks run on torch."""
+    label = configuration_label(runtime)
+    if runtime.name == "split":
+        from pairline.engine.runtimes.split_runtime import WIDE_ROWS
+
+        narrow = guard.Candidate("llamacpp", repack=runtime.llama.repack).label
+        return {"prefill": f"torch (bf16 weights; calls of {WIDE_ROWS}+ tokens)", "verify": narrow, "decode": narrow}
+    return {"prefill": label, "verify": label, "decode": label}
 
 
 def measure_decode(engine, steps: int = DECODE_STEPS) -> float:
@@ -136,7 +142,7 @@ def _diagnose_model(report: Report, model: str, *, tune: bool, recheck: bool, ru
     engine = load_engine(model, runtime=runtime, n_ctx=512)
     report.model, report.load_s = model, round(engine.load_s, 2)
     report.configuration = configuration_label(engine.runtime)
-    report.phases = phases_of(report.configuration)
+    report.phases = phases_of(engine.runtime)
     report.decode_tok_s = round(measure_decode(engine), 1)
     if path.is_file():
         report.weight_bytes_per_token = weight_bytes_per_token(path)
@@ -148,6 +154,8 @@ def configuration_label(runtime) -> str:
     """The configuration a loaded runtime is, in the words of the guard's labels."""
     if runtime.name == "llamacpp":
         return guard.Candidate("llamacpp", repack=runtime.repack).label
+    if runtime.name == "split":
+        return guard.Candidate("llamacpp", repack=runtime.llama.repack, prefill="torch").label
     if runtime.name == "torch":
         return guard.Candidate("torch", dtype=str(runtime.dtype).split(".")[-1], quant=runtime.quant).label
     return runtime.name

@@ -33,7 +33,7 @@ from pathlib import Path
 from pairline.errors import PairlineError, notice
 
 # Bumped when what the child checks changes, so older verdicts are not trusted for the new check.
-CHECK_VERSION = 2  # 2: the child is pairline.engine.guard_child
+CHECK_VERSION = 3  # 2: the child is pairline.engine.guard_child; 3: split candidates
 CHECK_TIMEOUT_S = 300.0  # a first torch int8 conversion of a 1.5B model takes a minute on 2 cores
 PROBE_PREFILL = 128  # tokens: the prefill-shaped call (a batched GEMM path)
 PROBE_VERIFY = 8  # tokens with every row's logits: the verify-shaped call
@@ -52,12 +52,14 @@ class Candidate:
     repack: bool | None = None  # llamacpp: llama.cpp's "extra buffer types" (CPU_REPACK, AMX)
     dtype: str | None = None  # torch: bf16 | fp32
     quant: str | None = None  # torch: int8 | none
+    prefill: str | None = None  # llamacpp: "torch" runs prefill chunks on torch bf16 (runtimes/split_runtime.py)
     target: str = "pairline.engine.guard_child:open_runtime"
 
     @property
     def label(self) -> str:
         if self.runtime == "llamacpp":
-            return f"llama.cpp (weight repack {'on' if self.repack else 'off'})"
+            split = " with torch bf16 prefill" if self.prefill == "torch" else ""
+            return f"llama.cpp (weight repack {'on' if self.repack else 'off'}){split}"
         if self.runtime == "torch":
             weights = {None: "int8 weights on CPU", "none": f"{self.dtype or 'bf16'} weights"}.get(self.quant,
                                                                                                f"{self.quant} weights")
@@ -65,7 +67,8 @@ class Candidate:
         return self.runtime
 
     def options(self) -> dict:
-        return {"runtime": self.runtime, "repack": self.repack, "dtype": self.dtype, "quant": self.quant}
+        return {"runtime": self.runtime, "repack": self.repack, "dtype": self.dtype, "quant": self.quant,
+                "prefill": self.prefill}
 
 
 @dataclass(slots=True)
@@ -106,6 +109,13 @@ def cpu_description() -> dict:
     return {"model": model, "machine": platform.machine(), "flags": " ".join(sorted(flags.split()))}
 
 
+def bf16_hardware() -> bool:
+    """Whether the CPU does bf16 arithmetic in hardware (AMX tiles or AVX512-BF16): only there can a
+    torch bf16 prefill beat llama.cpp's kernels, so only there is that configuration checked."""
+    flags = set(cpu_description()["flags"].split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 @functools.cache
 def _library_identity(runtime: str) -> str:
     """The runtime library's version and, for a compiled one, its build: a rebuild with other
@@ -143,7 +153,8 @@ def check_key(candidate: Candidate, path: Path) -> dict:
         "check_version": CHECK_VERSION,
         "pairline": __version__,
         "candidate": asdict(candidate),
-        "library": _library_identity(candidate.runtime),
+        "library": _library_identity(candidate.runtime) + (f"; {_library_identity(candidate.prefill)}"
+                                                           if candidate.prefill else ""),
         "cpu": cpu_description(),
         "model": file_identity(path),
     }

@@ -17,9 +17,9 @@ from pairline.errors import PairlineError
 def open_runtime(path: Path, options: dict, n_ctx: int):
     """Build the runtime a Candidate names (used in the child, with the configuration forced)."""
     if options["runtime"] == "llamacpp":
-        from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
+        from pairline.engine.load import build_llamacpp_runtime
 
-        return LlamaCppRuntime(path, n_ctx=n_ctx, repack=bool(options["repack"]))
+        return build_llamacpp_runtime(path, n_ctx, bool(options["repack"]), options.get("prefill"))
     if options["runtime"] == "torch":
         from pairline.engine.load import build_torch_runtime
 

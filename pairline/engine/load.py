@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -141,17 +142,24 @@ def choose_runtime(requested: str | None, path: Path, device: str) -> str:
     return "torch"
 
 
-def candidates_for(chosen: str, requested: str | None, path: Path, dtype: str | None, quant: str | None) -> list:
+def candidates_for(chosen: str, requested: str | None, path: Path, dtype: str | None, quant: str | None,
+                   one_shot: bool = False) -> list:
     """The configurations that may run this model here, best guess first. On the CPU each is checked
     in a child process before this one uses it (engine/guard.py); llama.cpp's two weight layouts
-    compete on the speeds their checks measured, and torch is the fallback where auto chose llama.cpp."""
-    from pairline.engine.guard import Candidate
+    compete on the speeds their checks measured, and torch is the fallback where auto chose llama.cpp.
+    `one_shot` (a process that answers one request and exits) leaves out the split configuration:
+    importing torch and loading its side cost such a process more than its short prefill saves."""
+    from pairline.engine.guard import Candidate, bf16_hardware
 
     if quant in (None, "auto"):  # resolved here, so a check's key names the weights it ran
         quant = os.environ.get("PAIRLINE_QUANT") or None
     if chosen == "llamacpp":
         found = [Candidate("llamacpp", repack=True), Candidate("llamacpp", repack=False)]
         if (requested or "auto") == "auto" and (os.environ.get("PAIRLINE_RUNTIME") or "auto") == "auto":
+            if not one_shot and bf16_hardware() and importlib.util.find_spec("torch") is not None:
+                # bf16 GEMMs in hardware may prefill faster than llama.cpp's kernels: the check measures
+                # it. No repack: the AMX repack is what crashes where bf16 hardware is (docs/engine.md).
+                found.append(Candidate("llamacpp", repack=False, prefill="torch"))
             found.append(Candidate("torch", dtype=dtype, quant=quant))
             if quant in (None, "auto"):  # bf16 weights compete where doctor --tune measured them
                 found.append(Candidate("torch", dtype=dtype, quant="none"))
@@ -167,9 +175,10 @@ def load_engine(
     dtype: str | None = None,
     device: str = "cpu",
     quant: str | None = None,
+    one_shot: bool = False,
 ) -> Engine:
     """`model` is a registry name (pulled on first use), a .gguf file or an HF directory. `runtime`:
-    auto (default), torch or llamacpp."""
+    auto (default), torch or llamacpp. `one_shot`: this process serves one request (candidates_for)."""
     from pairline.models.fetch import resolve
 
     t0 = time.perf_counter()
@@ -178,16 +187,16 @@ def load_engine(
     if device == "cpu" and path.is_file():
         from pairline.engine.guard import choose
 
-        picked = choose(candidates_for(chosen, runtime, path, dtype, quant), path)
+        picked = choose(candidates_for(chosen, runtime, path, dtype, quant, one_shot), path)
         chosen, dtype, quant = picked.runtime, picked.dtype or dtype, picked.quant or quant
-        repack = picked.repack
+        repack, prefill = picked.repack, picked.prefill
     else:
-        repack = None
+        repack = prefill = None
     # The tokenizer (a 150k-token BPE built in Python, ~0.5 s) is built on a second thread while the
     # runtime loads: llama.cpp's load runs in C without the GIL, so the two overlap on two cores.
     with ThreadPoolExecutor(1, thread_name_prefix="pairline-tokenizer") as pool:
         pending_tokenizer = pool.submit(Tokenizer.load, path)
-        rt = _runtime(chosen, path, n_ctx, dtype, device, quant, repack)
+        rt = _runtime(chosen, path, n_ctx, dtype, device, quant, repack, prefill)
         tokenizer = pending_tokenizer.result()
     if rt.vocab_size < tokenizer.vocab_size:
         raise PairlineError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {rt.vocab_size}")
@@ -200,19 +209,43 @@ def load_engine(
 
 
 def _runtime(chosen: str, path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None,
-             repack: bool | None = None):
+             repack: bool | None = None, prefill: str | None = None):
     if chosen == "llamacpp":
         if quant not in (None, "auto") or dtype not in (None, "auto"):
             raise PairlineError("the llamacpp runtime computes with the GGUF's own quantization; drop --dtype/--quant")
-        from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
-
-        return LlamaCppRuntime(path, n_ctx=n_ctx, repack=repack)
+        return build_llamacpp_runtime(path, n_ctx, repack, prefill, background=True)
     if device.startswith("cuda"):
         return _cuda_runtime(path, n_ctx, dtype, device, quant)
     return build_torch_runtime(path, n_ctx, dtype, device, quant)
 
 
-def build_torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None):
+def build_llamacpp_runtime(path: Path, n_ctx: int | None, repack: bool | None, prefill: str | None = None,
+                           background: bool = False):
+    """llama.cpp's runtime; with prefill="torch", the split runtime: prefill chunks on pairline's torch
+    model in bf16 with an f16 KV cache (llama.cpp's), decode and verify on llama.cpp. `background`
+    loads the torch side on a thread (llama.cpp serves every call until it is ready); the crash
+    guard's check waits for it, to time what it checks."""
+    from pairline.engine.runtimes.llamacpp_runtime import LlamaCppRuntime
+
+    if prefill is None:
+        return LlamaCppRuntime(path, n_ctx=n_ctx, repack=repack)
+    if prefill != "torch":
+        raise PairlineError(f"unknown prefill runtime {prefill!r}")
+    from pairline.engine.runtimes.split_runtime import LOADER, SplitRuntime
+
+    llama = LlamaCppRuntime(path, n_ctx=n_ctx, repack=repack)
+
+    def load_wide():
+        import torch
+
+        return build_torch_runtime(path, llama.n_ctx, "bf16", "cpu", "none", kv_dtype=torch.float16,
+                                   prefill_only=True)
+
+    return SplitRuntime(llama, LOADER.submit(load_wide) if background else load_wide())
+
+
+def build_torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device: str, quant: str | None,
+                        kv_dtype: torch.dtype | None = None, prefill_only: bool = False):
     """pairline's torch model on the CPU. The weights as it computes with them (fused, int8-quantized:
     5.6 s for the 0.5B model on 2 cores) are kept in the cache after the first load, so a warm
     load only maps them."""
@@ -221,13 +254,20 @@ def build_torch_runtime(path: Path, n_ctx: int | None, dtype: str | None, device
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     if quant in (None, "auto"):
         quant = os.environ.get("PAIRLINE_QUANT") or default_quant(device, torch_dtype)
-    prepared = converted_path(path, torch_dtype, f"{quant}-prepared", "pt") if path.is_file() else None
+    kind = f"{quant}-prepared" + ("-prefill" if prefill_only else "")
+    prepared = converted_path(path, torch_dtype, kind, "pt") if path.is_file() else None
     if prepared is not None and prepared.is_file():
         cfg, state = _read_prepared(prepared)
         if cfg is not None:
-            return TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant, prepared=True)
+            runtime = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant,
+                                   prepared=True, kv_dtype=kv_dtype)
+            if prefill_only:
+                runtime.prefill_only(transpose=False)  # the cache holds the transposed weights
+            return runtime
     cfg, state = load_state(path, torch_dtype)
-    runtime = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant)
+    runtime = TorchRuntime(cfg, state, n_ctx=n_ctx, dtype=torch_dtype, device=device, quant=quant, kv_dtype=kv_dtype)
+    if prefill_only:
+        runtime.prefill_only(transpose=True)
     if prepared is not None:
         _write_prepared(prepared, cfg, runtime.prepared_state())
     return runtime

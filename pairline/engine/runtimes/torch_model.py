@@ -59,6 +59,9 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+# Prefill attention's float32 scores are computed in row blocks of at most this many bytes (_masked).
+SCORE_BYTES = 16 << 20
+
 # Calls with at most this many tokens (decode steps, speculative verify steps) take the
 # row-by-row attention path; larger ones (prefill chunks) the masked batched path.
 EXACT_ROWS = 32
@@ -151,6 +154,7 @@ class Attention(nn.Module):
         self.wo = Linear(q, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.wide_dtype = torch.float32  # prefill attention's products (_masked); bf16 where the CPU has it
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start: int, mask: Tensor | None) -> Tensor:
         n = x.shape[0]
@@ -179,13 +183,23 @@ class Attention(nn.Module):
         return torch.bmm(probs, values[:, :L])
 
     def _masked(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        """Prefill chunks: all rows at once under a causal mask [n, L]."""
+        """Prefill chunks: all n rows at once. `mask` [n, n] is causal over the chunk's own keys, the
+        last n of L; the earlier keys are all visible. The two products run in `wide_dtype` (float32
+        where bf16 is emulated, see Linear; bf16 on bf16 hardware, 2-3x faster), the softmax in float32.
+        Rows go in blocks whose scores stay under SCORE_BYTES: a larger temporary is a fresh mmap
+        from the allocator at every call, and its page faults cost more than the arithmetic."""
         K, G, n, D = q.shape
-        if n > EXACT_ROWS:  # float32 is the fast path there (see Linear)
-            q, keys, values = q.float(), keys.float(), values.float()
-        scores = torch.matmul(q, keys.unsqueeze(1).transpose(2, 3)).float() * self.scale  # [K, G, n, L]
-        probs = torch.softmax(scores + mask, dim=-1).to(values.dtype)
-        return torch.matmul(probs, values.unsqueeze(1))  # [K, G, n, D]
+        dt = self.wide_dtype
+        q = (q * self.scale).to(dt)
+        keys_t, values = keys.to(dt).unsqueeze(1).transpose(2, 3), values.to(dt).unsqueeze(1)  # [K, 1, D, L]
+        L = keys_t.shape[-1]
+        block = max(1, SCORE_BYTES // (K * G * L * 4))
+        out = []
+        for r in range(0, n, block):
+            scores = torch.matmul(q[:, :, r : r + block], keys_t).float()  # [K, G, b, L]
+            scores[..., L - n :] += mask[r : r + block]
+            out.append(torch.matmul(torch.softmax(scores, dim=-1).to(dt), values))  # [K, G, b, D]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -255,6 +269,11 @@ class Transformer(nn.Module):
         other._new_kv()
         return other
 
+    def set_wide_attention(self, dtype: torch.dtype) -> None:
+        """The dtype of prefill attention's two products (softmax stays float32)."""
+        for layer in self.layers:
+            layer.attention.wide_dtype = dtype
+
     def set_upcast_rows(self, rows: int) -> None:
         for m in self.modules():
             if isinstance(m, Linear):
@@ -270,10 +289,8 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         mask = None
         if n > EXACT_ROWS:
-            # row i sees keys 0..start+i; [n, L], broadcast over heads
-            keys = torch.arange(end)
-            allowed = keys[None, :] <= (start + torch.arange(n))[:, None]
-            mask = torch.zeros(n, end).masked_fill_(~allowed, float("-inf"))
+            # row i sees every earlier position and the chunk's keys 0..i: [n, n], broadcast over heads
+            mask = torch.zeros(n, n).masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
         x = self.tok_embeddings(tokens)
         for layer in self.layers:
             if cancel is not None and cancel.cancelled:

@@ -141,6 +141,8 @@ def _diagnose_model(report: Report, model: str, *, tune: bool, recheck: bool, ru
             guard.check(guard.Candidate("torch", quant=quant), path)
     engine = load_engine(model, runtime=runtime, n_ctx=512)
     report.model, report.load_s = model, round(engine.load_s, 2)
+    if engine.runtime.name == "split":  # decode is measured with the torch side loaded, not loading
+        engine.runtime.wait_ready()
     report.configuration = configuration_label(engine.runtime)
     report.phases = phases_of(engine.runtime)
     report.decode_tok_s = round(measure_decode(engine), 1)

@@ -16,11 +16,10 @@ decode step and every verify row is computed there.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pairline.engine.runtime import Rows, RuntimeDefaults, check_forward
 from pairline.engine.runtimes import llamacpp_kv
@@ -69,6 +68,12 @@ class SplitRuntime(RuntimeDefaults):
             if self._wide.vocab_size > self.llama.vocab_size or self._wide.n_ctx < self.n_ctx:
                 raise ValueError("llama.cpp and torch read different models")
         return self._wide
+
+    def wait_ready(self) -> None:
+        """Block until the torch side has loaded (or failed to): for measurements of the steady state."""
+        if self._pending is not None:
+            wait([self._pending])
+        self._wide_ready()
 
     def _wide_ready(self) -> TorchRuntime | None:
         """The torch side if it has loaded; None while it loads, or for good if its load failed
@@ -156,6 +161,8 @@ class SplitRuntime(RuntimeDefaults):
                                     state.v_trans)
 
     def _llama_to_torch(self) -> None:
+        import torch  # here, not at the top: the split runtime loads torch in the background
+
         start, end = self.wide.n_past, self._n_past
         state = self._llama_state()
         c = self.cfg
@@ -170,6 +177,8 @@ class SplitRuntime(RuntimeDefaults):
     def _torch_to_llama(self) -> None:
         """torch holds every position (those llama.cpp computed came over as exact f16 copies), so
         llama.cpp's whole sequence is rebuilt from torch's cache in one blob."""
+        import torch
+
         end = self._n_past
         k, v = self.wide.read_kv(0, end)  # [layers, kv_heads, n, head_dim]
         if self.cfg.arch == "llama":  # halves (i, i + D/2) -> llama.cpp's pairs (2i, 2i + 1)

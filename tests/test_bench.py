@@ -95,8 +95,8 @@ def test_unknown_engine_is_an_error():
 def test_engines_without_llama_cpp(monkeypatch):
     monkeypatch.setattr(bench, "llamacpp_available", lambda: False)
     names, editors, skipped = bench.resolve_engines(bench.BenchConfig(model="m"))
-    assert names == ["pairline-torch", "hf-fp32", "hf-bf16"]
-    assert editors == ["pairline-torch"]  # HF takes no part in the edit tasks
+    assert names == ["pairline", "pairline-torch", "hf-fp32", "hf-bf16"]  # pairline: what `auto` runs
+    assert editors == ["pairline", "pairline-torch"]  # HF takes no part in the edit tasks
     assert set(skipped) == {"pairline-llamacpp", "llamacpp", "llamacpp-lookup"}
     with pytest.raises(PairlineError, match="needs llama-cpp-python"):
         bench.resolve_engines(bench.BenchConfig(model="m", engines=("llamacpp",)))
@@ -106,7 +106,7 @@ def test_engines_with_llama_cpp(monkeypatch):
     monkeypatch.setattr(bench, "llamacpp_available", lambda: True)
     names, editors, skipped = bench.resolve_engines(bench.BenchConfig(model="m"))
     assert names == list(bench.ENGINES) and not skipped
-    assert editors == ["pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup"]
+    assert editors == ["pairline", "pairline-llamacpp", "pairline-torch", "llamacpp", "llamacpp-lookup"]
     cfg = bench.BenchConfig(model="m", engines=("llamacpp", "pairline-torch"), edit_engines=("pairline-torch",))
     assert bench.resolve_engines(cfg)[:2] == (["llamacpp", "pairline-torch"], ["pairline-torch"])
     with pytest.raises(PairlineError, match="runs no edit tasks"):
@@ -234,7 +234,7 @@ def test_bench_engine_quick_writes_json(tmp_path, smollm2_gguf):
     assert d["kind"] == "engine" and d["schema"] == bench.SCHEMA and d["complete"] is True
     assert d["model"] == "smollm2-135m" and d["quick"] is True
     assert d["command"].startswith("pairline bench engine --model smollm2-135m --engines ")
-    assert d["default_engine"] == ("pairline-llamacpp" if have_llamacpp else "pairline-torch")
+    assert d["default_engine"] == "pairline"  # the engine that runs what load_engine's auto picks
     m = d["machine"]
     for key in ("cpu_model", "cores", "torch", "flags"):
         assert key in m

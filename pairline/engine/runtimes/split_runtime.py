@@ -64,9 +64,10 @@ class SplitRuntime(RuntimeDefaults):
         if self._wide is None:
             if self._pending is None:
                 raise RuntimeError("this split runtime has no torch side (its load failed)")
-            self._wide = self._pending.result()
-            if self._wide.vocab_size > self.llama.vocab_size or self._wide.n_ctx < self.n_ctx:
+            wide = self._pending.result()
+            if wide.vocab_size > self.llama.vocab_size or wide.n_ctx < self.n_ctx:
                 raise ValueError("llama.cpp and torch read different models")
+            self._wide = wide
         return self._wide
 
     def wait_ready(self) -> None:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from pairline.engine.constraint import warm as warm_grammar
+from pairline.engine.fim import fim_format
 from pairline.engine.generate import Engine
 from pairline.server.config import ServerConfig
 from pairline.server.metrics import Metrics
@@ -46,6 +47,7 @@ class PairlineServer:
         self.connections: set = set()
         self.shutting_down = False
         self.runtime = engine.runtime.name
+        self.fim = fim_format(engine.tokenizer, cfg.fim_order)  # how completions with a suffix are prompted
         # llguidance's view of the vocabulary (0.2-0.8 s, GIL held): built now, not by the first
         # structured-output request
         warm_grammar(engine.tokenizer)

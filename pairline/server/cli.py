@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-prefill-ahead", dest="prefill_ahead", action="store_false",
                    help="do not prefill sessions' drafts and context while the engine idles (they still count "
                    "in the prompt; docs/protocol.md, \"Prefill ahead\")")
+    p.add_argument("--fim-order", default="spm", choices=["spm", "psm"],
+                   help="infill prompt order for completions with a suffix (default spm: typing at the cursor "
+                   "only appends to the prompt; docs/editor.md)")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -55,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
     cfg = ServerConfig(host=args.host, port=args.port, api_key=api_key(args), max_sessions=args.max_sessions,
                        max_queue=args.max_queue, idle_timeout_s=args.idle_timeout, prefill_ahead=args.prefill_ahead,
-                       allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin))
+                       fim_order=args.fim_order, allowed_hosts=tuple(args.allow_host),
+                       allowed_origins=tuple(args.allow_origin))
     app = build_app(engine, cfg)
     server = make_uvicorn(app, args.host, args.port)
     warn_if_exposed(args.host, cfg.api_key, "pairline serve", f"set {API_KEY_ENV}")

@@ -28,3 +28,4 @@ class ServerConfig:
     retry_after_s: int = 1
     ahead: AheadLimits = field(default_factory=AheadLimits)  # draft and context limits per session
     prefill_ahead: bool = True  # prefill sessions' drafts and context while the engine idles
+    fim_order: str = "spm"  # infill prompts (completions with a suffix): engine/fim.py

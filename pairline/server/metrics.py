@@ -22,6 +22,8 @@ class Metrics:
             "queue": h("pairline:request_queue_time_seconds", "Time a request waited for the engine."),
             "prefill": h("pairline:request_prefill_time_seconds", "Prompt evaluation time (uncached tokens only)."),
             "decode": h("pairline:request_decode_time_seconds", "First token to last token."),
+            "fim_ttft": h("pairline:fim_time_to_first_token_seconds",
+                          "Infill requests (completions with a suffix): arrival to the first token."),
         }
         self.counters: dict[str, float] = {
             "pairline:prompt_tokens_total": 0,
@@ -34,6 +36,9 @@ class Metrics:
             "pairline:prefill_ahead_tokens_total": 0,
             "pairline:prefill_ahead_seconds_total": 0,
             "pairline:prefill_ahead_used_tokens_total": 0,
+            # infill requests (an editor's inline suggestions), and those cancelled by a newer keystroke
+            "pairline:fim_requests_total": 0,
+            "pairline:fim_requests_cancelled_total": 0,
         }
         self.finished: dict[str, int] = {}  # finished_reason -> count
         self.errors: dict[str, int] = {}  # error code -> count

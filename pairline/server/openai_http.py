@@ -1,6 +1,7 @@
 """The server's OpenAI-compatible HTTP: /v1/chat/completions, /v1/completions (SSE or not),
 /v1/models. Wire formats (pairline.wire.openai) match OpenAI's field for field; pairline adds
 `timings` (the server's own) to the final chunk or body, and the `grammar` request field (below).
+`/v1/completions` takes OpenAI's `suffix`: the completion is an infill between `prompt` and it.
 Requests share the engine through the scheduler; their KV goes to the prefix cache, so a request
 repeating an earlier prefix prefills only the rest.
 
@@ -13,15 +14,18 @@ same `grammar` field): a bad schema or grammar is a 400, never a broken stream."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
 import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from pairline.engine.constraint import Grammar
+from pairline.engine.fim import fim_prompt
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
 from pairline.server.scheduler import Job, QueueFull
@@ -56,7 +60,7 @@ CHAT_FIELDS = frozenset(_COMMON | {"messages", "max_completion_tokens", "paralle
 COMPLETION_FIELDS = frozenset(_COMMON | {"prompt", "echo", "best_of", "suffix"})
 _NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
             "best_of": (1,), "echo": (False,), "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
-            "logit_bias": ({},), "suffix": ("",)}
+            "logit_bias": ({},)}
 _FORMATS = ("text", "json_object", "json_schema")
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -143,6 +147,24 @@ def request_grammar(body: dict) -> tuple[Grammar | None, str]:
     return parse_grammar(ext), "grammar"  # the same field as a session's response.create
 
 
+def _completion_prompt(server, prompt: str, suffix: object,
+                       params: SamplingParams) -> tuple[Callable[[], list[int]], SamplingParams]:
+    """A completion's prompt: plain text (control tokens written in it count, as OpenAI's raw
+    prompts do), or with `suffix` an infill at the end of `prompt` (engine/fim.py: the model's FIM
+    tokens, in the server's order; the file is content there)."""
+    tokenizer = server.engine.tokenizer
+    if suffix is None:
+        return (lambda: tokenizer.encode(prompt)), params
+    if not isinstance(suffix, str):
+        raise _bad("'suffix' must be a string", "suffix", "invalid_type")
+    fmt = server.fim
+    if not fmt.uses_suffix and suffix:
+        raise ProtocolError(f"{server.model_name} has no fill-in-the-middle tokens, so it cannot take a 'suffix'; "
+                            "send the text before the cursor alone", code="unsupported_parameter", param="suffix")
+    params = dataclasses.replace(params, stop_token_ids=params.stop_token_ids + fmt.stop_ids)
+    return (lambda: fim_prompt(tokenizer, fmt, prompt, suffix)), params
+
+
 class HttpApi:
     def __init__(self, server):
         self.server = server
@@ -173,10 +195,7 @@ class HttpApi:
             else:
                 prompt = completion_prompt(body)
                 params = _sampling(body, s, "max_tokens", 16)
-                tokenizer = s.engine.tokenizer
-
-                def make_prompt() -> list[int]:
-                    return tokenizer.encode(prompt)
+                make_prompt, params = _completion_prompt(s, prompt, body.get("suffix"), params)
             prediction = parse_prediction(body.get("prediction"))
             grammar, grammar_param = request_grammar(body)
             stream = bool(body.get("stream"))
@@ -194,7 +213,7 @@ class HttpApi:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         job = Job("http", make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
-                  prediction=prediction, grammar=grammar)
+                  prediction=prediction, grammar=grammar, infill=not chat and body.get("suffix") is not None)
         try:
             s.scheduler.submit(job)
         except QueueFull as err:

@@ -61,6 +61,7 @@ class Job:
     sink: Callable[[str, object], None]  # ("token", TokenEvent) | ("done", Generation) | ("error", Exception)
     prediction: str | None = None
     grammar: Grammar | None = None  # what the answer must match (engine/constraint.py)
+    infill: bool = False  # a fill-in-the-middle completion (an editor's inline suggestion): metered apart
     cancel: CancelToken = field(default_factory=CancelToken)
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
@@ -431,6 +432,8 @@ class Scheduler:
         if not job.t_first:
             job.t_first = now
             self.metrics.observe("ttft", now - job.t_submit)
+            if job.infill:
+                self.metrics.observe("fim_ttft", now - job.t_submit)
         elif ev.token_id >= 0:
             self.metrics.observe("itl", now - job.t_last)
         job.t_last = now
@@ -460,6 +463,9 @@ class Scheduler:
         m.observe("prefill", g.timings.prefill_s)
         m.observe("decode", g.timings.decode_s)
         m.finish(g.finish_reason or "unknown")
+        if job.infill:
+            m.add("pairline:fim_requests_total")
+            m.add("pairline:fim_requests_cancelled_total", g.finish_reason == "cancelled")
         self._emit(job, "done", g)
 
     def _fail(self, job: Job, err: Exception) -> None:

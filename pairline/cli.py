@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pairline.assistant import agent_cmd, chat_cmd, edit_cmd
     from pairline.bench import cli as bench_cli
     from pairline.bench import eval_cli
+    from pairline.editor import cli as editor_cli
     from pairline.engine import cli as engine_cli
     from pairline.models import cli as models_cli
     from pairline.router import cli as router_cli
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.add_parser(sub)
     router_cli.add_parser(sub)
     engine_cli.add_parser(sub)
+    editor_cli.add_parser(sub)
     return parser
 
 

@@ -6,7 +6,6 @@ attack, stays flat), and the key is required while no `ps` shows it."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import subprocess
@@ -19,38 +18,17 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from tests.serve_helpers import serve_process
+
 KEY = "s3cret-key-from-the-environment"
 BIG = 50 << 20  # each attack body
 PIECE = 1 << 20
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve():
-    port = free_port()
-    env = {**os.environ, "PAIRLINE_API_KEY": KEY, "PAIRLINE_THREADS": os.environ.get("PAIRLINE_THREADS", "1")}
-    proc = subprocess.Popen([sys.executable, "-m", "pairline.cli", "serve", "--model", "smollm2-135m", "--port",
-                             str(port), "--ctx", "512"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "pairline serve did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serve_process("smollm2-135m", 512, PAIRLINE_API_KEY=KEY) as (proc, port):
         yield proc, port
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def rss(pid: int) -> int:

@@ -10,15 +10,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.serve_helpers import serve_process
 
 EXT = Path(__file__).resolve().parents[1] / "editors" / "vscode"
 
@@ -76,32 +75,11 @@ def test_node_tests_pass(npm):
     assert "PAIRLINE_TEST_SERVER is not set" in out and "PAIRLINE_TEST_LSP is not set" in out  # and they say why
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_node_tests_against_a_real_server(npm, smollm2_gguf):
     """The whole node suite with a real server: the session tests talk to it, and the extension starts
     the real `pairline lsp --server` on it (no second model load)."""
-    port = free_port()
-    env = {**os.environ, "PAIRLINE_THREADS": os.environ.get("PAIRLINE_THREADS", "1")}
-    env.pop("PAIRLINE_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "pairline.cli", "serve", "--model", str(smollm2_gguf), "--port",
-                             str(port), "--ctx", "1024"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "pairline serve did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serve_process(str(smollm2_gguf), 1024, PAIRLINE_API_KEY="") as (_, port):  # no key: node sends none
         env = node_env(PAIRLINE_TEST_SERVER=f"http://127.0.0.1:{port}", PAIRLINE_TEST_LSP_MODEL="smollm2-135m",
                        PAIRLINE_TEST_LSP=f'"{sys.executable}" -m pairline.cli')
         out = run([npm, "test"], timeout=240, env=env)
@@ -111,9 +89,6 @@ def test_node_tests_against_a_real_server(npm, smollm2_gguf):
                      "real server: a cancel stops the turn, a steer continues it",
                      "real language server: inline suggestion, then Edit selection applies the server's edit"):
             assert re.search(rf"^ok \d+ - {re.escape(name)}$", out, re.M), f"{name!r} did not pass:\n{out[-4000:]}"
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def test_vsix_packages(npm):

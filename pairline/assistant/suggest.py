@@ -44,8 +44,8 @@ DEFAULT_MAX_TOKENS = 64
 
 class Suggestion:
     """One suggestion as it streams. Iterate it (once) for text deltas; afterwards `text`,
-    `finish_reason`, `first_s` (suggest() to the first shown character, None if nothing was shown)
-    and `timings` (the engine's, in-process only) are final."""
+    `finish_reason`, `first_s` (suggest() to the first shown character, None if nothing was shown),
+    `first_token_s` (to the model's first token) and `timings` (the engine's, in-process only) are final."""
 
     def __init__(self, produce: Callable[[Suggestion], Iterator[str]], cancel: CancelToken):
         self._produce = produce
@@ -54,6 +54,7 @@ class Suggestion:
         self.text = ""
         self.finish_reason: str | None = None
         self.first_s: float | None = None
+        self.first_token_s: float | None = None  # the model's first token, shown or held by the stop rules
         self.total_s: float | None = None
         self.timings = Timings()
         self.prompt_tokens = 0
@@ -71,6 +72,8 @@ class Suggestion:
             for delta in self._produce(self):
                 if self._cancel.cancelled:
                     break  # a newer keystroke: nothing more is shown for this position
+                if self.first_token_s is None:
+                    self.first_token_s = time.perf_counter() - self.started
                 if delta:
                     if self.first_s is None:
                         self.first_s = time.perf_counter() - self.started

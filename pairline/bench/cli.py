@@ -2,7 +2,8 @@
 
 Subcommands: `engine` (pairline's runtimes against llama.cpp and HF transformers on the same
 weights), `overhead` (transport and session cost), `edit` (real edits end to end), `cancel`
-(cancel latency inside a long prefill) and `typeahead` (TTFT after Enter with prefill ahead)."""
+(cancel latency inside a long prefill), `typeahead` (TTFT after Enter with prefill ahead) and `fim`
+(inline suggestions while typing, and infill accuracy)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from pairline.bench.typeahead import add_parser as add_typeahead_parser
 
     add_typeahead_parser(sub)  # `pairline bench typeahead`
+
+    from pairline.bench.fim import add_parser as add_fim_parser
+
+    add_fim_parser(sub)  # `pairline bench fim`
 
 
 def cmd_engine(args: argparse.Namespace) -> int:

@@ -232,7 +232,7 @@ def conversion_cache_state(model: str, dtype: str) -> str:
 
 
 @contextlib.contextmanager
-def _extra_bufts(on: bool):
+def extra_bufts(on: bool):
     """llama-cpp-python's Llama() has no option for llama.cpp's `use_extra_bufts` (the weight repack):
     hand it default model params with the field set, for the length of one load."""
     import llama_cpp.llama as high_level
@@ -269,7 +269,7 @@ class LlamaCppBackend:
         # where the repack crashes (AMX, docs/engine.md) the peer's plain Llama() would crash too
         self.repack = preferred_repack(Path(model_path))
         t1 = time.perf_counter()
-        with _extra_bufts(self.repack):
+        with extra_bufts(self.repack):
             self.llm = llama_cpp.Llama(
                 model_path=model_path,
                 n_ctx=n_ctx,

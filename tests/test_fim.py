@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 
 import httpx
 import pytest
@@ -187,9 +189,29 @@ def test_server_completions_take_a_suffix(qwen_engine):
         assert text.strip().startswith("a + b")
         bad = httpx.post(srv.base_url + "/v1/completions", json=body | {"suffix": 3}, timeout=30)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "suffix"
+        # the HTTP suggester (`pairline lsp --server`): the same infill, and latest wins at once
+        from pairline.assistant.suggest import HttpSuggester
+
+        remote = HttpSuggester(srv.base_url)
+        assert remote.suggest(CODE_PRE, CODE_SUF, max_tokens=8).run().text.strip().startswith("a + b")
+        long = remote.suggest("# the first 60 prime numbers\nPRIMES = [", "]\n", max_tokens=300,
+                              rules=InlineRules(max_lines=60))
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.extend(long))
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        newer = remote.suggest(CODE_PRE, CODE_SUF, max_tokens=4)  # the next keystroke
+        reader.join(30)
+        assert not reader.is_alive() and time.monotonic() - t0 < 5 and long.finish_reason == "cancelled"
+        assert newer.run().finish_reason in ("stop", "length")
+        remote.close()
         metrics = httpx.get(srv.base_url + "/metrics", timeout=30).text
         assert 'pairline:fim_requests_total{model_name=' in metrics
         assert "pairline:fim_time_to_first_token_seconds_count" in metrics
+        assert re.search(r"pairline:fim_requests_cancelled_total\{[^}]*\} [1-9]", metrics), metrics[-2000:]
 
 
 def test_server_refuses_a_suffix_for_a_model_without_fim_tokens(smol_tok):

@@ -213,6 +213,19 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def _runtime_of(suggester) -> str | None:
+    """Which runtime served the suggestions: the in-process engine's, or `pairline serve`'s (its
+    /health says); None for a peer that does not say."""
+    from pairline.assistant.suggest import HttpSuggester, LocalSuggester
+
+    if isinstance(suggester, LocalSuggester):
+        return suggester.engine.runtime.name
+    if isinstance(suggester, HttpSuggester):
+        with contextlib.suppress(Exception):
+            return httpx.get(suggester.base + "/health", timeout=5).json().get("runtime")
+    return None
+
+
 def run_fim_latency(cfg: FimBenchConfig) -> dict:
     from pairline.bench.common import machine_info
     from pairline.models.fetch import resolve
@@ -234,7 +247,8 @@ def run_fim_latency(cfg: FimBenchConfig) -> dict:
             for i, place in enumerate(places):
                 cfg.log(f"{name}: typing line {place.line + 1} ({len(place.typed)} characters)")
                 records += [r | {"place": i} for r in type_place(suggester, place, cfg)]
-            result["engines"][name] = {"summary": summarize(records), "records": records}
+            result["engines"][name] = {"summary": summarize(records), "records": records,
+                                       "runtime": _runtime_of(suggester)}
         finally:
             suggester.close()
             if proc is not None:

@@ -18,7 +18,7 @@ from pairline.engine.fim import (
     fim_format,
     fim_prompt,
     heal_grammar,
-    healed_text,
+    healed_prompt,
     window,
 )
 from pairline.engine.tokenizer import Tokenizer
@@ -54,8 +54,9 @@ def test_prompt_orders_and_file_text_stays_content(qwen_tok):
     assert qwen_tok.decode(fim_prompt(qwen_tok, psm, pre, suf)) == (
         "<|fim_prefix|>" + pre + "<|fim_suffix|>" + suf + "<|fim_middle|>")
     # healing leaves the prefix's last token out; the answer must start with its text
-    healed = fim_prompt(qwen_tok, spm, "return a ", suf, heal=True)
-    assert qwen_tok.decode(healed).endswith("<|fim_middle|>return a") and healed_text(qwen_tok, "return a ") == " "
+    healed, text = healed_prompt(qwen_tok, spm, "return a ", suf)
+    assert qwen_tok.decode(healed).endswith("<|fim_middle|>return a") and text == " "
+    assert healed_prompt(qwen_tok, spm, "", suf)[1] == ""
     assert heal_grammar("") is None and heal_grammar(" (").source.startswith(r"\ \(")
 
 

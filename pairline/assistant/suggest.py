@@ -9,8 +9,9 @@
     sug.text, sug.finish_reason          # stop | length | cancelled
 
 The in-process suggester keeps its own KV cache (an engine fork), so the file stays prefilled across
-keystrokes whatever else the model does, and the FIM prompt puts the suffix first (engine/fim.py):
-typing at the cursor appends to the prompt, and a keystroke prefills only its own few tokens.
+keystrokes whatever else the model does, and the FIM prompt puts the text before the cursor last
+(engine/fim.py): typing at the cursor appends to the prompt, and a keystroke prefills only its own few
+tokens.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from pairline.engine.fim import (
     InlineRules,
     InlineStopper,
     fim_format,
-    fim_prompt,
     heal_grammar,
-    healed_text,
+    healed_prompt,
     window,
 )
 from pairline.engine.generate import CancelToken, Engine, Timings
@@ -144,8 +144,7 @@ class LocalSuggester:
     def prompt(self, prefix: str, suffix: str) -> tuple[list[int], str]:
         """The windowed, healed prompt's ids, and the healed text the answer starts with."""
         prefix, suffix = window(prefix, suffix)
-        tok = self.engine.tokenizer
-        return fim_prompt(tok, self.fmt, prefix, suffix, heal=True), healed_text(tok, prefix)
+        return healed_prompt(self.engine.tokenizer, self.fmt, prefix, suffix)
 
     def suggest(self, prefix: str, suffix: str, *, max_tokens: int = DEFAULT_MAX_TOKENS,
                 rules: InlineRules | None = None) -> Suggestion:
@@ -225,7 +224,7 @@ class HttpSuggester:
         self._latest = _Latest()
         self._fim = True  # cleared once the server says its model has no FIM tokens
         self._lock = threading.Lock()
-        self._open: tuple[object, CancelToken] | None = None  # the newest suggestion's stream
+        self._open: httpx.Response | None = None  # the newest suggestion's stream
 
     @property
     def client(self) -> Client:
@@ -283,16 +282,15 @@ class HttpSuggester:
         """Remember the stream a suggestion reads, so that the next keystroke closes it at once:
         a request still queued or prefilling sends nothing the reader could notice a cancel between."""
         with self._lock:
-            self._open = (resp, cancel)
+            self._open = resp
             if cancel.cancelled:
                 _abort(resp)
 
     def _close_open(self) -> None:
         with self._lock:
             if self._open is not None:
-                resp, _ = self._open
+                _abort(self._open)
                 self._open = None
-                _abort(resp)
 
     def warm(self, prefix: str, suffix: str) -> None:
         """Nothing here: OpenAI's completions have no prefill-only request."""

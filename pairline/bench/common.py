@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
+import socket
 import statistics
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -181,6 +185,56 @@ def summary(values: list[float | None]) -> dict:
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is missing (or zero)."""
     return a / b if a and b else None
+
+
+def nearest_rank(sorted_vals: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) of sorted values by nearest rank; None when there are none."""
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(len(sorted_vals) - 1, int(round(q * (len(sorted_vals) - 1))))]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of k successes in n (95% with the default z), as fractions; sane
+    at 0 and n, unlike the normal one. None for n = 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ----------------------------------------------------------------------------------- server processes
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_process(cmd: list[str], ready_url: str, name: str, log_path: Path, env: dict | None = None,
+                  timeout: float = 300.0) -> subprocess.Popen:
+    """Start a server process (its output to `log_path`) and return once `ready_url` answers 200;
+    RuntimeError, naming the log, if it exits first or does not answer in `timeout` seconds."""
+    import httpx
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{name} did not answer in {timeout:.0f} s; see {log_path}")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.25)
 
 
 # ----------------------------------------------------------------------------------- printing

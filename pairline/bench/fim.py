@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from pairline.bench.common import free_port, nearest_rank, start_process
 
 ENGINES = ("pairline", "pairline-serve", "llamacpp-server")
 MODULE = "textwrap"  # a real module of the standard library
@@ -82,28 +81,6 @@ def scene(cfg: FimBenchConfig) -> tuple[str, list[Place]]:
 # --------------------------------------------------------------------------- engines
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], base: str, name: str, log_dir: Path) -> subprocess.Popen:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"fim-{name}.log"
-    proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError(f"{name} did not answer in 300 s; see {log_path}")
-
-
 def open_engine(name: str, cfg: FimBenchConfig, gguf: Path):
     """(suggester, server process or None) for one engine."""
     from pairline.assistant.suggest import HttpSuggester, LocalSuggester
@@ -112,7 +89,7 @@ def open_engine(name: str, cfg: FimBenchConfig, gguf: Path):
         from pairline.engine.load import load_engine
 
         return LocalSuggester(load_engine(cfg.model, runtime=cfg.runtime, n_ctx=cfg.n_ctx), order=cfg.order), None
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     if name == "pairline-serve":
         cmd = [sys.executable, "-m", "pairline.cli", "serve", "--model", cfg.model, "--port", str(port),
@@ -136,7 +113,8 @@ def open_engine(name: str, cfg: FimBenchConfig, gguf: Path):
                "--n_threads", str(os.cpu_count() or 2), "--verbose", "false"]
     else:
         raise ValueError(f"unknown engine {name!r}; one of {', '.join(ENGINES)}")
-    proc = _start(cmd, base, name, Path("bench-results"))
+    # /v1/models: llama.cpp's server has no /health
+    proc = start_process(cmd, base + "/v1/models", name, Path("bench-results") / f"fim-{name}.log")
     try:
         return HttpSuggester(base), proc
     except Exception:
@@ -189,10 +167,7 @@ def type_place(suggester, place: Place, cfg: FimBenchConfig) -> list[dict]:
 def percentile(values: list[float], q: float) -> float | None:
     """The q-quantile where missing values (censored: nothing came before the next keystroke) rank
     above every measured one; None when the quantile falls among them."""
-    if not values:
-        return None
-    ranked = sorted(v if v is not None else float("inf") for v in values)
-    v = ranked[min(len(ranked) - 1, int(round(q * (len(ranked) - 1))))]
+    v = nearest_rank(sorted(v if v is not None else float("inf") for v in values), q)
     return None if v == float("inf") else v
 
 
@@ -222,7 +197,7 @@ def _runtime_of(suggester) -> str | None:
         return suggester.engine.runtime.name
     if isinstance(suggester, HttpSuggester):
         with contextlib.suppress(Exception):
-            return httpx.get(suggester.base + "/health", timeout=5).json().get("runtime")
+            return suggester.http.get("/health", timeout=5).json().get("runtime")
     return None
 
 

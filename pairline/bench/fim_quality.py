@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import difflib
 import io
-import math
 import random
 import statistics
 import sys
@@ -31,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from pairline.bench.common import wilson
 
 # Modules of real, plain code (no generated tables, no C wrappers), in a fixed order: the case set is
 # a function of this list, the seed and the Python version (recorded with the result).
@@ -217,16 +218,6 @@ def score(case: Case, got: str) -> dict:
     want, have = normalize(case.expected, case.kind), normalize(got, case.kind)
     return {"em": have == want, "parses": parses(case.prefix + got + case.suffix),
             "sim": difflib.SequenceMatcher(None, have, want, autojunk=False).ratio(), "empty": not got.strip()}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The Wilson score interval of k successes in n (95% with the default z); None for n = 0."""
-    if n <= 0:
-        return None
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(results: list[dict]) -> list[dict]:

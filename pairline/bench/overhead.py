@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ import httpx
 from websockets.sync.client import connect
 
 from pairline.bench.common import console as make_console
-from pairline.bench.common import git_state, machine_info, median, table
+from pairline.bench.common import free_port, git_state, machine_info, median, nearest_rank, start_process, table
 
 MODES = ("a_http_new_conn", "b_http_keepalive", "c_websocket")
 QUESTIONS = [
@@ -322,48 +321,25 @@ def load_run(base_url: str, cfg: OverheadConfig, source_head: str) -> dict:
     hung = sum(t.is_alive() for t in threads)
     ttfts.sort()
     return {"sessions": cfg.load_sessions, "seconds": cfg.load_seconds, "turns": turns[0],
-            "ttft_p50_s": _pct(ttfts, 0.5), "ttft_p99_s": _pct(ttfts, 0.99), "ttft_max_s": ttfts[-1] if ttfts else None,
+            "ttft_p50_s": nearest_rank(ttfts, 0.5), "ttft_p99_s": nearest_rank(ttfts, 0.99),
+            "ttft_max_s": ttfts[-1] if ttfts else None,
             "errors": len(errors) + hung, "hung_sessions": hung, "error_messages": sorted(set(errors))[:10]}
-
-
-def _pct(sorted_vals: list[float], q: float) -> float | None:
-    if not sorted_vals:
-        return None
-    return sorted_vals[min(len(sorted_vals) - 1, int(round(q * (len(sorted_vals) - 1))))]
 
 
 # ---------------------------------------------------------------- the server process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(cfg: OverheadConfig) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     if cfg.threads:
         env["PAIRLINE_THREADS"] = str(cfg.threads)
     cmd = [sys.executable, "-m", "pairline.cli", "serve", "--model", cfg.model, "--port", str(port), "--ctx",
            str(cfg.n_ctx), "--max-sessions", str(max(8, cfg.load_sessions + 3)), "--max-queue", "64"]
-    log_path = Path("bench-results") / f"overhead-server-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pairline serve exited with {proc.returncode}; see {log_path}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("pairline serve did not become healthy in 300 s")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.25)
+    log_path = Path("bench-results") / f"overhead-server-{port}.log"
+    proc = start_process(cmd, base + "/health", "pairline serve", log_path, env=env)
+    return proc, base
 
 
 def run_overhead(cfg: OverheadConfig) -> dict:

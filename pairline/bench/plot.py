@@ -6,9 +6,9 @@ pass@1 with a 95% Wilson interval, which at a few dozen problems is wide and wor
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+from pairline.bench.common import wilson as fraction_interval
 from pairline.errors import PairlineError
 
 _COLORS = {"realtime": "#1f77b4", "deep": "#d62728"}
@@ -28,11 +28,9 @@ def load_results(paths: list[str | Path]) -> list[dict]:
 
 
 def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% interval of a proportion, in percent; sane at 0 and n, unlike the normal one."""
-    p = passed / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+    """95% interval of a proportion, in percent (bench/common.py's Wilson interval)."""
+    lo, hi = fraction_interval(passed, n, z)
+    return 100 * lo, 100 * hi
 
 
 def plot(results: list[dict], out: str | Path, title: str | None = None) -> Path:

@@ -11,7 +11,7 @@ A model with no FIM tokens (SmolLM2) is completed from the prefix alone ("prefix
 continuation, which ignores what follows the cursor.
 
 Token healing: a prompt that ends inside a word or after a space ends on a token the model rarely
-saw there ("return " is "return" + " " where the model would write "return" + " a"). `heal` backs
+saw there ("return " is "return" + " " where the model would write "return" + " a"). `healed_prompt` backs
 off the prefix's last token and returns its text, which the answer must start with (a regex
 constraint) and which the suggestion then leaves out.
 """
@@ -97,12 +97,20 @@ def window(prefix: str, suffix: str, prefix_chars: int = PREFIX_CHARS, suffix_ch
     return prefix, suffix
 
 
-def fim_prompt(tokenizer: Tokenizer, fmt: FimFormat, prefix: str, suffix: str, heal: bool = False) -> list[int]:
-    """The ids of an infill request. The file is content: control tokens written in it stay text.
-    With `heal`, the prefix's last token is left out (`healed_text` says what it was)."""
+def fim_prompt(tokenizer: Tokenizer, fmt: FimFormat, prefix: str, suffix: str) -> list[int]:
+    """The ids of an infill request. The file is content: control tokens written in it stay text."""
+    return _assemble(tokenizer, fmt, tokenizer.encode_text(prefix), suffix)
+
+
+def healed_prompt(tokenizer: Tokenizer, fmt: FimFormat, prefix: str, suffix: str) -> tuple[list[int], str]:
+    """`fim_prompt` without the prefix's last token, and that token's text, which the answer must
+    start with ("" for an empty prefix). The prefix is tokenized once: this runs at every keystroke."""
     pre = tokenizer.encode_text(prefix)
-    if heal and pre:
-        pre = pre[:-1]
+    healed = tokenizer.decode(pre[-1:]) if pre else ""
+    return _assemble(tokenizer, fmt, pre[:-1], suffix), healed
+
+
+def _assemble(tokenizer: Tokenizer, fmt: FimFormat, pre: list[int], suffix: str) -> list[int]:
     bos = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
     if fmt.order == "prefix":
         return bos + pre
@@ -110,13 +118,6 @@ def fim_prompt(tokenizer: Tokenizer, fmt: FimFormat, prefix: str, suffix: str, h
     if fmt.order == "spm":
         return bos + [fmt.prefix_id, fmt.suffix_id, *suf, fmt.middle_id, *pre]
     return bos + [fmt.prefix_id, *pre, fmt.suffix_id, *suf, fmt.middle_id]
-
-
-def healed_text(tokenizer: Tokenizer, prefix: str) -> str:
-    """The text of the prefix's last token, which `fim_prompt(..., heal=True)` leaves out and the
-    answer must start with ("" for an empty prefix)."""
-    ids = tokenizer.encode_text(prefix)
-    return tokenizer.decode(ids[-1:]) if ids else ""
 
 
 def heal_grammar(text: str) -> Grammar | None:

@@ -366,9 +366,8 @@ async def suggest(server: PairlineLanguageServer, params: types.InlineCompletion
     finally:
         if server.tickets.running_now(uri) is suggestion:
             server.tickets.running(uri, None)
-    # Stale or cut short by a newer request: an empty answer. These checks are the server's own,
-    # not the suggestion's finish_reason: a suggestion the inline stop rules ended may report
-    # "cancelled" too, and its text is then complete.
+    # Stale or cut short by a newer request: an empty answer. The server's own tickets decide, since
+    # a newer request for another document also cancels this one (one suggester serves them all).
     if not server.tickets.is_newest(uri, number) or server.newest_suggestion is not suggestion:
         log.debug("inline completion for %s went stale", uri)
         return []

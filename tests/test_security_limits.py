@@ -27,7 +27,9 @@ PIECE = 1 << 20
 
 @pytest.fixture(scope="module")
 def serve():
-    with serve_process("smollm2-135m", 512, PAIRLINE_API_KEY=KEY) as (proc, port):
+    # llama.cpp alone: on a bf16 CPU the auto runtime is the split one, whose torch side loads in
+    # the background and could land during the attack below, growing the RSS that test samples
+    with serve_process("smollm2-135m", 512, PAIRLINE_API_KEY=KEY, PAIRLINE_RUNTIME="llamacpp") as (proc, port):
         yield proc, port
 
 

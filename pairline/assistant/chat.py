@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pairline.assistant import prompts
 from pairline.assistant.client import Client, open_client
-from pairline.assistant.coder import Coder, Event, FileState, answer_primer, load_file
+from pairline.assistant.coder import Coder, Event, FileState, TurnResult, TurnStats, answer_primer, load_file
 from pairline.assistant.diffs import diff_counts, unified_diff
 from pairline.assistant.workspace import FileChangedError, Workspace
 from pairline.engine.generate import CancelToken
@@ -224,16 +224,21 @@ class ChatSession:
         return states
 
     def _turn(self, instruction: str, cancel: CancelToken) -> None:
+        status = "error"
         try:
-            self._run_turn(instruction, cancel)
+            status = self._run_turn(instruction, cancel)
             if not cancel.cancelled:  # interrupted or steered: the next turn starts at once
                 self._post_ahead(self.draft)  # what the user typed meanwhile, on the grown history
         except PairlineError as err:
-            self.write(f"\n[error: {err}]\n")
+            self.fail(str(err))
         except Exception as err:  # a bug must not kill the REPL or lose the user's files
-            self.write(f"\n[internal error: {type(err).__name__}: {err}; nothing written]\n")
+            self.fail(f"internal error: {type(err).__name__}: {err}; nothing written")
+        finally:
+            self.ended(instruction, status)
 
-    def _run_turn(self, instruction: str, cancel: CancelToken) -> None:
+    def _run_turn(self, instruction: str, cancel: CancelToken) -> str:
+        """One turn; returns how it ended: answered (a question), cancelled, malformed, unchanged, or
+        what `deliver` made of the edit."""
         states = self._file_states()
         with self.lock:
             request = turn_request(self.client, states, self.shown, self.history, instruction)
@@ -241,29 +246,32 @@ class ChatSession:
                 self.shown.update(request.shown)
         if request.asking:
             self._ask(request, cancel)
-            return
+            return "cancelled" if cancel.cancelled else "answered"
         messages, user = request.messages, request.messages[-1]
-        coder = Coder(self.client, self.ws, on_event=self._on_event)
+        coder = Coder(self.client, self.ws, on_event=self.on_event)
         result = coder.run_blocks(states, messages, prefix=request.prefix, cancel=cancel, max_tokens=self.max_tokens,
                                   instruction=instruction)
         self.write("\n" if result.answer and not result.answer.endswith("\n") else "")
         with self.lock:
             self.history += [user, {"role": "assistant", "content": result.answer}]
-        stats = result.stats
-        if result.status == "cancelled":
-            self.readout(stats.line())
-            return
-        if result.status == "malformed":
+        status = result.status
+        if status == "malformed":
             self.write("[the edit did not apply; nothing written]\n")
             for err in result.errors:
                 self.write(f"  {err}\n")
-        elif result.status == "unchanged":
+        elif status == "unchanged":
             self.write("[no changes]\n")
-        else:
-            self._write_result(result, instruction)
-        self.readout(stats.line())
+        elif status != "cancelled":
+            status = self.deliver(result, instruction)
+        self.report(result.stats)
+        return status
 
-    def _write_result(self, result, instruction: str) -> None:
+    # ---------------------------------------------------------------- hooks: what a surface shows
+    # (the terminal's are here; the web app, pairline/app/session.py, overrides them)
+
+    def deliver(self, result: TurnResult, instruction: str) -> str:
+        """A turn's edit, complete and checked: write it (one undo entry), show its diff. Returns
+        "applied", or "conflict" when a file changed on disk meanwhile (nothing written)."""
         writes = [(real, new, result.files[real].fingerprint) for real, new in result.new_texts.items()]
         try:
             entry = self.ws.apply(writes, instruction)
@@ -271,7 +279,7 @@ class ChatSession:
             self.write(f"[{err}; the file will be re-read and shown to the model next turn]\n")
             for real in result.new_texts:
                 self.shown.pop(real, None)
-            return
+            return "conflict"
         for real, new in result.new_texts.items():
             state = result.files[real]
             self._print_diff(unified_diff(state.text or "", new, state.shown))
@@ -281,23 +289,21 @@ class ChatSession:
             self.write(f"[{note}]\n")
         where = f" (commit {entry.commit[:10]})" if entry.commit else ""
         self.write(f"[applied to {', '.join(c.path for c in entry.changes)}{where}; /undo to revert]\n")
+        return "applied"
 
-    def _ask(self, request: TurnRequest, cancel: CancelToken) -> None:
-        messages, user = request.messages, request.messages[-1]
-        reply = self.client.stream(messages, max_tokens=min(MAX_ASK_TOKENS, self.max_tokens), cancel=cancel)
-        for delta in reply:
-            self.write(delta)
-        self.write("\n")
-        with self.lock:
-            self.history += [user, {"role": "assistant", "content": reply.text}]
-        t = reply.timings
-        ttft = f"{t.ttft_s:.2f} s" if t.ttft_s else "–"
-        self.readout(
-            f"TTFT {ttft} · {t.decode_tokens_per_s:.0f} tok/s · {reply.usage.accepted_draft_tokens} draft tokens "
-            f"accepted · {reply.tokens} tokens"
-        )
+    def report(self, stats: TurnStats) -> None:
+        """The turn's numbers: TTFT, tok/s, draft tokens accepted."""
+        self.readout(stats.line())
 
-    def _on_event(self, e: Event) -> None:
+    def fail(self, message: str) -> None:
+        """A turn ended in an error (nothing of it was written)."""
+        self.write(f"\n[error: {message}]\n")
+
+    def ended(self, instruction: str, status: str) -> None:
+        """A turn's thread is about to end, however it ended (the terminal shows nothing more)."""
+
+    def on_event(self, e: Event) -> None:
+        """What the coder streams: answer text, actions applied, failures."""
         if e.kind == "text":
             self.write(e.text)
         elif e.kind == "rename":
@@ -310,6 +316,19 @@ class ChatSession:
             self.write(f"\n[check failed: {e.text}]\n")
         elif e.kind == "retry":
             self.write("\n[retrying once with the errors]\n")
+
+    def _ask(self, request: TurnRequest, cancel: CancelToken) -> None:
+        messages, user = request.messages, request.messages[-1]
+        started = time.perf_counter()
+        reply = self.client.stream(messages, max_tokens=min(MAX_ASK_TOKENS, self.max_tokens), cancel=cancel)
+        for delta in reply:
+            self.write(delta)
+        self.write("\n")
+        with self.lock:
+            self.history += [user, {"role": "assistant", "content": reply.text}]
+        stats = TurnStats(mode="ask")
+        stats.add(reply, started)
+        self.report(stats)
 
     def readout(self, line: str) -> None:
         self.write(f"[{line}]\n")
@@ -422,22 +441,31 @@ class ChatSession:
         task = raw.split(None, 1)[1].strip() if args else (self.last_instruction or "")
         if not task:
             raise PairlineError("/deep needs a task: /deep TASK (or give an instruction first)")
+        self.start_deep(task)
+
+    def start_deep(self, task: str) -> None:
+        """Hand `task` to the deep tier in the turn's thread (the chat's files and recent
+        conversation go with it)."""
         cancel = CancelToken()
         thread = threading.Thread(target=self._deep, args=(task, cancel), daemon=True)
         self.turn = Turn(thread, cancel, time.perf_counter(), f"/deep {task}")
         thread.start()
 
     def _deep(self, task: str, cancel: CancelToken) -> None:
+        status = "error"
         try:
-            self._run_deep(task, cancel)
+            status = self._run_deep(task, cancel)
             if not cancel.cancelled:
                 self._post_ahead(self.draft)
         except PairlineError as err:
-            self.write(f"\n[deep mode error: {err}]\n")
+            self.fail(f"deep mode: {err}")
         except Exception as err:  # a bug must not kill the REPL
-            self.write(f"\n[internal error in deep mode: {type(err).__name__}: {err}]\n")
+            self.fail(f"internal error in deep mode: {type(err).__name__}: {err}")
+        finally:
+            self.ended(f"/deep {task}", status)
 
-    def _run_deep(self, task: str, cancel: CancelToken) -> None:
+    def _run_deep(self, task: str, cancel: CancelToken) -> str:
+        """The agent's run; returns applied (it edited files), unchanged, or cancelled."""
         from pairline.assistant.agent import Agent
 
         if self.deep_client is None:
@@ -447,7 +475,7 @@ class ChatSession:
                 self.write("[loading the deep model…]\n")
                 self.deep_client = self.open_deep()
         options = {"test_cmd": self.test_cmd, **self.deep_options}
-        agent = Agent(self.deep_client, self.ws, task, context=self._deep_context(), on_event=self._on_agent_event,
+        agent = Agent(self.deep_client, self.ws, task, context=self._deep_context(), on_event=self.on_agent_event,
                       **options)
         result = agent.run(cancel)
         if result.diff:
@@ -468,6 +496,9 @@ class ChatSession:
             self.shown.pop(real, None)
             if real.is_file() and real not in self.files:
                 self.files.append(real)
+        if cancel.cancelled:
+            return "cancelled"
+        return "applied" if result.edits else "unchanged"
 
     def _deep_context(self) -> str:
         """The chat's files (whole, while they are small) and the recent conversation, condensed."""
@@ -496,7 +527,8 @@ class ChatSession:
             out.append("The conversation so far (condensed):\n" + "\n".join(recent))
         return "\n\n".join(out)
 
-    def _on_agent_event(self, e: dict) -> None:
+    def on_agent_event(self, e: dict) -> None:
+        """What the agent streams: its run, answer text, steps, tool results."""
         kind = e["type"]
         if kind == "run":
             self.write(f"[deep mode · {e['model']} · run {e['run_id']} · up to {e['budgets']['max_steps']} steps · "

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from pairline.engine.constraint import warm as warm_grammar
 from pairline.engine.fim import fim_format
@@ -110,7 +112,9 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-def build_app(engine: Engine, cfg: ServerConfig | None = None) -> Starlette:
+def build_app(engine: Engine, cfg: ServerConfig | None = None, routes: list[BaseRoute] | None = None) -> Starlette:
+    """The server's app; `routes` are added to its own (the web app's page and socket: the caller
+    composes them, the server knows nothing of them)."""
     server = PairlineServer(engine, cfg or ServerConfig())
     api = HttpApi(server)
 
@@ -138,6 +142,7 @@ def build_app(engine: Engine, cfg: ServerConfig | None = None) -> Starlette:
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
             Route("/v1/completions", api.completions, methods=["POST"]),
             WebSocketRoute("/v1/responses", websocket_endpoint),
+            *(routes or ()),
         ],
         lifespan=lifespan,
     )
@@ -185,13 +190,32 @@ def make_uvicorn(app: Starlette, host: str, port: int, log_level: str = "info") 
     return UvicornServer(config, app.state.pairline)
 
 
+def run_server(engine: Engine, cfg: ServerConfig, sock, routes: list[BaseRoute] | None = None,
+               started: Callable[[], None] | None = None) -> None:
+    """`pairline serve` (and `pairline app`) until SIGTERM or Ctrl-C, on a socket already bound;
+    `started` is called (in a thread) once it accepts connections."""
+    server = make_uvicorn(build_app(engine, cfg, routes), cfg.host, cfg.port)
+    log.info("serving %s on http://%s:%d (ws://%s:%d/v1/responses), loaded in %.1fs", engine.model_name, cfg.host,
+             cfg.port, cfg.host, cfg.port, engine.load_s)
+    if started is not None:
+        def wait() -> None:
+            while not server.started and not server.should_exit:
+                time.sleep(0.02)
+            if server.started:
+                started()
+
+        threading.Thread(target=wait, daemon=True).start()
+    server.run(sockets=[sock])
+
+
 class ServerThread(UvicornThread):
     """A real pairline server on a free loopback port, in a thread (tests, benchmarks, in-process backends)."""
 
     what = "the test server"
 
-    def __init__(self, engine: Engine, cfg: ServerConfig | None = None, log_level: str = "warning"):
-        self.app = build_app(engine, cfg)
+    def __init__(self, engine: Engine, cfg: ServerConfig | None = None, log_level: str = "warning",
+                 routes: list[BaseRoute] | None = None):
+        self.app = build_app(engine, cfg, routes)
         super().__init__(lambda host, port: make_uvicorn(self.app, host, port, log_level))
 
     @property

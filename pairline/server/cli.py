@@ -12,19 +12,45 @@ API_KEY_ENV = "PAIRLINE_API_KEY"  # the same variable the clients (`--server`) s
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from pairline.engine.load import add_runtime_option
-    from pairline.models.registry import DEFAULT_REALTIME
-
     p = subparsers.add_parser(
         "serve",
         help="serve a model: WebSocket sessions at /v1/responses, OpenAI-compatible HTTP at /v1/...",
         description="Serve one model on HOST:PORT: the WebSocket session protocol at ws://HOST:PORT/v1/responses "
         "(docs/protocol.md), OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models, and /health, "
-        "/metrics. Binds loopback by default; SIGTERM closes open sessions with a final event.",
+        "/metrics, and the web app's page at / (docs/app.md; it needs --workspace). Binds loopback by default; "
+        "SIGTERM closes open sessions with a final event.",
     )
+    _add_options(p, port=8765)
+    p.add_argument("--workspace", metavar="DIR", default=None,
+                   help="the folder the web app at / edits (prints the app's URL, with its token, once serving)")
+    p.set_defaults(func=cmd_serve, open_browser=False, deep_model=None, commit=True, test_cmd="pytest -q")
+    a = subparsers.add_parser(
+        "app",
+        help="the web app on a folder: files, live diffs, accept per hunk, stop, steer, undo (opens the browser)",
+        description="Serve the real-time model and the web app on DIR (default: the current folder), and open the "
+        "browser on it: the URL carries a one-time token, so no other page can drive it (docs/app.md). Edits go "
+        "through the same workspace layer as `pairline edit`: atomic writes, refused if a file changed on disk, a "
+        "commit per accepted hunk in a git repository, exact undo. Binds loopback by default.",
+    )
+    a.add_argument("workspace", nargs="?", default=".", metavar="DIR", help="the folder to edit (default: .)")
+    _add_options(a, port=8766)
+    a.add_argument("--deep-model", default=None, metavar="NAME",
+                   help="the deep tier's model, loaded on the first deep turn (default: the 1.5B deep default; "
+                   "'same' runs deep turns on --model)")
+    a.add_argument("--no-browser", dest="open_browser", action="store_false", help="print the URL, open nothing")
+    a.add_argument("--no-commit", dest="commit", action="store_false", help="no git commit per accepted hunk")
+    a.add_argument("--test-cmd", default="pytest -q", help="what the deep tier runs as the tests (default: pytest -q)")
+    a.set_defaults(func=cmd_serve, open_browser=True)
+    return p
+
+
+def _add_options(p: argparse.ArgumentParser, port: int) -> None:
+    from pairline.engine.load import add_runtime_option
+    from pairline.models.registry import DEFAULT_REALTIME
+
     p.add_argument("--model", "-m", default=DEFAULT_REALTIME, help=f"name or path (default {DEFAULT_REALTIME})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on /v1 (HTTP and WebSocket). Prefer the {API_KEY_ENV} "
                    "environment variable, read when this flag is absent: a flag is visible to every user in `ps`")
@@ -41,33 +67,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--fim-order", default="spm", choices=["spm", "psm"],
                    help="infill prompt order for completions with a suffix (default spm: typing at the cursor "
                    "only appends to the prompt; docs/editor.md)")
-    p.set_defaults(func=cmd_serve)
-    return p
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`pairline serve`, and `pairline app` (the same with a workspace, and the browser opened)."""
+    from pairline.app.web import AppConfig, app_routes, app_url, deep_tier, local_client, new_token, workspace_root
     from pairline.engine.load import load_engine
     from pairline.errors import PairlineError
-    from pairline.server.app import build_app, make_uvicorn
-    from pairline.server.config import ServerConfig
+    from pairline.server.app import run_server
 
     if args.max_sessions < 1 or args.ctx < 64 or args.max_queue < 1:
         raise PairlineError("--max-sessions and --max-queue must be at least 1, --ctx at least 64")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    root = workspace_root(args.workspace) if args.workspace else None
     sock = bind_socket(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
     engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
-    cfg = ServerConfig(host=args.host, port=args.port, api_key=api_key(args), max_sessions=args.max_sessions,
-                       max_queue=args.max_queue, idle_timeout_s=args.idle_timeout, prefill_ahead=args.prefill_ahead,
-                       fim_order=args.fim_order, allowed_hosts=tuple(args.allow_host),
-                       allowed_origins=tuple(args.allow_origin))
-    app = build_app(engine, cfg)
-    server = make_uvicorn(app, args.host, args.port)
-    warn_if_exposed(args.host, cfg.api_key, "pairline serve", f"set {API_KEY_ENV}")
-    logging.getLogger("pairline.server").info("serving %s on http://%s:%d (ws://%s:%d/v1/responses), loaded in %.1fs",
-                                              engine.model_name, args.host, args.port, args.host, args.port,
-                                              engine.load_s)
-    server.run(sockets=[sock])
+    cfg = server_config(args)
+    warn_if_exposed(args.host, cfg.api_key, f"pairline {args.command}", f"set {API_KEY_ENV}")
+    # the web app's page is at / either way; its socket needs a workspace and the token of the printed URL
+    token = new_token()
+    app = AppConfig(root, token, local_client(args.host, args.port, cfg.api_key),
+                    open_deep=deep_tier(args.deep_model, args.model, args.ctx, args.runtime), commit=args.commit,
+                    test_cmd=args.test_cmd)
+
+    def started() -> None:
+        if root is None:
+            return
+        url = app_url(args.host, args.port, token)
+        print(f"pairline app: {url}  (workspace {root}; Ctrl-C stops it)", flush=True)
+        if args.open_browser:
+            import webbrowser
+
+            if not webbrowser.open(url):
+                print("pairline app: no browser found here; open the URL above", flush=True)
+
+    run_server(engine, cfg, sock, app_routes(app), started)
     return 0
+
+
+def server_config(args: argparse.Namespace):
+    """The ServerConfig of `pairline serve`'s options (`pairline app` takes the same)."""
+    from pairline.server.config import ServerConfig
+
+    return ServerConfig(host=args.host, port=args.port, api_key=api_key(args), max_sessions=args.max_sessions,
+                        max_queue=args.max_queue, idle_timeout_s=args.idle_timeout, prefill_ahead=args.prefill_ahead,
+                        fim_order=args.fim_order, allowed_hosts=tuple(args.allow_host),
+                        allowed_origins=tuple(args.allow_origin))
 
 
 def api_key(args: argparse.Namespace) -> str | None:

@@ -160,7 +160,8 @@ class AppSession:
         return self.chat.ws
 
     def ready(self) -> dict:
-        return {"type": "ready", "workspace": self.ws.root.name, "git": self.ws.git, "model": self.model_name,
+        model = Path(self.model_name).name if "/" in self.model_name else self.model_name  # a GGUF's path: its file
+        return {"type": "ready", "workspace": self.ws.root.name, "git": self.ws.git, "model": model,
                 "tiers": list(TIERS), "files": list_files(self.ws)}
 
     def handle(self, msg: dict) -> None:

@@ -137,7 +137,7 @@ def _open_session(cfg: AppConfig, send: Callable[[dict], None]) -> AppSession:
         ws = Workspace(cfg.root, git=True, commit=cfg.commit)
     open_deep = cfg.open_deep
     chat = AppChat(client=client, ws=ws, write=lambda text: None, send=send, test_cmd=cfg.test_cmd,
-                   open_deep=None if open_deep is None else lambda: track(open_deep))
+                   open_deep=None if open_deep is None else lambda: track(open_deep), whole_lines=False)
     return AppSession(chat, client.model_name, opened)
 
 

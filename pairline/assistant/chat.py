@@ -140,6 +140,7 @@ class ChatSession:
     deep_options: dict = field(default_factory=dict)  # Agent keyword arguments (budgets, n_ctx, ...)
     last_instruction: str | None = None
     draft: str = ""  # what the user is typing now, as the terminal last posted it (see ahead)
+    whole_lines: bool = True  # the answer is written a whole line at a time (the web app takes each piece)
 
     # ---------------------------------------------------------------- input
 
@@ -248,7 +249,7 @@ class ChatSession:
             self._ask(request, cancel)
             return "cancelled" if cancel.cancelled else "answered"
         messages, user = request.messages, request.messages[-1]
-        coder = Coder(self.client, self.ws, on_event=self.on_event)
+        coder = Coder(self.client, self.ws, on_event=self.on_event, whole_lines=self.whole_lines)
         result = coder.run_blocks(states, messages, prefix=request.prefix, cancel=cancel, max_tokens=self.max_tokens,
                                   instruction=instruction)
         self.write("\n" if result.answer and not result.answer.endswith("\n") else "")

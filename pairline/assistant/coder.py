@@ -216,8 +216,12 @@ class Coder:
         search_cap: int | None = -1,
         constrain: bool = True,
         hints: bool = True,
+        whole_lines: bool = True,
     ):
         self.client = client
+        # a terminal is shown whole lines only, so a line cut by a stop or a retry is never printed;
+        # a page can redraw, and shows each piece as it comes (its first token is its TTFT)
+        self.whole_lines = whole_lines
         # answers decoded under the edit grammars (edit_grammar.py), where the client can: a SEARCH
         # part that is not in the file, or a rewrite that stops early, cannot be written
         self.constrain = constrain and client.supports_grammar
@@ -294,7 +298,10 @@ class Coder:
                         continue  # cancelled: the engine stops within a step; drain it so its lock is released
                     kept += delta
                     held += delta
-                    if "\n" in held:
+                    if not self.whole_lines:
+                        self.on_event(Event("text", delta))
+                        held = ""
+                    elif "\n" in held:
                         cut = held.rfind("\n") + 1
                         self.on_event(Event("text", held[:cut]))
                         held = held[cut:]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from pairline.bench.app import CHROMIUM_ARGS
 from tests.serve_helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -29,8 +30,6 @@ pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "app"
 UPDATE = os.environ.get("PAIRLINE_UPDATE_SCREENSHOTS") == "1"
 CHROMIUM = os.environ.get("PAIRLINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 SRC = '''"""Shapes and their areas."""
 
 import math

@@ -5,6 +5,9 @@ protocol (streamed, stopped)."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -16,6 +19,7 @@ from pairline.app.web import AppConfig, app_routes, local_client
 from pairline.engine.load import load_engine
 from pairline.server.app import ServerThread
 from pairline.server.config import ServerConfig
+from tests.serve_helpers import free_port
 
 TOKEN = "test-token-not-secret"
 
@@ -126,3 +130,29 @@ def test_a_real_turn_streams_over_the_session_protocol_and_stops(app):
                                                                               "unchanged")
         assert stopped["ms"] < 2000
     assert (root / "calc.py").read_bytes() == before  # proposals only: nothing written without an accept
+
+
+def test_the_app_alone_runs_its_tabs_on_another_server(app, tmp_path):
+    """`pairline app DIR --server URL`: no model here; a tab's turn is a session of that server."""
+    srv, _root = app
+    (tmp_path / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pairline.cli", "app", str(tmp_path), "--no-browser", "--port",
+                             str(port), "--server", f"http://127.0.0.1:{srv.port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        token = re.search(r"#token=(\S+)", line)
+        assert token, (line, proc.stderr.read() if proc.poll() is not None else "")
+        with connect(f"ws://127.0.0.1:{port}/app/ws", open_timeout=10) as ws:
+            ws.send(json.dumps({"type": "hello", "token": token.group(1)}))
+            ready, _ = recv(ws, "ready")
+            assert ready["files"] == ["calc.py"]
+            ws.send(json.dumps({"type": "edit", "path": "calc.py", "instruction": "make add subtract",
+                                "tier": "realtime"}))
+            done, seen = recv(ws, "turn.done", timeout=180)
+            assert any(e["type"] == "delta" for e in seen) and done["stats"]["tokens"] > 0
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 404  # no model API of its own
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -232,3 +232,39 @@ def deep_tier(deep_model: str | None, model: str, n_ctx: int, runtime: str | Non
         return RemoteClient(started[0].ws_url)
 
     return open_deep
+
+
+def run_app_only(cfg: AppConfig, sock, host: str, port: int, allowed_hosts: tuple[str, ...] = (),
+                 allowed_origins: tuple[str, ...] = (), started: Callable[[], None] | None = None) -> None:
+    """The app alone, its model elsewhere (`pairline app --server URL`): the page, its socket and
+    the web guard, until Ctrl-C."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from pairline.wire.asgi import uvicorn_config, when_started
+    from pairline.wire.guard import WebGuard, WebPolicy
+
+    app = Starlette(routes=app_routes(cfg))
+    app.add_middleware(WebGuard, policy=WebPolicy.build(host, allowed_hosts, allowed_origins))
+    server = uvicorn.Server(uvicorn_config(app, host, port, "warning", MAX_MESSAGE_CHARS * 4, 5.0))
+    when_started(server, started)
+    server.run(sockets=[sock])
+
+
+def remote_tiers(url: str, api_key: str | None) -> tuple[Callable[[], RemoteClient], Callable[[], RemoteClient]]:
+    """A tab's clients on a running `pairline serve` or `pairline route` at `url`: the real-time
+    tier, and the deep one (a router's deep mode; a plain server has no tiers, and its one model
+    then serves deep turns too, said once)."""
+    from pairline.errors import notice
+
+    def realtime() -> RemoteClient:
+        return RemoteClient(url, api_key=api_key)
+
+    def deep() -> RemoteClient:
+        try:
+            return RemoteClient(url, api_key=api_key, mode="deep")
+        except PairlineError as err:
+            notice(f"{err}; deep turns run on the server's model")
+            return realtime()
+
+    return realtime, deep

@@ -112,6 +112,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     add_fim_parser(sub)  # `pairline bench fim`
 
+    from pairline.bench.app import add_parser as add_app_parser
+
+    add_app_parser(sub)  # `pairline bench app`
+
 
 def cmd_engine(args: argparse.Namespace) -> int:
     from pairline.bench.common import csv, default_out_path, stderr_log, write_json

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -24,7 +23,7 @@ from pairline.server.metrics import Metrics
 from pairline.server.openai_http import HttpApi
 from pairline.server.scheduler import Scheduler, free_ram
 from pairline.server.ws import websocket_endpoint
-from pairline.wire.asgi import UvicornThread, uvicorn_config
+from pairline.wire.asgi import UvicornThread, uvicorn_config, when_started
 from pairline.wire.guard import WebGuard, WebPolicy
 from pairline.wire.openai import error_response
 from pairline.wire.protocol import ProtocolError, api_key_error, bearer_ok
@@ -197,14 +196,7 @@ def run_server(engine: Engine, cfg: ServerConfig, sock, routes: list[BaseRoute] 
     server = make_uvicorn(build_app(engine, cfg, routes), cfg.host, cfg.port)
     log.info("serving %s on http://%s:%d (ws://%s:%d/v1/responses), loaded in %.1fs", engine.model_name, cfg.host,
              cfg.port, cfg.host, cfg.port, engine.load_s)
-    if started is not None:
-        def wait() -> None:
-            while not server.started and not server.should_exit:
-                time.sleep(0.02)
-            if server.started:
-                started()
-
-        threading.Thread(target=wait, daemon=True).start()
+    when_started(server, started)
     server.run(sockets=[sock])
 
 

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     _add_options(p, port=8765)
     p.add_argument("--workspace", metavar="DIR", default=None,
                    help="the folder the web app at / edits (prints the app's URL, with its token, once serving)")
-    p.set_defaults(func=cmd_serve, open_browser=False, deep_model=None, commit=True, test_cmd="pytest -q")
+    p.set_defaults(func=cmd_serve, open_browser=False, deep_model=None, commit=True, test_cmd="pytest -q", server=None)
     a = subparsers.add_parser(
         "app",
         help="the web app on a folder: files, live diffs, accept per hunk, stop, steer, undo (opens the browser)",
@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a.add_argument("--no-browser", dest="open_browser", action="store_false", help="print the URL, open nothing")
     a.add_argument("--no-commit", dest="commit", action="store_false", help="no git commit per accepted hunk")
     a.add_argument("--test-cmd", default="pytest -q", help="what the deep tier runs as the tests (default: pytest -q)")
+    a.add_argument("--server", default=None, metavar="URL",
+                   help="use the model(s) of a running `pairline serve` or `pairline route` (its deep mode for deep "
+                   f"turns) instead of loading one here; its key, if any, from {API_KEY_ENV}")
     a.set_defaults(func=cmd_serve, open_browser=True)
     return p
 
@@ -71,7 +74,17 @@ def _add_options(p: argparse.ArgumentParser, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pairline serve`, and `pairline app` (the same with a workspace, and the browser opened)."""
-    from pairline.app.web import AppConfig, app_routes, app_url, deep_tier, local_client, new_token, workspace_root
+    from pairline.app.web import (
+        AppConfig,
+        app_routes,
+        app_url,
+        deep_tier,
+        local_client,
+        new_token,
+        remote_tiers,
+        run_app_only,
+        workspace_root,
+    )
     from pairline.engine.load import load_engine
     from pairline.errors import PairlineError
     from pairline.server.app import run_server
@@ -81,14 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = workspace_root(args.workspace) if args.workspace else None
     sock = bind_socket(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
-    engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
-    cfg = server_config(args)
-    warn_if_exposed(args.host, cfg.api_key, f"pairline {args.command}", f"set {API_KEY_ENV}")
     # the web app's page is at / either way; its socket needs a workspace and the token of the printed URL
     token = new_token()
-    app = AppConfig(root, token, local_client(args.host, args.port, cfg.api_key),
-                    open_deep=deep_tier(args.deep_model, args.model, args.ctx, args.runtime), commit=args.commit,
-                    test_cmd=args.test_cmd)
 
     def started() -> None:
         if root is None:
@@ -101,6 +108,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if not webbrowser.open(url):
                 print("pairline app: no browser found here; open the URL above", flush=True)
 
+    if args.server:  # the app alone: its tabs are sessions of that server or router
+        realtime, deep = remote_tiers(args.server, os.environ.get(API_KEY_ENV))
+        app = AppConfig(root, token, realtime, open_deep=deep, commit=args.commit, test_cmd=args.test_cmd)
+        run_app_only(app, sock, args.host, args.port, tuple(args.allow_host), tuple(args.allow_origin), started)
+        return 0
+    engine = load_engine(args.model, n_ctx=args.ctx, runtime=args.runtime)
+    cfg = server_config(args)
+    warn_if_exposed(args.host, cfg.api_key, f"pairline {args.command}", f"set {API_KEY_ENV}")
+    app = AppConfig(root, token, local_client(args.host, args.port, cfg.api_key),
+                    open_deep=deep_tier(args.deep_model, args.model, args.ctx, args.runtime), commit=args.commit,
+                    test_cmd=args.test_cmd)
     run_server(engine, cfg, sock, app_routes(app), started)
     return 0
 

@@ -67,3 +67,17 @@ class UvicornThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def when_started(server: uvicorn.Server, callback: Callable[[], None] | None) -> None:
+    """Call `callback` (in a thread) once `server` accepts connections; never if it fails to start."""
+    if callback is None:
+        return
+
+    def wait() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started:
+            callback()
+
+    threading.Thread(target=wait, daemon=True).start()

@@ -17,7 +17,7 @@ const el = {
 };
 
 // What the page measured, for the tests (docs/app.md).
-const stats = (window.pairlineStats = { turns: [], stopClickedAt: null, lastDeltaAt: null });
+const stats = (window.pairlineStats = { turns: [], stopClickedAt: null, lastDeltaAt: null, stoppedAt: null });
 
 const TOKEN_KEY = "pairline.token";
 const DRAFT_MS = 40;
@@ -574,6 +574,7 @@ const handlers = {
   stopped(m) {
     const t = turnInfo(m.turn);
     t.stoppedMs = m.ms;
+    stats.stoppedAt = performance.now();
     setStatus(`stopped in ${fmtMs(m.ms)} (server)`);
   },
 

@@ -200,9 +200,11 @@ class AppSession:
         if self.chat.busy:
             self.chat.interrupt(quiet=True)  # a steer: the cut answer stays in the conversation
         self._focus(path)
+        shown = self.chat.file_event("file", path)  # the text this turn reads: the page shows the same
         number = self.chat.begin(instruction, deep=tier == "deep")
         self.chat.send({"type": "turn.started", "turn": number, "tier": tier, "instruction": instruction,
                         "path": path})
+        self.chat.send(shown)
 
     def on_stop(self, _msg: dict) -> None:
         t0 = time.perf_counter()

@@ -81,13 +81,13 @@ async def _serve_tab(websocket: WebSocket, cfg: AppConfig) -> None:
     await websocket.accept()
     hello = await _first_message(websocket)
     token = hello.get("token") if isinstance(hello, dict) and hello.get("type") == "hello" else None
+    if cfg.root is None:  # says nothing a page could use
+        await _refuse(websocket, "no_workspace", "this server has no workspace: start it with `pairline app DIR` "
+                      "or `pairline serve --workspace DIR`", CLOSE_NO_WORKSPACE)
+        return
     if not isinstance(token, str) or not hmac.compare_digest(token.encode(), cfg.token.encode()):
         await _refuse(websocket, "unauthorized", "open the URL that `pairline app` printed (it carries the token)",
                       CLOSE_UNAUTHORIZED)
-        return
-    if cfg.root is None:
-        await _refuse(websocket, "no_workspace", "this server has no workspace: start it with `pairline app DIR` "
-                      "or `pairline serve --workspace DIR`", CLOSE_NO_WORKSPACE)
         return
     loop = asyncio.get_running_loop()
     out: asyncio.Queue = asyncio.Queue()

@@ -624,7 +624,8 @@ updateBusy();
 if (!state.token) {
   setState("closed");
   setStatus("not connected");
-  setError("No access token: open the URL that `pairline app` printed (it ends in #token=…).");
+  setError("No access token: open the URL that `pairline app DIR` (or `pairline serve --workspace DIR`) printed; " +
+    "it ends in #token=….");
   el.workspace.textContent = "not connected";
 } else {
   connect();

@@ -7,6 +7,7 @@ client's messages; `send` (any thread) delivers an event to the browser."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -18,7 +19,8 @@ from pairline.app.hunks import Proposal
 from pairline.app.paths import BadPath, confined, list_files
 from pairline.assistant.chat import ChatSession
 from pairline.assistant.client import RemoteClient
-from pairline.assistant.coder import Event, TurnResult, TurnStats
+from pairline.assistant.coder import Event, TurnResult, TurnStats, load_file
+from pairline.assistant.edit_grammar import warm as warm_grammar
 from pairline.assistant.workspace import FileChangedError, Fingerprint, read_text_file
 from pairline.errors import PairlineError
 
@@ -181,7 +183,10 @@ class AppSession:
                             "message": str(err)})
 
     def on_open(self, msg: dict) -> None:
-        self.chat.send(self.chat.file_event("file", _text(msg, "path")))
+        path = _text(msg, "path")
+        self.chat.send(self.chat.file_event("file", path))
+        with contextlib.suppress(PairlineError):  # a file the model cannot edit fails at its turn, said there
+            warm_grammar(path, load_file(self.ws, confined(self.ws, path)).model_text)
 
     def on_draft(self, msg: dict) -> None:
         draft = _text(msg, "text", empty=True)

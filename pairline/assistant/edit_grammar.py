@@ -17,12 +17,13 @@ grammar follows it.
 
 from __future__ import annotations
 
+import functools
 import json
 
 from pairline.assistant.delete import delete_targets
 from pairline.assistant.edits import DELETE, DIVIDER, HEAD, RENAME, TAIL
 from pairline.assistant.prompts import language_for
-from pairline.assistant.rename import new_names, rename_targets
+from pairline.assistant.rename import names_bound, new_names, rename_targets
 from pairline.engine.constraint import Grammar
 
 # A REPLACE line: anything but the closing marker (seven or more '>' at its start).
@@ -61,6 +62,21 @@ def unique_lengths(lines: list[str], longest: int = SEARCH_LONGEST) -> list[int 
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _search_rules(name: str, text: str) -> tuple[str, ...]:
+    # the largest part of a blocks grammar, and the same for every turn on the same text (a few ms)
+    return tuple(_runs(name, _lines(text)))
+
+
+def warm(name: str, text: str) -> None:
+    """Build now what every blocks grammar over this file (`text` as the model sees it) needs: a
+    surface calls it when a file is opened, so that the first turn on it does not."""
+    if text and _lines(text):
+        _search_rules("search0", text)
+    if name.endswith((".py", ".pyi")):
+        names_bound(text)
+
+
 def _runs(name: str, lines: list[str]) -> list[str]:
     """Rules for "consecutive lines of this file, from any line on, enough of them to match one
     place only": `name` is the start rule. `{name}_tail_i` is "lines i, i+1, ... for as long as
@@ -92,11 +108,10 @@ def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -
     for k, (name, text) in enumerate(files):
         opening = f"{name}\n```{language_for(name)}\n{HEAD}\n"
         divider, closing = f"{DIVIDER}\n", f"{TAIL}\n```\n"
-        lines = _lines(text) if text else []
-        search = f" search{k}" if lines else ""
+        search = f" search{k}" if text and _lines(text) else ""
         rules.append(f"file{k}: {_lit(opening)}{search} {_lit(divider)} replace {_lit(closing)}")
-        if lines:
-            rules += _runs(f"search{k}", lines)
+        if search:
+            rules += _search_rules(f"search{k}", text)
         alternatives.append(f"file{k}")
         bound = rename_targets(instruction, text) if text and name.endswith((".py", ".pyi")) else []
         if bound:

@@ -17,6 +17,7 @@ and writes nothing: the new texts go back through the same check and workspace a
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import re
 import tempfile
@@ -54,16 +55,22 @@ def _bindings(tree: ast.AST) -> list[tuple[str, ast.AST, int, int]]:
 def names_bound(text: str) -> list[str]:
     """What a RENAME may name in this file: each bound name, and `scope.name` for names bound
     inside a def or class. Empty where the file does not parse."""
+    return list(_names_bound(text))
+
+
+@functools.lru_cache(maxsize=32)
+def _names_bound(text: str) -> tuple[str, ...]:
+    # a parse and a walk of the whole file (a few ms): every turn's grammar asks, mostly of the same text
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
-        return []
+        return ()
     out: dict[str, None] = {}
     for name, scope, _, _ in _bindings(tree):
         out[name] = None
         if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             out[f"{scope.name}.{name}"] = None
-    return list(out)
+    return tuple(out)
 
 
 _ASKS_RENAME = re.compile(r"\b(renam\w*|new name|call (it|them)|name it)\b", re.I)

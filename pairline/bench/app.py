@@ -14,6 +14,7 @@ one run, on the same server and the same turn (the same file and instruction, so
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -74,6 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="TTFT pairs measured (after one warm-up each; default 5)")
     p.add_argument("--stops", type=int, default=5, help="long answers stopped (default 5)")
     p.add_argument("--chromium", default="/usr/bin/chromium", help="the browser (scripts/install-browser.sh)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PAIRLINE_THREADS for the server (default: its own choice); on a small machine the browser "
+                   "and the model share the cores")
     p.add_argument("--out", default=None, help="JSON file or folder (default bench-results/)")
     p.set_defaults(func=cmd_app)
 
@@ -99,7 +103,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "pairline.cli", "serve", "--workspace", str(root), "--port", str(port),
                "--model", args.model]
         log(f"starting {' '.join(cmd[2:])}")
-        proc = start_process(cmd, f"http://127.0.0.1:{port}/health", "pairline serve", server_log)
+        env = dict(os.environ, **({"PAIRLINE_THREADS": str(args.threads)} if args.threads else {}))
+        proc = start_process(cmd, f"http://127.0.0.1:{port}/health", "pairline serve", server_log, env=env)
         try:
             url = _printed_url(server_log)
             with sync_playwright() as pw:
@@ -145,6 +150,7 @@ def _measure(browser, url: str, port: int, root: Path, args: argparse.Namespace,
         "bench": "app",
         "command": invocation(),
         "model": args.model,
+        "server_threads": args.threads,
         "machine": machine_info(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "ttft": {

@@ -5,7 +5,8 @@ one run, on the same server and the same turn (the same file and instruction, so
 
 - **TTFT.** `pairline chat`'s number (its chat session over the session protocol: request sent to
   the first token received) against the browser's (Enter to the first delta drawn on the page).
-  Each run is a fresh session on both sides, in alternating order, after one warm-up of each.
+  Each run is a fresh session on both sides, in alternating order, after one warm-up of each; each
+  answer is stopped once its first text is shown.
 - **Stop to quiet.** A long answer is stopped by a click once it streams; quiet is the time from
   the click to the last delta the page drew (0 when none came after it), and `stopped` is the time
   from the click to the server's answer arriving.
@@ -184,9 +185,13 @@ def _chat_turn(port: int, root: Path) -> dict:
         def report(self, stats) -> None:
             self.last = stats
 
+    def first_text(text: str) -> None:
+        if text and chat.turn is not None:
+            chat.turn.cancel.cancel()  # its TTFT is taken: the rest of the answer is not measured
+
     client = RemoteClient(f"ws://127.0.0.1:{port}/v1/responses")
     try:
-        chat = Measured(client=client, ws=Workspace(root, git=False, commit=False), write=lambda text: None)
+        chat = Measured(client=client, ws=Workspace(root, git=False, commit=False), write=first_text)
         chat.last = None
         chat.files.append(root / FILE)
         chat.start_turn(RENAME)
@@ -220,6 +225,8 @@ def _browser_turn(browser, url: str) -> dict:
             box.value = text;
             box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true, cancelable: true}));
         }""", RENAME)
+        page.wait_for_function("() => document.querySelector('#answer').textContent.length > 0", timeout=300_000)
+        page.click("#stop")  # its TTFT is taken: the rest of the answer is not measured
         page.wait_for_function("() => window.pairlineStats.turns.length >= 1", timeout=300_000)
         turn = page.evaluate("() => window.pairlineStats.turns[0]")
     finally:
@@ -237,7 +244,7 @@ def _browser_stop(browser, url: str) -> dict:
         page.wait_for_function("() => window.pairlineStats.stoppedAt !== null", timeout=60_000)
         time.sleep(0.3)  # a delta still in flight would be drawn by now
         s = page.evaluate("() => window.pairlineStats")
-        server_ms = page.evaluate("() => window.pairlineStats.turns.map(t => t.stoppedMs).filter(x => x != null)[0]")
+        server_ms = page.evaluate("() => window.pairlineStats.turns.map(t => t.stopped_ms).find(x => x != null)")
     finally:
         context.close()
     clicked = s["stopClickedAt"]

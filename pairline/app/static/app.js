@@ -575,6 +575,7 @@ const handlers = {
     const t = turnInfo(m.turn);
     t.stoppedMs = m.ms;
     stats.stoppedAt = performance.now();
+    for (const rec of stats.turns) if (rec.turn === m.turn) rec.stopped_ms = m.ms; // its turn.done came first
     setStatus(`stopped in ${fmtMs(m.ms)} (server)`);
   },
 
@@ -584,7 +585,7 @@ const handlers = {
     const ttft = t.firstDeltaAt !== null && t.sentAt !== null ? t.firstDeltaAt - t.sentAt : null;
     stats.turns.push({
       turn: m.turn, ttft_ms: ttft, server_ttft_ms: s.ttft_ms ?? null,
-      tokens_per_s: s.tokens_per_s ?? null, status: m.status,
+      tokens_per_s: s.tokens_per_s ?? null, status: m.status, stopped_ms: t.stoppedMs,
     });
     state.running.delete(m.turn);
     updateBusy();

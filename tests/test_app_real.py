@@ -4,6 +4,7 @@ protocol (streamed, stopped)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -41,10 +42,11 @@ def app(smollm2_gguf, tmp_path_factory):
         yield srv, root
 
 
+@contextlib.contextmanager
 def tab(srv, token=TOKEN):
-    ws = connect(f"ws://127.0.0.1:{srv.port}/app/ws", open_timeout=10)
-    ws.send(json.dumps({"type": "hello", "token": token}))
-    return ws
+    with connect(f"ws://127.0.0.1:{srv.port}/app/ws", open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "hello", "token": token}))
+        yield ws
 
 
 def recv(ws, kind: str, timeout: float = 60) -> tuple[dict, list[dict]]:

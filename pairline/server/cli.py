@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.server:  # the app alone: its tabs are sessions of that server or router
         realtime, deep = remote_tiers(args.server, os.environ.get(API_KEY_ENV))
+        realtime().close()  # unreachable, or not a pairline server: said now, not at the first tab
         app = AppConfig(root, token, realtime, open_deep=deep, commit=args.commit, test_cmd=args.test_cmd)
         run_app_only(app, sock, args.host, args.port, tuple(args.allow_host), tuple(args.allow_origin), started)
         return 0

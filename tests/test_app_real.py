@@ -117,20 +117,19 @@ def test_a_real_turn_streams_over_the_session_protocol_and_stops(app):
     before = (root / "calc.py").read_bytes()
     with tab(srv) as ws:
         recv(ws, "ready")
-        ws.send(json.dumps({"type": "draft", "text": "make f1 subtract", "path": "calc.py"}))
-        ws.send(json.dumps({"type": "edit", "path": "calc.py", "instruction": "make f1 subtract", "tier": "realtime"}))
-        done, seen = recv(ws, "turn.done", timeout=180)
-        assert seen[0]["type"] == "turn.started" and any(e["type"] == "delta" for e in seen)
-        assert done["status"] in ("proposed", "unchanged", "malformed") and done["stats"]["tokens"] > 0
-        assert done["stats"]["ttft_ms"] > 0
+        ws.send(json.dumps({"type": "draft", "text": "rewrite the whole file with", "path": "calc.py"}))
         ws.send(json.dumps({"type": "edit", "path": "calc.py", "tier": "realtime",
                             "instruction": "rewrite the whole file with a docstring on every function"}))
-        recv(ws, "delta", timeout=120)
+        _, seen = recv(ws, "delta", timeout=120)
+        assert seen[0]["type"] == "turn.started" and seen[1]["type"] == "file" and seen[1]["text"] == before.decode()
         ws.send(json.dumps({"type": "stop"}))
-        stopped, seen = recv(ws, "stopped", timeout=60)
-        assert [e for e in seen if e["type"] == "turn.done"][-1]["status"] in ("cancelled", "proposed", "malformed",
-                                                                              "unchanged")
-        assert stopped["ms"] < 2000
+        done, _ = recv(ws, "turn.done", timeout=60)
+        assert done["turn"] == 1 and done["stats"]["tokens"] > 0 and done["stats"]["ttft_ms"] > 0
+        if done["status"] == "cancelled":  # else the answer ended by itself before the stop landed
+            stopped, seen = recv(ws, "stopped", timeout=10)
+            assert stopped["turn"] == 1 and stopped["ms"] < 2000 and seen == [stopped]  # no delta after its end
+        else:
+            assert done["status"] in ("proposed", "malformed", "unchanged")
     assert (root / "calc.py").read_bytes() == before  # proposals only: nothing written without an accept
 
 

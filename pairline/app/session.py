@@ -7,9 +7,7 @@ client's messages; `send` (any thread) delivers an event to the browser."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,11 @@ Send = Callable[[dict], None]
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def text_event(kind: str, path: str, text: str, **extra) -> dict:
+    """An event that carries a file's text (file, applied, conflict): the text and its sha256."""
+    return {"type": kind, "path": path, "text": text, "sha": sha(text), **extra}
 
 
 class ClientError(PairlineError):
@@ -63,7 +66,6 @@ class AppChat(ChatSession):
     stats: TurnStats | None = None
     history_mark: int = 0  # len(ws.history) when the turn started: the agent's edits come after
     errors: list[str] = field(default_factory=list)  # the running turn's
-    turn_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.write = self.delta  # everything the chat would print is the turn's answer text
@@ -73,9 +75,10 @@ class AppChat(ChatSession):
             self.send({"type": "delta", "turn": self.number, "text": text})
 
     def begin(self, instruction: str, deep: bool) -> int:
-        with self.turn_lock:
-            self.number += 1
-            self.proposed, self.stats, self.history_mark, self.errors = [], None, len(self.ws.history), []
+        """Start a turn. Called only once the last turn's thread has ended (it was interrupted or
+        done), so nothing else reads these fields meanwhile."""
+        self.number += 1
+        self.proposed, self.stats, self.history_mark, self.errors = [], None, len(self.ws.history), []
         if deep:
             self.start_deep(instruction)
         else:
@@ -137,9 +140,8 @@ class AppChat(ChatSession):
     # ---------------------------------------------------------------- files
 
     def file_event(self, kind: str, path: str, **extra) -> dict:
-        real = confined(self.ws, path)
-        text, _fp = read_text_file(real)
-        return {"type": kind, "path": path, "text": text, "sha": sha(text), **extra}
+        text, _fp = read_text_file(confined(self.ws, path))
+        return text_event(kind, path, text, **extra)
 
     def _changed_since_mark(self) -> list[str]:
         paths = []
@@ -184,9 +186,11 @@ class AppSession:
 
     def on_open(self, msg: dict) -> None:
         path = _text(msg, "path")
-        self.chat.send(self.chat.file_event("file", path))
-        with contextlib.suppress(PairlineError):  # a file the model cannot edit fails at its turn, said there
-            warm_grammar(path, load_file(self.ws, confined(self.ws, path)).model_text)
+        state = load_file(self.ws, confined(self.ws, path))
+        if state.text is None:
+            raise ClientError("not_found", f"{path} does not exist")
+        self.chat.send(text_event("file", path, state.text))
+        warm_grammar(path, state.model_text)
 
     def on_draft(self, msg: dict) -> None:
         draft = _text(msg, "text", empty=True)
@@ -199,12 +203,10 @@ class AppSession:
         if tier not in TIERS:
             raise ClientError("bad_request", f"tier must be one of {', '.join(TIERS)}")
         path = _text(msg, "path")
-        real = confined(self.ws, path)
-        if not real.is_file():
+        if self._focus(path) is None:
             raise ClientError("not_found", f"{path} does not exist")
         if self.chat.busy:
             self.chat.interrupt(quiet=True)  # a steer: the cut answer stays in the conversation
-        self._focus(path)
         shown = self.chat.file_event("file", path)  # the text this turn reads: the page shows the same
         number = self.chat.begin(instruction, deep=tier == "deep")
         self.chat.send({"type": "turn.started", "turn": number, "tier": tier, "instruction": instruction,
@@ -231,15 +233,14 @@ class AppSession:
             disk, fp = read_text_file(staged.real)
             staged.disk, staged.fingerprint = disk, fp  # shown to the user now: the next accept goes on it
             chat.shown.pop(staged.real, None)  # the model sees the new text next turn
-            chat.send({"type": "conflict", "path": staged.proposal.path, "text": disk, "sha": sha(disk),
-                       "message": str(err)})
+            chat.send(text_event("conflict", staged.proposal.path, disk, message=str(err)))
             return
         for h in hunks:
             h.state = "accepted"
         staged.disk, staged.fingerprint = read_text_file(staged.real)
         chat.shown.pop(staged.real, None)
-        chat.send({"type": "applied", "path": staged.proposal.path, "text": staged.disk, "sha": sha(staged.disk),
-                   "hunks": [h.id for h in hunks], "commit": entry.commit})
+        chat.send(text_event("applied", staged.proposal.path, staged.disk, hunks=[h.id for h in hunks],
+                             commit=entry.commit))
 
     def on_reject(self, msg: dict) -> None:
         staged, hunks = self._hunks(msg)
@@ -255,11 +256,11 @@ class AppSession:
         for c in entry.changes:
             real = self.ws.root / c.path
             self.chat.shown.pop(real, None)
-            text = read_text_file(real)[0] if real.is_file() else None
+            text, fp = read_text_file(real) if real.is_file() else (None, None)
             files.append({"path": c.path, "text": text, "sha": None if text is None else sha(text)})
             staged = self.chat.staged.get(c.path)
             if staged is not None and text is not None:
-                staged.disk, staged.fingerprint = read_text_file(real)
+                staged.disk, staged.fingerprint = text, fp
                 for h in staged.proposal.hunks:  # undone hunks may be accepted again
                     if h.state == "accepted" and staged.proposal.apply(text, [h]) is not None:
                         h.state = "pending"
@@ -273,12 +274,16 @@ class AppSession:
 
     # ---------------------------------------------------------------- helpers
 
-    def _focus(self, path: object) -> None:
-        """The turn's file is the open one: the chat's files are just it."""
-        if isinstance(path, str) and path:
-            real = confined(self.ws, path)
-            if real.is_file():
-                self.chat.files[:] = [real]
+    def _focus(self, path: object) -> Path | None:
+        """The turn's file is the open one: the chat's files are just it. Returns its real path
+        (None, and the files unchanged, when it is no file)."""
+        if not isinstance(path, str) or not path:
+            return None
+        real = confined(self.ws, path)
+        if not real.is_file():
+            return None
+        self.chat.files[:] = [real]
+        return real
 
     def _hunks(self, msg: dict):
         path = _text(msg, "path")

@@ -31,6 +31,7 @@ from pairline.app.session import AppChat, AppSession
 from pairline.assistant.client import RemoteClient
 from pairline.assistant.workspace import Workspace
 from pairline.errors import PairlineError
+from pairline.wire.asgi import LOOPBACK
 
 log = logging.getLogger("pairline.app")
 
@@ -190,10 +191,14 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def _dialable(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host` (a wildcard: loopback)."""
+    return LOOPBACK if host in ("", "0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+
+
 def app_url(host: str, port: int, token: str) -> str:
     """The URL the launcher prints and opens: the token rides in the fragment, which no browser sends."""
-    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-    return f"http://{shown}:{port}/#token={token}"
+    return f"http://{_dialable(host)}:{port}/#token={token}"
 
 
 def workspace_root(path: str) -> Path:
@@ -205,8 +210,8 @@ def workspace_root(path: str) -> Path:
 
 def local_client(host: str, port: int, api_key: str | None) -> Callable[[], RemoteClient]:
     """A tab's session with this very server, over the protocol every client speaks."""
-    dial = "127.0.0.1" if host in ("", "0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
-    return lambda: RemoteClient(f"ws://{dial}:{port}/v1/responses", api_key=api_key)
+    url = f"ws://{_dialable(host)}:{port}/v1/responses"
+    return lambda: RemoteClient(url, api_key=api_key)
 
 
 def deep_tier(deep_model: str | None, model: str, n_ctx: int, runtime: str | None) -> Callable[[], RemoteClient] | None:

@@ -297,11 +297,9 @@ class Coder:
                     if forced or looping:
                         continue  # cancelled: the engine stops within a step; drain it so its lock is released
                     kept += delta
-                    held += delta
                     if not self.whole_lines:
                         self.on_event(Event("text", delta))
-                        held = ""
-                    elif "\n" in held:
+                    elif "\n" in (held := held + delta):
                         cut = held.rfind("\n") + 1
                         self.on_event(Event("text", held[:cut]))
                         held = held[cut:]

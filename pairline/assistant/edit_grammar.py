@@ -71,7 +71,7 @@ def _search_rules(name: str, text: str) -> tuple[str, ...]:
 def warm(name: str, text: str) -> None:
     """Build now what every blocks grammar over this file (`text` as the model sees it) needs: a
     surface calls it when a file is opened, so that the first turn on it does not."""
-    if text and _lines(text):
+    if text:
         _search_rules("search0", text)
     if name.endswith((".py", ".pyi")):
         names_bound(text)
@@ -108,7 +108,7 @@ def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -
     for k, (name, text) in enumerate(files):
         opening = f"{name}\n```{language_for(name)}\n{HEAD}\n"
         divider, closing = f"{DIVIDER}\n", f"{TAIL}\n```\n"
-        search = f" search{k}" if text and _lines(text) else ""
+        search = f" search{k}" if text else ""
         rules.append(f"file{k}: {_lit(opening)}{search} {_lit(divider)} replace {_lit(closing)}")
         if search:
             rules += _search_rules(f"search{k}", text)

@@ -403,6 +403,64 @@ def test_backend_killed_mid_stream_failover_and_recovery(servers):
             r.stop()
 
 
+
+def _key_owned_by(r: RouterThread, tier: str, name: str) -> str:
+    """A session key the tier's ring gives to backend `name` (so a test knows which one to kill)."""
+    return next(k for k in (f"s{i}" for i in range(1000)) if r.router.rings[tier].lookup(k) == name)
+
+
+@pytest.mark.timeout(180)
+def test_stream_cut_mid_answer_continues_on_the_survivor(servers):
+    """Mid-stream failover: the real-time tier has two backends; the one streaming an answer is
+    killed; the client's stream goes on, written by the survivor from the text already sent, and is
+    the answer the dead backend was giving (greedy; the same weights on both)."""
+    (rt, deep, port), procs = servers
+    r = None
+    try:
+        r = router(f"""
+[router]
+health_interval_s = 0.3
+[tiers.realtime]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{port}", name = "victim" }},
+            {{ kind = "pairline", url = "http://127.0.0.1:{rt}", name = "survivor" }}]
+[tiers.deep]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep" }}]
+""")
+        client = sdk(r)
+        ask = [{"role": "user", "content": "List the planets of the solar system, one per line, with a fact each."}]
+        common = dict(model=MODEL, messages=ask, max_tokens=60, temperature=0)
+        key = _key_owned_by(r, "realtime", "victim")
+        reference = client.chat.completions.create(**common, extra_body={"mode": "realtime"},
+                                                   extra_headers={"x-pairline-session": key})
+        assert reference.model_extra["pairline"]["backend"] == "victim"
+        chunks, it = [], iter(client.chat.completions.create(
+            **common, stream=True, stream_options={"include_usage": True}, extra_body={"mode": "realtime"},
+            extra_headers={"x-pairline-session": key}))
+        while sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) < 5:
+            chunks.append(next(it))
+        procs[port].send_signal(signal.SIGKILL)
+        procs[port].wait(10)
+        chunks += list(it)  # no error: the survivor writes on
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        want = reference.choices[0].message.content
+        # pairline serve --runtime torch: a prefill gives the ids single steps give (batch invariant)
+        assert text == want, (text, want)
+        info = chunks[-1].model_extra["pairline"]
+        assert info["backend"] == "victim" and info["resumed"][0]["from"] == "victim"
+        assert info["resumed"][0]["to"] == "survivor" and info["resumed"][0]["after_tokens"] >= 5
+        assert len({c.id for c in chunks}) == 1  # one answer, one id
+        assert chunks[-1].usage.completion_tokens == reference.usage.completion_tokens
+        assert chunks[-1].usage.prompt_tokens == reference.usage.prompt_tokens
+        metrics = httpx.get(r.base_url + "/metrics").text
+        assert 'pairline:router_midstream_failovers_total{tier="realtime",backend="survivor"} 1' in metrics
+        led = assert_none_lost(r)
+        assert led["realtime"].get("errored", 0) == 0 and led["realtime"]["completed"] == 2
+    finally:
+        if r is not None:
+            r.stop()
+        procs[port] = start_serve(port)  # for the tests after this one
+        wait_healthy(port, procs[port])
+
 @pytest.mark.timeout(120)
 def test_inprocess_backend(backends, smollm2_gguf):
     """`kind = "inprocess"`: the router loads the model and serves it with the server's scheduler."""

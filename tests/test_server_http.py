@@ -203,3 +203,37 @@ def test_client_that_hangs_up_stops_its_work(srv, stream):
     while srv.server.metrics.finished.get("cancelled", 0) == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.server.metrics.finished.get("cancelled", 0) == before + 1
+
+
+def test_continue_final_message_prompt_is_the_fresh_prompt_then_the_text(tokenizer):
+    """The open answer is split as a fresh one is (generation prompt, then its text), so an answer
+    cut after a token resumes on the very ids it was being written on when its text encodes back to
+    them (docs/scaling.md, "Mid-stream failover")."""
+    from pairline.engine.tokenizer import encode_chat
+
+    cut = "def f(x):\n    return"
+    fresh = encode_chat(MSGS, tokenizer)
+    assert encode_chat([*MSGS, {"role": "assistant", "content": cut}], tokenizer, continue_final=True) == \
+        fresh + tokenizer.encode_text(cut)
+
+@pytest.mark.parametrize("extra, param", [
+    ({"continue_final_message": True}, "add_generation_prompt"),  # vLLM: both true is an error
+    ({"add_generation_prompt": False}, "add_generation_prompt"),
+    ({"continue_final_message": "yes", "add_generation_prompt": False}, "continue_final_message"),
+    ({"continue_final_message": True, "add_generation_prompt": False, "_last": "user"}, "messages"),
+])
+def test_continue_final_message_bad_values_are_400s(srv, extra, param):
+    body = {"model": "tiny", "max_tokens": 2, **{k: v for k, v in extra.items() if k != "_last"},
+            "messages": MSGS if extra.get("_last") == "user" else [*MSGS, {"role": "assistant", "content": "x"}]}
+    r = httpx.post(srv.base_url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_continuous_usage_stats_counts_tokens_on_every_chunk(client):
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=6, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    counted = [c.usage.completion_tokens for c in chunks if c.choices and c.choices[0].delta.content]
+    assert counted and counted == sorted(counted) and counted[-1] <= 6
+    assert chunks[-1].usage.completion_tokens == 6
+    assert all(c.usage.prompt_tokens == chunks[-1].usage.prompt_tokens for c in chunks if c.usage)

@@ -202,10 +202,11 @@ class Engine:
 
     # ---------------------------------------------------------------- public API
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict], continue_final: bool = False) -> list[int]:
         """The conversation's ids: control tokens by id, content as plain text, so a file or a message
-        holding `<|im_end|>` cannot forge a turn."""
-        return encode_chat(messages, self.tokenizer)
+        holding `<|im_end|>` cannot forge a turn. `continue_final`: write on from the last (assistant)
+        message instead of starting a new answer."""
+        return encode_chat(messages, self.tokenizer, continue_final=continue_final)
 
     def system_prefix(self, messages: list[dict], prompt: list[int]) -> int:
         """How many leading tokens of `prompt` are the rendered system turn (0 without one): the part

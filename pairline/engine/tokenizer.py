@@ -483,10 +483,20 @@ class ChatTemplate:
         return "".join(parts)
 
     def encode(self, tokenizer: Tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-               add_bos: bool | None = None) -> list[int]:
+               add_bos: bool | None = None, continue_final: bool = False) -> list[int]:
         """Token ids of the whole conversation (default system turn included): the ids of `render`'s
-        text when no content holds a special token, and plain text where one does."""
-        ids = self.encode_turns(tokenizer, self.with_system(messages), add_generation_prompt)
+        text when no content holds a special token, and plain text where one does.
+        `continue_final`: the last message is an assistant answer left open, for the model to write
+        on from (vLLM's `continue_final_message`). It is split as a fresh answer is, the generation
+        prompt and then its text, so a cut answer resumes on the ids it was being written on."""
+        turns = self.with_system(messages)
+        if continue_final:
+            role, content = _checked(turns[-1])
+            if role != "assistant":
+                raise PairlineError(f"only an assistant message can be continued, the last one is {role!r}")
+            ids = self.encode_turns(tokenizer, turns[:-1], True) + tokenizer.encode_text(content)
+        else:
+            ids = self.encode_turns(tokenizer, turns, add_generation_prompt)
         if tokenizer.add_bos if add_bos is None else add_bos:
             if tokenizer.bos_id is None:
                 raise PairlineError("this tokenizer has no BOS token")
@@ -532,6 +542,7 @@ def render_chat(messages: list[dict[str, Any]], family: str, add_generation_prom
 
 
 def encode_chat(messages: list[dict[str, Any]], tokenizer: Tokenizer, add_generation_prompt: bool = True,
-                add_bos: bool | None = None) -> list[int]:
+                add_bos: bool | None = None, continue_final: bool = False) -> list[int]:
     """The conversation's token ids, control tokens by id and content as plain text (no forged turns)."""
-    return ChatTemplate.for_family(tokenizer.family).encode(tokenizer, messages, add_generation_prompt, add_bos)
+    return ChatTemplate.for_family(tokenizer.family).encode(tokenizer, messages, add_generation_prompt, add_bos,
+                                                            continue_final)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import uvicorn
@@ -32,6 +32,7 @@ from pairline.router.backends import (
 from pairline.router.config import RouterConfig
 from pairline.router.core import Ledger, Router, check_mode, served_by
 from pairline.router.metrics import labels
+from pairline.router.resume import Progress, continuation, for_client, resumable, upstream_options
 from pairline.router.session import websocket_endpoint
 from pairline.wire.asgi import UvicornThread, uvicorn_config
 from pairline.wire.guard import WebGuard, WebPolicy
@@ -118,7 +119,7 @@ class HttpIngress:
                 r.begin(b)
                 try:
                     if stream:
-                        return await self._stream(b, path, b.upstream_body(body), info, ledger, chat)
+                        return await self._stream(b, path, body, info, ledger, chat, key)
                     return await self._whole(b, path, b.upstream_body(body), info, ledger)
                 except Retryable as err:
                     r.failed(b, err)
@@ -152,20 +153,15 @@ class HttpIngress:
             data["pairline"] = info
         return JSONResponse(data, headers=route_headers(info))
 
-    async def _stream(self, b: Backend, path: str, body: dict, info: dict, ledger: Ledger, chat: bool) -> Response:
-        r = self.r
+    async def _open(self, b: Backend, path: str, body: dict) -> tuple[httpx.Response, AsyncIterator, list]:
+        """Send a streaming request and hold what comes before its first token: until then another
+        backend can still take over unseen (Retryable). A status other than 200 is the caller's."""
         t0 = time.perf_counter()
-        resp = await send_request(r.client, b, path, body, stream=True)
+        resp = await send_request(self.r.client, b, path, body, stream=True)
         if resp.status_code != 200:
-            data = await resp.aread()
-            await resp.aclose()
-            r.end(b, None)
-            ledger.finish("errored")
-            return Response(data, status_code=resp.status_code, headers=route_headers(info),
-                            media_type=resp.headers.get("content-type", "application/json"))
+            return resp, None, []
         events = sse_events(resp)
         head: list[tuple[str, dict | None]] = []
-        # Hold what comes before the first token: until then another backend can still take over unseen.
         try:
             async for kind, obj in events:
                 head.append((kind, obj))
@@ -184,61 +180,141 @@ class HttpIngress:
         except Retryable:
             await resp.aclose()
             raise
-        r.ttft(b, time.perf_counter() - t0)
+        self.r.ttft(b, time.perf_counter() - t0)
+        return resp, events, head
+
+    async def _stream(self, b: Backend, path: str, body: dict, info: dict, ledger: Ledger, chat: bool,
+                      key: str | None) -> Response:
+        r = self.r
+        resp, events, head = await self._open(b, path, b.upstream_body(upstream_options(body, b)))
+        if events is None:  # the client's mistake (400...): passed on as the backend said it
+            data = await resp.aread()
+            await resp.aclose()
+            r.end(b, None)
+            ledger.finish("errored")
+            return Response(data, status_code=resp.status_code, headers=route_headers(info),
+                            media_type=resp.headers.get("content-type", "application/json"))
+        opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        progress = Progress()
+        leg = {"b": b, "resp": resp, "events": events, "head": head, "id": None}
         state = {"ok": None, "outcome": "cancelled", "closed": False}
 
         def close() -> None:  # idempotent; runs when the body ends or never started
             if not state["closed"]:
                 state["closed"] = True
-                r.end(b, state["ok"])
+                r.end(leg["b"], state["ok"])
                 ledger.finish(state["outcome"])
 
-        def annotate(obj: dict) -> bytes:
-            if chunk_finish(obj) or (not obj.get("choices") and "usage" in obj):
-                obj["pairline"] = info  # the final chunk(s): who served it
+        def relay(obj: dict) -> bytes | None:
+            progress.see(obj)
+            if leg["id"] is None:
+                leg["id"] = (obj.get("id"), obj.get("created"))
+            elif obj.get("id") is not None:  # a continuation's chunks keep the answer's id
+                obj["id"], obj["created"] = leg["id"]
+            obj = for_client(obj, opts, progress)
+            if obj is None:
+                return None
+            if chunk_finish(obj) or (not obj.get("choices") and "usage" in obj) or leg.pop("fresh", False):
+                obj["pairline"] = info  # the final chunk(s), and a continuation's first: who served it
             return sse_data(obj)
 
-        async def body_iter():
+        async def one_leg():
+            """The current backend's stream; raises httpx.HTTPError when it breaks off."""
             finished, done, last = False, False, time.perf_counter()
-            try:
-                for kind, obj in head:
+            for kind, obj in leg["head"]:
+                if kind == "done":
+                    done = True
+                    yield SSE_DONE
+                else:
+                    finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
+                    if (out := relay(obj)) is not None:
+                        yield out
+            if not done:
+                async for kind, obj in leg["events"]:
                     if kind == "done":
                         done = True
                         yield SSE_DONE
-                    else:
-                        finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
-                        yield annotate(obj)
-                if not done:
-                    async for kind, obj in events:
-                        if kind == "done":
-                            done = True
-                            yield SSE_DONE
-                            break
-                        if chunk_text(obj):
-                            now = time.perf_counter()
-                            r.itl(b, now - last)
-                            last = now
-                        finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
-                        yield annotate(obj)
-                if not (done and finished):
-                    raise httpx.RemoteProtocolError("the stream ended without its final chunk")
-                backend_error = any(kind == "data" and error_code(obj) for kind, obj in head)
-                state["ok"], state["outcome"] = True, "errored" if backend_error else "completed"
+                        break
+                    if chunk_text(obj):
+                        now = time.perf_counter()
+                        r.itl(leg["b"], now - last)
+                        last = now
+                    finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
+                    if (out := relay(obj)) is not None:
+                        yield out
+            if not (done and finished):
+                raise httpx.RemoteProtocolError("the stream ended without its final chunk")
+
+        async def body_iter():
+            try:
+                while True:
+                    try:
+                        async for out in one_leg():
+                            yield out
+                        backend_error = any(kind == "data" and error_code(obj) for kind, obj in leg["head"])
+                        state["ok"], state["outcome"] = True, "errored" if backend_error else "completed"
+                        return
+                    except httpx.HTTPError as err:
+                        dead = leg["b"]
+                        log.info("router: %s died mid-stream: %s", dead.name, err)
+                        with contextlib.suppress(BaseException):
+                            await leg["resp"].aclose()
+                        r.end(dead, False)
+                        if not await self._continue(leg, path, body, chat, key, info, progress):
+                            raise
             except httpx.HTTPError as err:
-                # After the first token: no retry can be invisible, so the client is told plainly.
-                log.info("router: %s died mid-stream: %s", b.name, err)
-                state["ok"], state["outcome"] = False, "errored"
-                failed = ProtocolError(f"backend {b.name} ({info['tier']}) failed mid-stream: {type(err).__name__}; "
-                                       "the answer is incomplete", code="backend_failed", type_="server_error")
+                # No backend of the tier could write on: the client is told plainly, never left hanging.
+                state["closed"] = True  # the dead backend was counted when it broke
+                ledger.finish("errored")
+                dead = leg["b"]
+                why = "; no backend of the tier could continue it" if dead.resume and resumable(body, chat) else ""
+                failed = ProtocolError(f"backend {dead.name} ({info['tier']}) failed mid-stream: "
+                                       f"{type(err).__name__}{why}; the answer is incomplete", code="backend_failed",
+                                       type_="server_error")
                 yield sse_data({"error": failed.to_error(), "pairline": info})
                 yield SSE_DONE
             finally:
                 close()
                 with contextlib.suppress(BaseException):
-                    await resp.aclose()
+                    await leg["resp"].aclose()
 
         return _Stream(body_iter(), close, media_type="text/event-stream",
                        headers={**SSE_HEADERS, **route_headers(info)})
+
+    async def _continue(self, leg: dict, path: str, body: dict, chat: bool, key: str | None, info: dict,
+                        progress: Progress) -> bool:
+        """Mid-stream failover (pairline.router.resume): the next backend of the tier that takes the
+        continuation becomes `leg`. False when the dead one or the request cannot be continued, or
+        no backend of the tier could take it."""
+        r, dead = self.r, leg["b"]
+        if not (dead.resume and resumable(body, chat)):
+            return False
+        async with contextlib.aclosing(r.attempts(info["tier"], key, failover=False)) as attempts:
+            async for att in attempts:
+                b = att.backend
+                if not b.resume:
+                    continue
+                r.begin(b)
+                try:
+                    resp, events, head = await self._open(b, path, b.upstream_body(
+                        upstream_options(continuation(body, chat, progress), b)))
+                except Retryable as err:
+                    r.failed(b, err)
+                    continue
+                if events is None:  # a status other than 200 for a request the first backend took
+                    await resp.aclose()
+                    r.end(b, False)
+                    continue
+                progress.cut(dead, b)
+                info["resumed"] = progress.resumed
+                r.metrics.inc("midstream_failovers_total", labels(tier=info["tier"], backend=b.name))
+                log.info("router: %s continues %s's answer after %d tokens", b.name, dead.name, progress.spent)
+                # its opening (role) chunk is dropped: the client had the answer's
+                head = [(k, o) for k, o in head if k == "done" or chunk_text(o) or chunk_finish(o) or error_code(o)
+                        or o.get("usage") is not None]
+                leg.update(b=b, resp=resp, events=events, head=head, fresh=True)
+                return True
+        return False
 
 
 # ---------------------------------------------------------------- the app

@@ -55,12 +55,13 @@ class Backend(Target):
     health_path: str = "/health"
     prediction: bool = True
     grammar: bool = True  # takes pairline's `grammar`; if not, a request with one is refused, never run unconstrained
+    resume: bool = True  # can continue a cut answer (continue_final_message, continuous usage): pairline.router.resume
     server: object | None = None  # inprocess: its ServerThread
 
     @classmethod
     def from_config(cls, bc: BackendConfig, tier: str, cfg: RouterConfig) -> Backend:
         b = cls(name=bc.name or tier, tier=tier, kind=bc.kind, model=bc.model, api_key=bc.api_key,
-                health_path=bc.health_path, prediction=bc.prediction, grammar=bc.grammar,
+                health_path=bc.health_path, prediction=bc.prediction, grammar=bc.grammar, resume=bc.resume,
                 breaker=CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
         if bc.url:
             b.set_url(bc.url)

@@ -37,6 +37,10 @@ class BackendConfig:
     # true for pairline's own servers, false for `openai` ones (vLLM ignores a field it does not know,
     # so its answer would not be constrained; say `grammar = true` for a pairline server behind `openai`)
     grammar: bool | None = None
+    # continue an answer cut mid-stream on this backend (vLLM's `continue_final_message` and
+    # `stream_options.continuous_usage_stats`, which pairline serves too). Unset: true for pairline's
+    # servers, false for `openai` ones (say `true` for vLLM; llama.cpp's server has neither field)
+    resume: bool | None = None
     ctx: int = 8192  # inprocess: context per session
     runtime: str = "auto"  # inprocess: auto | torch | llamacpp
     max_sessions: int = 8  # inprocess: resident KV caches
@@ -236,6 +240,8 @@ def _tier(ck: _Checker, obj: Any, name: str, env: dict, names: set[str]) -> Tier
         bc = BackendConfig(**ck.table(b, bp, BackendConfig))
         if bc.grammar is None:
             bc.grammar = bc.kind != "openai"
+        if bc.resume is None:
+            bc.resume = bc.kind != "openai"
         if bc.kind not in KINDS:
             ck.fail(bp + ["kind"], f"must be one of {', '.join(KINDS)}, got {bc.kind!r}")
         if bc.kind in ("pairline", "openai"):

@@ -165,11 +165,13 @@ class Router:
                              "flight; retry shortly", code="rate_limit_exceeded", status=429, type_="rate_limit_error")
 
     async def attempts(self, tier: str, key: str | None = None,
-                       prefer: Callable[[str], Backend | None] | None = None) -> AsyncIterator[Attempt]:
+                       prefer: Callable[[str], Backend | None] | None = None,
+                       failover: bool = True) -> AsyncIterator[Attempt]:
         """Backends to try, in order: this tier's best, then others of the tier (up to `retries`
-        more), then, when failover is on, the other tier's. Waits an exponential backoff between
+        more), then, when failover is on (and `failover`: not for writing on a cut answer, which
+        only the same model can do), the other tier's. Waits an exponential backoff between
         attempts. The caller stops iterating at the first that serves."""
-        order = [tier] + ([other_tier(tier)] if self.cfg.failover else [])
+        order = [tier] + ([other_tier(tier)] if self.cfg.failover and failover else [])
         n = 0
         for t in order:
             tried: list[Backend] = []

@@ -56,7 +56,8 @@ _COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "to
            "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "metadata", "store",
            "service_tier", "prediction", "top_k", "response_format", "grammar"}  # grammar: pairline's
 CHAT_FIELDS = frozenset(_COMMON | {"messages", "max_completion_tokens", "parallel_tool_calls",
-                                   "reasoning_effort", "tool_choice", "tools", "functions", "function_call"})
+                                   "reasoning_effort", "tool_choice", "tools", "functions", "function_call",
+                                   "continue_final_message", "add_generation_prompt"})  # the last two: vLLM's
 COMPLETION_FIELDS = frozenset(_COMMON | {"prompt", "echo", "best_of", "suffix"})
 _NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None),
             "best_of": (1,), "echo": (False,), "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
@@ -189,9 +190,10 @@ class HttpApi:
             if chat:
                 messages = chat_messages(body)
                 params = _sampling(body, s, "max_completion_tokens", s.cfg.default_max_output_tokens)
+                continued = continue_final(body, messages)
 
                 def make_prompt() -> list[int]:
-                    return s.engine.chat_prompt(messages)
+                    return s.engine.chat_prompt(messages, continue_final=continued)
             else:
                 prompt = completion_prompt(body)
                 params = _sampling(body, s, "max_tokens", 16)
@@ -202,7 +204,8 @@ class HttpApi:
             opts = body.get("stream_options") or {}
             if not isinstance(opts, dict):
                 raise ProtocolError("'stream_options' must be an object", code="invalid_type", param="stream_options")
-            check_fields(opts, frozenset({"include_usage", "include_obfuscation"}), "stream_options")
+            check_fields(opts, frozenset({"include_usage", "include_obfuscation", "continuous_usage_stats"}),
+                         "stream_options")
             if grammar is not None:
                 await check_grammar(grammar, grammar_param, s.engine.tokenizer)
         except ProtocolError as err:
@@ -225,8 +228,8 @@ class HttpApi:
                                   headers={"Retry-After": str(s.cfg.retry_after_s)})
         ctx = _Reply(s, chat, job, body.get("model") or s.model_name, request)
         if stream:
-            return StreamingResponse(ctx.sse(queue, bool(opts.get("include_usage"))), media_type="text/event-stream",
-                                     headers=SSE_HEADERS)
+            usage = "every" if opts.get("continuous_usage_stats") else "last" if opts.get("include_usage") else None
+            return StreamingResponse(ctx.sse(queue, usage), media_type="text/event-stream", headers=SSE_HEADERS)
         try:
             return await ctx.whole(queue)
         except asyncio.CancelledError:
@@ -254,8 +257,12 @@ class _Reply:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-    async def sse(self, queue: asyncio.Queue, include_usage: bool):
+    async def sse(self, queue: asyncio.Queue, usage: str | None):
+        """usage: None, "last" (`include_usage`: a usage chunk at the end) or "every" (vLLM's
+        `continuous_usage_stats`: the counts so far on every chunk too, which is how a router knows
+        how many tokens of a cut answer were spent)."""
         obj = "chat.completion.chunk" if self.chat else "text_completion"
+        include_usage = usage is not None
         g = None
         try:
             first = True
@@ -264,7 +271,11 @@ class _Reply:
                 if kind == "token":
                     if payload.text or (first and self.chat):
                         chunk = self._base(obj) | {"choices": [self._choice(payload.text, None, first)]}
-                        if include_usage:
+                        if usage == "every":
+                            n_in = len(self.job.prompt or ())
+                            chunk["usage"] = {"prompt_tokens": n_in, "completion_tokens": payload.index + 1,
+                                              "total_tokens": n_in + payload.index + 1}
+                        elif include_usage:
                             chunk["usage"] = None
                         yield sse_data(chunk)
                         first = False
@@ -323,6 +334,23 @@ class _Reply:
             self.request.state.log = (f"in={g.usage.prompt_tokens} cached={g.usage.cached_tokens} "
                                       f"out={g.usage.completion_tokens} ttft={1e3 * (t['server_ttft_s'] or 0):.1f}ms "
                                       f"{g.finish_reason}")
+
+
+def continue_final(body: dict, messages: list[dict]) -> bool:
+    """vLLM's `continue_final_message` (write on from the last, assistant, message) and
+    `add_generation_prompt` (only False with it: a new answer always starts one)."""
+    cont, gen = body.get("continue_final_message", False), body.get("add_generation_prompt", True)
+    for name, value in (("continue_final_message", cont), ("add_generation_prompt", gen)):
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{name!r} must be a boolean", code="invalid_type", param=name)
+    if cont and gen:
+        raise _bad("'continue_final_message' needs 'add_generation_prompt': false", "add_generation_prompt")
+    if not cont and not gen:
+        raise _bad("'add_generation_prompt': false is only supported with 'continue_final_message': true",
+                   "add_generation_prompt")
+    if cont and messages[-1]["role"] != "assistant":
+        raise _bad("'continue_final_message' needs the last message to be the assistant's", "messages")
+    return cont
 
 
 def _finish(g: Generation) -> str:

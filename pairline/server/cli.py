@@ -23,6 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     _add_options(p, port=8765)
     p.add_argument("--workspace", metavar="DIR", default=None,
                    help="the folder the web app at / edits (prints the app's URL, with its token, once serving)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="serve on Ray Serve: replicas of the engine behind Serve's proxy on --port, sessions kept on "
+                   "their replica; joins the Ray cluster running here (or at ADDRESS), else starts one "
+                   "(docs/scaling.md, \"pairline on Ray Serve\"; needs pip install 'pairline[ray]')")
+    p.add_argument("--replicas", default="1", metavar="N|MIN:MAX",
+                   help="with --ray: N engine replicas, or MIN:MAX for Serve's autoscaling (default 1)")
     p.set_defaults(func=cmd_serve, open_browser=False, deep_model=None, commit=True, test_cmd="pytest -q", server=None)
     a = subparsers.add_parser(
         "app",
@@ -91,6 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_sessions < 1 or args.ctx < 64 or args.max_queue < 1:
         raise PairlineError("--max-sessions and --max-queue must be at least 1, --ctx at least 64")
+    if getattr(args, "ray", None):  # `pairline app` has no --ray
+        return serve_on_ray(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = workspace_root(args.workspace) if args.workspace else None
     sock = bind_socket(args.host, args.port)  # before loading the model: a taken port fails in a second, clearly
@@ -122,6 +130,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     test_cmd=args.test_cmd)
     run_server(engine, cfg, sock, app_routes(app), started)
     return 0
+
+
+def serve_on_ray(args: argparse.Namespace) -> int:
+    """`pairline serve --ray`: pairline/server/ray_serve.py, if Ray Serve is installed (an extra)."""
+    from pairline.errors import PairlineError
+
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        raise PairlineError("--ray needs Ray Serve: pip install 'pairline[ray]'") from None
+    from pairline.server.ray_serve import replica_counts, run
+
+    replica_counts(args.replicas)  # a bad value is said before Ray starts
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run(args)
 
 
 def server_config(args: argparse.Namespace):

@@ -404,6 +404,15 @@ def test_backend_killed_mid_stream_failover_and_recovery(servers):
 
 
 
+def assert_one_answer(text: str, before: str, reference: str) -> None:
+    """The client's text is what it had before the kill, then the survivor's continuation of it. It is
+    not asserted to equal the uncut `reference`: greedy on the same weights it is the same answer
+    only up to the bound docs/scaling.md states (a survivor that reuses cached KV may part from the
+    dead backend's single steps at a near-tie; SmolLM2 here has one between "Mercury" and "Earth")."""
+    assert before and text.startswith(before) and len(text) > len(before), (before, text)
+    assert text.startswith(os.path.commonprefix([text, reference]))  # (for the failure message)
+
+
 def _key_owned_by(r: RouterThread, tier: str, name: str) -> str:
     """A session key the tier's ring gives to backend `name` (so a test knows which one to kill)."""
     return next(k for k in (f"s{i}" for i in range(1000)) if r.router.rings[tier].lookup(k) == name)
@@ -438,18 +447,18 @@ backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep"
             extra_headers={"x-pairline-session": key}))
         while sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) < 5:
             chunks.append(next(it))
+        before = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         procs[port].send_signal(signal.SIGKILL)
         procs[port].wait(10)
         chunks += list(it)  # no error: the survivor writes on
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         want = reference.choices[0].message.content
-        # pairline serve --runtime torch: a prefill gives the ids single steps give (batch invariant)
-        assert text == want, (text, want)
+        assert_one_answer(text, before, want)
         info = chunks[-1].model_extra["pairline"]
         assert info["backend"] == "victim" and info["resumed"][0]["from"] == "victim"
         assert info["resumed"][0]["to"] == "survivor" and info["resumed"][0]["after_tokens"] >= 5
         assert len({c.id for c in chunks}) == 1  # one answer, one id
-        assert chunks[-1].usage.completion_tokens == reference.usage.completion_tokens
+        assert 5 < chunks[-1].usage.completion_tokens <= 60  # the whole answer's, within the client's max_tokens
         assert chunks[-1].usage.prompt_tokens == reference.usage.prompt_tokens
         metrics = httpx.get(r.base_url + "/metrics").text
         assert 'pairline:router_midstream_failovers_total{tier="realtime",backend="survivor"} 1' in metrics
@@ -459,6 +468,60 @@ backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep"
         if r is not None:
             r.stop()
         procs[port] = start_serve(port)  # for the tests after this one
+        wait_healthy(port, procs[port])
+
+
+@pytest.mark.timeout(180)
+def test_websocket_response_cut_mid_answer_continues_on_the_survivor(servers):
+    """The same for a WebSocket session: its backend session dies mid-response; the response goes on
+    (same id, same item), written by the survivor, and the session's next turn is served as usual."""
+    (rt, deep, port), procs = servers
+    r = None
+    try:
+        r = router(f"""
+[router]
+health_interval_s = 0.3
+[tiers.realtime]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{port}", name = "victim" }},
+            {{ kind = "pairline", url = "http://127.0.0.1:{rt}", name = "survivor" }}]
+[tiers.deep]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep" }}]
+""")
+        ask = dict(input="List the planets of the solar system, one per line, with a fact each.",
+                   max_output_tokens=60, temperature=0, mode="realtime")
+        key = _key_owned_by(r, "realtime", "victim")
+        reference = sdk(r).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": ask["input"]}], max_tokens=60, temperature=0,
+            extra_body={"mode": "realtime"}, extra_headers={"x-pairline-session": key}).choices[0].message.content
+        ws = connect(r.ws_url, open_timeout=20, close_timeout=5,
+                     additional_headers={"x-pairline-session": key}).__enter__()
+        assert json.loads(ws.recv(timeout=20))["type"] == "session.created"
+        ws.send(json.dumps({"type": "response.create", **ask}))
+        evs = until(ws, "response.output_text.delta")
+        assert evs[0]["pairline"]["backend"] == "victim"
+        evs += until(ws, "response.output_text.delta") + until(ws, "response.output_text.delta")
+        killed_at = len(evs)
+        procs[port].send_signal(signal.SIGKILL)
+        procs[port].wait(10)
+        evs += until(ws, *TERMINAL)
+        assert evs[-1]["type"] in TERMINAL[:2], evs[-3:]  # completed, or incomplete at max_output_tokens
+        text = "".join(e["delta"] for e in evs if e["type"] == "response.output_text.delta")
+        assert text == evs[-1]["response"]["output_text"]
+        before = "".join(e["delta"] for e in evs[:killed_at] if e["type"] == "response.output_text.delta")
+        assert_one_answer(text, before, reference)
+        assert {e["response"]["id"] for e in evs if "response" in e} == {evs[0]["response"]["id"]}
+        assert len({e["item_id"] for e in evs if "item_id" in e}) == 1
+        assert evs[-1]["pairline"]["resumed"][0]["to"] == "survivor"
+        nxt = turn(ws, input="Which one is the largest?", max_output_tokens=8, mode="realtime")
+        assert nxt[-1]["type"] in TERMINAL[:2] and nxt[-1]["pairline"]["backend"] == "survivor"
+        assert nxt[-1]["response"]["previous_response_id"] == evs[-1]["response"]["id"]
+        ws.close()
+        led = assert_none_lost(r)
+        assert led["realtime"].get("errored", 0) == 0
+    finally:
+        if r is not None:
+            r.stop()
+        procs[port] = start_serve(port)
         wait_healthy(port, procs[port])
 
 @pytest.mark.timeout(120)

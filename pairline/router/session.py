@@ -44,6 +44,7 @@ from pairline.router.backends import (
 )
 from pairline.router.classify import Route
 from pairline.router.core import Attempt, Ledger, Router, check_mode, served_by
+from pairline.router.metrics import labels
 from pairline.wire.protocol import (
     CANCEL_FIELDS,
     FINAL_EVENT,
@@ -400,7 +401,7 @@ class RouterSession(PrefillAhead, SessionSocket):
             with contextlib.suppress(ConnectionError):
                 await link.send({"type": "response.cancel"})
         head: list[dict] = []
-        started, text, last_t, response, first = False, "", 0.0, None, True
+        started, text, last_t, response, first, deltas, item = False, "", 0.0, None, True, 0, None
         cfg = r.cfg
         while True:
             msg = await link.recv(cfg.idle_timeout_s if started else cfg.first_token_timeout_s)
@@ -409,7 +410,9 @@ class RouterSession(PrefillAhead, SessionSocket):
                 asyncio.create_task(link.close())
                 if not started:
                     raise Retryable(f"{b.name}: the session closed or went silent before the first token")
-                await self._broken(turn, info, response, text, "its session closed or went silent")
+                cut = ResponseState((response or {}).get("model") or self.model or "", _sampling(turn.sampling),
+                                    turn.previous, turn.metadata, **_ids(response, item), text=text)
+                await self._resume(turn, att, info, cut, deltas, "its session closed or went silent")
                 return
             t = msg.get("type")
             err = msg.get("error") if t == "error" else None
@@ -457,6 +460,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                     m["pairline"] = turn.shown(info, n)
                 elif t == "response.output_text.delta":
                     text += m.get("delta") or ""
+                    deltas, item = deltas + 1, m.get("item_id") or item
                     now = time.perf_counter()
                     if now > last_t:
                         r.itl(b, now - last_t)
@@ -494,25 +498,12 @@ class RouterSession(PrefillAhead, SessionSocket):
 
     # -------- an OpenAI-compatible backend: the conversation resent, SSE translated
 
-    async def turn_http(self, turn: RouterTurn, att: Attempt) -> None:
+    async def turn_http(self, turn: RouterTurn, att: Attempt, shown: bool = False) -> None:
+        """`shown`: has the client seen a response of this turn yet (then failures are visible)."""
         r, b = self.r, att.backend
         info = served_by(att, turn.mode, turn.route)
-        shown = False  # has the client seen a response of this turn yet (then failures are visible)
         while True:
-            system = ([{"role": "system", "content": turn.sampling["instructions"]}]
-                      if turn.sampling.get("instructions") else [])
-            messages = with_context(system, turn.context, self.history + turn.new_msgs)  # as a pairline session
-            body = {"model": b.model or "default", "messages": messages, "stream": True,
-                    "stream_options": {"include_usage": True}}
-            s = turn.sampling
-            for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
-                                 ("top_p", "top_p"), ("seed", "seed")):
-                if s.get(ours) is not None:
-                    body[theirs] = s[ours]
-            if turn.prediction is not None and b.prediction:
-                body["prediction"] = turn.prediction
-            if turn.grammar is not None:  # pairline's HTTP takes the same field
-                body["grammar"] = turn.grammar
+            body = self._chat_body(turn, b)
             t0 = time.perf_counter()
             try:
                 resp = await send_request(r.client, b, "/chat/completions", body, stream=True)
@@ -534,10 +525,71 @@ class RouterSession(PrefillAhead, SessionSocket):
                 return
             shown = shown or again
 
+    def _chat_body(self, turn: RouterTurn, b: Backend, answer: str | None = None) -> dict:
+        """The turn as a Chat Completions request (the conversation resent). `answer`: the start of
+        the answer, for the backend to write on from (mid-stream failover, pairline.router.resume)."""
+        system = [{"role": "system", "content": turn.sampling["instructions"]}] if turn.sampling.get("instructions") \
+            else []
+        messages = with_context(system, turn.context, self.history + turn.new_msgs)  # as a pairline session
+        body = {"model": b.model or "default", "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}}
+        s = turn.sampling
+        for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
+                             ("top_p", "top_p"), ("seed", "seed")):
+            if s.get(ours) is not None:
+                body[theirs] = s[ours]
+        if turn.prediction is not None and b.prediction:
+            body["prediction"] = turn.prediction
+        if turn.grammar is not None:  # pairline's HTTP takes the same field
+            body["grammar"] = turn.grammar
+        if answer is not None:
+            body.update(messages=[*messages, {"role": "assistant", "content": answer}], continue_final_message=True,
+                        add_generation_prompt=False)
+        return body
+
+    async def _resume(self, turn: RouterTurn, att: Attempt, info: dict, cut: ResponseState, deltas: int,
+                      why: str) -> None:
+        """A pairline backend died mid-response: another backend of the tier that can continue a cut
+        answer writes on from `cut.text` over HTTP, into the same response (same ids), marked
+        `pairline.resumed`. With none, the response fails visibly (`_broken`)."""
+        dead = att.backend
+        self.r.end(dead, False)
+        turn.backend, turn.link = None, None  # a cancel or steer now cuts the HTTP stream
+        if dead.resume:
+            async with contextlib.aclosing(self.r.attempts(att.tier, self.key, failover=False)) as attempts:
+                async for nxt in attempts:
+                    b = nxt.backend
+                    if not b.resume or (turn.grammar is not None and not b.grammar):
+                        continue
+                    body = self._chat_body(turn, b, cut.text)
+                    if isinstance(body.get("max_tokens"), int):
+                        body["max_tokens"] = max(1, body["max_tokens"] - deltas)  # a delta is at least a token
+                    self.r.begin(b)
+                    turn.backend = b
+                    try:
+                        resp = await send_request(self.r.client, b, "/chat/completions", body, stream=True)
+                    except Retryable as err:
+                        turn.backend = None
+                        self.r.failed(b, err)
+                        continue
+                    if resp.status_code != 200:
+                        await resp.aclose()
+                        turn.backend = None
+                        self.r.end(b, False)
+                        continue
+                    resumed = {**info, "resumed": [{"from": dead.name, "to": b.name, "after_tokens": deltas}]}
+                    self.r.metrics.inc("midstream_failovers_total", labels(tier=att.tier, backend=b.name))
+                    log.info("router: session %s: %s continues %s's answer", self.id, b.name, dead.name)
+                    if await self._relay_sse(turn, nxt, resumed, resp, time.perf_counter(), True, cut) is None:
+                        return
+                    return await self.turn_http(turn, nxt, shown=True)  # steered: its successor, on b
+        await self._broken(turn, info, cut.to_dict(), cut.text, why)
+
     async def _relay_sse(self, turn: RouterTurn, att: Attempt, info: dict, resp: httpx.Response, t0: float,
-                         shown: bool) -> bool | None:
+                         shown: bool, cut: ResponseState | None = None) -> bool | None:
         """One backend response as the session's events. Returns None when the turn is over, or
-        whether the client has seen a response when a steer asks for a successor."""
+        whether the client has seen a response when a steer asks for a successor. `cut`: the
+        response this one writes on (its events were shown; the text goes on in it)."""
         r, b = self.r, att.backend
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -550,7 +602,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                 await queue.put(("broken", f"{type(err).__name__}"))
 
         pump_task = asyncio.create_task(pump())
-        state = ResponseState(b.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
+        state = cut or ResponseState(b.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
         pos = state.pos()
         started, finish, usage, timings, last_t = False, None, None, None, 0.0
         try:
@@ -588,7 +640,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                     last_t = time.perf_counter()
                     r.ttft(b, last_t - t0)
                     turn.response_id = state.id
-                    for type_, fields in state.opening_events(pairline=turn.shown(info)):
+                    for type_, fields in [] if cut else state.opening_events(pairline=turn.shown(info)):
                         await self.send(type_, **fields)
                 if delta:
                     now = time.perf_counter()
@@ -610,6 +662,10 @@ class RouterSession(PrefillAhead, SessionSocket):
             await self._cancelled_unseen(turn)
             return None
         state.usage = usage_responses(usage) if usage else None
+        if cut is not None and state.usage:  # the cut text was this request's input, and the answer's output
+            spent = info["resumed"][0]["after_tokens"]
+            state.usage["input_tokens"] -= spent
+            state.usage["output_tokens"] += spent
         state.timings = {**(timings or {}), "router_total_s": time.perf_counter() - t0}
         # a backend's finish_reason counts only as "length" or not (any other reason is a completed answer)
         reason = "cancelled" if kind == "stop" else "length" if finish == "length" else None
@@ -676,6 +732,13 @@ class RouterSession(PrefillAhead, SessionSocket):
                 await self.turn_task
         for link in list(self.links.values()):
             await link.close()
+
+
+def _ids(response: dict | None, item_id: str | None) -> dict:
+    """The ids a backend gave a response the router goes on writing (ResponseState's fields)."""
+    r = response or {}
+    ids = {"id": r.get("id"), "created_at": r.get("created_at"), "item_id": item_id}
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def _flat(steers: list[Steer]) -> list[dict]:

@@ -20,7 +20,6 @@ for a position after a newer keystroke (must be 0)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
@@ -97,20 +96,12 @@ def open_engine(name: str, cfg: FimBenchConfig, gguf: Path):
         if cfg.runtime:
             cmd += ["--runtime", cfg.runtime]
     elif name == "llamacpp-server":
-        try:
-            import llama_cpp.server  # noqa: F401  (its extra: fastapi, sse-starlette, ...)
-        except ImportError as err:
-            hint = "pip install 'llama-cpp-python[server]'"
-            raise RuntimeError(f"llama.cpp's server is not installed ({err}); {hint}") from err
-        from pairline.engine.guard import preferred_repack
+        from pairline.bench.peers import llamacpp_server_command, llamacpp_server_missing
 
-        # the peer gets the weight layout pairline's own llama.cpp runtime was given by its check:
-        # where the repack crashes (AMX), llama.cpp's plain server would crash on its first request
-        run = "runpy.run_module('llama_cpp.server', run_name='__main__')"
-        head = "import runpy; from pairline.bench.peers import extra_bufts"
-        launch = f"{head}\nwith extra_bufts({preferred_repack(gguf)}): {run}"
-        cmd = [sys.executable, "-c", launch, "--model", str(gguf), "--port", str(port), "--n_ctx", str(cfg.n_ctx),
-               "--n_threads", str(os.cpu_count() or 2), "--verbose", "false"]
+        missing = llamacpp_server_missing()
+        if missing:
+            raise RuntimeError(missing)
+        cmd = llamacpp_server_command(gguf, port, cfg.n_ctx)
     else:
         raise ValueError(f"unknown engine {name!r}; one of {', '.join(ENGINES)}")
     # /v1/models: llama.cpp's server has no /health

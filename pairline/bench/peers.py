@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,32 @@ def extra_bufts(on: bool):
         yield
     finally:
         high_level.llama_cpp.llama_model_default_params = real
+
+
+def llamacpp_server_missing() -> str | None:
+    """Why llama.cpp's own OpenAI server (`python -m llama_cpp.server`) cannot run here, or None."""
+    try:
+        import llama_cpp.server  # noqa: F401  (its extra: fastapi, sse-starlette, ...)
+    except Exception as err:  # missing, or a broken build of llama-cpp-python
+        hint = "pip install 'llama-cpp-python[server]'"
+        return f"llama.cpp's server is not installed ({type(err).__name__}: {err}); {hint}"
+    return None
+
+
+def llamacpp_server_command(gguf: Path, port: int, n_ctx: int, threads: int | None = None,
+                            interrupt: bool = True) -> list[str]:
+    """The command line of llama.cpp's own OpenAI server on `gguf`, on 127.0.0.1:`port`. It has no
+    /health: `/v1/models` answers once it is up. `interrupt` is its `--interrupt_requests` (its
+    default, on): a request that comes while an answer streams ends that answer (with `[DONE]`); off,
+    it waits its turn (docs/scaling.md: behind the router). The server gets the weight layout
+    pairline's own llama.cpp runtime was given by its check: where the repack crashes (AMX,
+    docs/engine.md), llama.cpp's plain server would crash on its first request."""
+    run = "runpy.run_module('llama_cpp.server', run_name='__main__')"
+    head = "import runpy; from pairline.bench.peers import extra_bufts"
+    launch = f"{head}\nwith extra_bufts({preferred_repack(Path(gguf))}): {run}"
+    return [sys.executable, "-c", launch, "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+            "--n_ctx", str(n_ctx), "--n_threads", str(threads or os.cpu_count() or 2),
+            "--interrupt_requests", str(interrupt).lower(), "--verbose", "false"]
 
 
 class LlamaCppBackend:

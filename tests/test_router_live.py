@@ -515,6 +515,7 @@ backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep"
         nxt = turn(ws, input="Which one is the largest?", max_output_tokens=8, mode="realtime")
         assert nxt[-1]["type"] in TERMINAL[:2] and nxt[-1]["pairline"]["backend"] == "survivor"
         assert nxt[-1]["response"]["previous_response_id"] == evs[-1]["response"]["id"]
+        assert nxt[0]["pairline"]["rebuilt"] == {"lost": "victim", "replayed_messages": 2}  # marked, not silent
         ws.close()
         led = assert_none_lost(r)
         assert led["realtime"].get("errored", 0) == 0

@@ -74,7 +74,7 @@ class PrefillAhead:
 
     async def _open_link(self, tier: str, b: Backend) -> None:
         try:
-            link = await WsLink.open(b, self.r.cfg.connect_timeout_s)
+            link = await WsLink.open(b, self.r.cfg.connect_timeout_s, self.key)
         except Retryable as err:
             log.info("router: session %s: no backend session ahead: %s", self.id, err)
             return

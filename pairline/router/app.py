@@ -120,7 +120,7 @@ class HttpIngress:
                 try:
                     if stream:
                         return await self._stream(b, path, body, info, ledger, chat, key)
-                    return await self._whole(b, path, b.upstream_body(body), info, ledger)
+                    return await self._whole(b, path, b.upstream_body(body), info, ledger, key)
                 except Retryable as err:
                     r.failed(b, err)
                     last = err
@@ -134,8 +134,8 @@ class HttpIngress:
         err = r.no_backend_error(last, "request")
         return error_response(err, headers={"Retry-After": "1"} if err.status == 429 else None)
 
-    async def _whole(self, b: Backend, path: str, body: dict, info: dict, ledger: Ledger) -> Response:
-        resp = await send_request(self.r.client, b, path, body, stream=False)
+    async def _whole(self, b: Backend, path: str, body: dict, info: dict, ledger: Ledger, key: str | None) -> Response:
+        resp = await send_request(self.r.client, b, path, body, stream=False, key=key)
         try:
             data = resp.json()
         except ValueError:
@@ -153,11 +153,12 @@ class HttpIngress:
             data["pairline"] = info
         return JSONResponse(data, headers=route_headers(info))
 
-    async def _open(self, b: Backend, path: str, body: dict) -> tuple[httpx.Response, AsyncIterator, list]:
+    async def _open(self, b: Backend, path: str, body: dict,
+                    key: str | None) -> tuple[httpx.Response, AsyncIterator | None, list]:
         """Send a streaming request and hold what comes before its first token: until then another
         backend can still take over unseen (Retryable). A status other than 200 is the caller's."""
         t0 = time.perf_counter()
-        resp = await send_request(self.r.client, b, path, body, stream=True)
+        resp = await send_request(self.r.client, b, path, body, stream=True, key=key)
         if resp.status_code != 200:
             return resp, None, []
         events = sse_events(resp)
@@ -186,7 +187,7 @@ class HttpIngress:
     async def _stream(self, b: Backend, path: str, body: dict, info: dict, ledger: Ledger, chat: bool,
                       key: str | None) -> Response:
         r = self.r
-        resp, events, head = await self._open(b, path, b.upstream_body(upstream_options(body, b)))
+        resp, events, head = await self._open(b, path, b.upstream_body(upstream_options(body, b)), key)
         if events is None:  # the client's mistake (400...): passed on as the backend said it
             data = await resp.aread()
             await resp.aclose()
@@ -297,7 +298,7 @@ class HttpIngress:
                 r.begin(b)
                 try:
                     resp, events, head = await self._open(b, path, b.upstream_body(
-                        upstream_options(continuation(body, chat, progress), b)))
+                        upstream_options(continuation(body, chat, progress), b)), key)
                 except Retryable as err:
                     r.failed(b, err)
                     continue

@@ -80,8 +80,13 @@ class Backend(Target):
     def ws_url(self) -> str:
         return "ws" + self.root[4:] + "/v1/responses"
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        """The backend's key, and the session key for a pairline backend: a Serve deployment of
+        pairline (server/ray_serve.py) routes on it, so a session's requests find their KV."""
+        h = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if key and self.kind != "openai":
+            h["x-pairline-session"] = key
+        return h
 
     def upstream_body(self, body: dict) -> dict:
         """The client's body as this backend should get it: an OpenAI-compatible server gets its
@@ -107,10 +112,11 @@ class Backend(Target):
 # ---------------------------------------------------------------- HTTP
 
 
-async def send_request(client: httpx.AsyncClient, b: Backend, path: str, body: dict, stream: bool) -> httpx.Response:
+async def send_request(client: httpx.AsyncClient, b: Backend, path: str, body: dict, stream: bool,
+                       key: str | None = None) -> httpx.Response:
     """POST `path` under the backend's API base. Not reaching it, or an answer another backend might
     do better on (429, 5xx), is Retryable; any other status is the caller's to pass on."""
-    req = client.build_request("POST", b.api_base + path, json=body, headers=b.headers())
+    req = client.build_request("POST", b.api_base + path, json=body, headers=b.headers(key))
     try:
         resp = await client.send(req, stream=stream)
     except httpx.HTTPError as err:
@@ -193,9 +199,9 @@ class WsLink:
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, b: Backend, timeout: float) -> WsLink:
+    async def open(cls, b: Backend, timeout: float, key: str | None = None) -> WsLink:
         try:
-            conn = await connect(b.ws_url, additional_headers=b.headers(), open_timeout=timeout, max_size=1 << 24,
+            conn = await connect(b.ws_url, additional_headers=b.headers(key), open_timeout=timeout, max_size=1 << 24,
                                  close_timeout=2, proxy=None)
         except Exception as err:  # refused, timed out, handshake rejected
             raise Retryable(f"{b.name}: cannot open a session ({type(err).__name__}: {err})",

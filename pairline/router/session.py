@@ -147,6 +147,7 @@ class RouterSession(PrefillAhead, SessionSocket):
         self.history: list[dict] = []  # user and assistant messages, in order
         self.last_response_id: str | None = None
         self.links: dict[str, WsLink] = {}
+        self.lost: dict[str, str] = {}  # tier -> the backend whose session died holding this conversation
         self.turn: RouterTurn | None = None
         self.turn_task: asyncio.Task | None = None
         self.last_active = time.monotonic()  # the client's last event, or the end of the last turn
@@ -361,11 +362,13 @@ class RouterSession(PrefillAhead, SessionSocket):
     async def turn_ws(self, turn: RouterTurn, att: Attempt) -> None:
         r, b = self.r, att.backend
         link = self.links.get(att.tier)
+        lost = self.lost.pop(att.tier, None)  # a backend session that died, and the conversation it held
         if link is None or link.backend is not b or not link.usable():
             if link is not None:
+                lost = lost or (link.backend.name if link.closed else None)
                 asyncio.create_task(link.close())
             self.links.pop(att.tier, None)
-            link = await WsLink.open(b, r.cfg.connect_timeout_s)
+            link = await WsLink.open(b, r.cfg.connect_timeout_s, self.key)
             self.links[att.tier] = link
             self.link_context[att.tier] = {}
         turn.link = link
@@ -387,6 +390,8 @@ class RouterSession(PrefillAhead, SessionSocket):
         if turn.event_id:
             ev["event_id"] = turn.event_id
         info = served_by(att, turn.mode, turn.route)
+        if lost and missed:  # the backend session this conversation had is gone: rebuilt from its history
+            info["rebuilt"] = {"lost": lost, "replayed_messages": len(missed)}
         t0 = time.perf_counter()
         try:
             await link.send(ev)
@@ -407,6 +412,7 @@ class RouterSession(PrefillAhead, SessionSocket):
             msg = await link.recv(cfg.idle_timeout_s if started else cfg.first_token_timeout_s)
             if msg is None:
                 self.links.pop(att.tier, None)
+                self.lost[att.tier] = b.name
                 asyncio.create_task(link.close())
                 if not started:
                     raise Retryable(f"{b.name}: the session closed or went silent before the first token")
@@ -506,7 +512,7 @@ class RouterSession(PrefillAhead, SessionSocket):
             body = self._chat_body(turn, b)
             t0 = time.perf_counter()
             try:
-                resp = await send_request(r.client, b, "/chat/completions", body, stream=True)
+                resp = await send_request(r.client, b, "/chat/completions", body, stream=True, key=self.key)
             except Retryable as err:
                 if not shown:
                     raise
@@ -567,7 +573,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                     self.r.begin(b)
                     turn.backend = b
                     try:
-                        resp = await send_request(self.r.client, b, "/chat/completions", body, stream=True)
+                        resp = await send_request(self.r.client, b, "/chat/completions", body, True, self.key)
                     except Retryable as err:
                         turn.backend = None
                         self.r.failed(b, err)

@@ -6,7 +6,8 @@ router holds and resends, health checks (it has no /health), streams that wait t
 that answers 429, and the server killed with SIGKILL mid-stream (failover to the deep tier). Also
 llama.cpp's default, a new request ending the answer streaming, and how the router reports that.
 One llama.cpp server is shared by the module; the interrupting one and the killed one are apart.
-Two xfail(strict) tests name router bugs found here."""
+Two tests here found router bugs, since fixed: [DONE] sent before the error chunk of a cut SSE
+stream, and WebSocket turns to openai backends without the protocol's sampling defaults."""
 
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ def test_websocket_session_history_is_resent_to_llamacpp(routed):
     """llama.cpp speaks only HTTP: the router holds the conversation and resends it each turn. The
     second answer knows what only the first turn said; the same question in a fresh session does not."""
     before = metric(routed, "backend_requests_total", 'tier="realtime",backend="llamacpp"') or 0
-    ask = {"max_output_tokens": 12, "temperature": 0, "mode": "realtime"}  # greedy: see the xfail below
+    ask = {"max_output_tokens": 12, "temperature": 0, "mode": "realtime"}  # greedy
     ws = ws_client(routed)
     first = turn(ws, input="My secret word is banana. Reply with OK.", **ask)
     assert first[0]["type"] == "response.created" and first[0]["pairline"]["backend"] == "llamacpp"
@@ -286,11 +287,6 @@ def test_an_answer_llamacpp_cuts_short_is_failed_on_websocket(interrupting):
     assert_none_lost(r)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "router bug (pairline/router/app.py, HttpIngress._stream, one_leg): the backend's `data: [DONE]` is "
-    "passed on before the router checks that the stream had its final chunk, so its backend_failed error "
-    "chunk comes after [DONE], where SSE clients (the openai SDK) have stopped reading: a stream llama.cpp "
-    "cut short ends, for them, as if complete"))
 @pytest.mark.timeout(60)
 def test_an_answer_llamacpp_cuts_short_is_an_error_on_sse(interrupting):
     r, api_base = interrupting
@@ -411,12 +407,6 @@ def test_429_moves_the_request_to_llamacpp_and_passes_through_when_no_one_else_c
     assert led["realtime"] == {"accepted": 5, "completed": 5} and led["deep"] == {"accepted": 2, "errored": 2}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "router bug (pairline/router/session.py, the Chat Completions body built for a turn: it copies "
-    "max_output_tokens/temperature/top_p/seed only when set): a WebSocket turn sent to an openai-kind "
-    "backend omits `temperature` and `max_tokens` when the client set none, so the backend's own defaults "
-    "apply (llama_cpp.server: temperature 0.8, max_tokens unlimited) instead of the session protocol's "
-    "(greedy, max_output_tokens 1024, docs/protocol.md); the router's response object still says temperature 0.0"))
 @pytest.mark.timeout(60)
 def test_websocket_turn_sends_the_protocols_sampling_defaults(busy_first):
     r, busy = busy_first

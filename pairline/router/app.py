@@ -165,9 +165,9 @@ class HttpIngress:
         head: list[tuple[str, dict | None]] = []
         try:
             async for kind, obj in events:
+                if kind == "done":  # [DONE] with nothing before it: nothing reached the client
+                    raise Retryable(f"{b.name}: the stream ended before the first token")
                 head.append((kind, obj))
-                if kind == "done":
-                    break
                 code = error_code(obj)
                 if code in RETRY_CODES:
                     raise Retryable.before_first_token(b.name, code)
@@ -222,19 +222,14 @@ class HttpIngress:
         async def one_leg():
             """The current backend's stream; raises httpx.HTTPError when it breaks off."""
             finished, done, last = False, False, time.perf_counter()
-            for kind, obj in leg["head"]:
-                if kind == "done":
-                    done = True
-                    yield SSE_DONE
-                else:
-                    finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
-                    if (out := relay(obj)) is not None:
-                        yield out
+            for _, obj in leg["head"]:  # (never [DONE]: _open raises on one before the first token)
+                finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
+                if (out := relay(obj)) is not None:
+                    yield out
             if not done:
                 async for kind, obj in leg["events"]:
                     if kind == "done":
                         done = True
-                        yield SSE_DONE
                         break
                     if chunk_text(obj):
                         now = time.perf_counter()
@@ -243,8 +238,9 @@ class HttpIngress:
                     finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
                     if (out := relay(obj)) is not None:
                         yield out
-            if not (done and finished):
+            if not (done and finished):  # checked before [DONE] goes out: after it, SSE clients stop reading
                 raise httpx.RemoteProtocolError("the stream ended without its final chunk")
+            yield SSE_DONE
 
         async def body_iter():
             try:

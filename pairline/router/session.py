@@ -47,6 +47,7 @@ from pairline.router.core import Attempt, Ledger, Router, check_mode, served_by
 from pairline.router.metrics import labels
 from pairline.wire.protocol import (
     CANCEL_FIELDS,
+    DEFAULT_MAX_OUTPUT_TOKENS,
     FINAL_EVENT,
     SAMPLING_FIELDS,
     SESSION_FIELDS,
@@ -539,7 +540,9 @@ class RouterSession(PrefillAhead, SessionSocket):
         messages = with_context(system, turn.context, self.history + turn.new_msgs)  # as a pairline session
         body = {"model": b.model or "default", "messages": messages, "stream": True,
                 "stream_options": {"include_usage": True}}
-        s = turn.sampling
+        # the session protocol's defaults where the client set none (greedy, 1024 tokens), not the backend's
+        s = {"max_output_tokens": DEFAULT_MAX_OUTPUT_TOKENS, "temperature": 0.0,
+             **{k: v for k, v in turn.sampling.items() if v is not None}}
         for ours, theirs in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
                              ("top_p", "top_p"), ("seed", "seed")):
             if s.get(ours) is not None:

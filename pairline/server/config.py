@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pairline.wire.protocol import AheadLimits
+from pairline.wire.protocol import DEFAULT_MAX_OUTPUT_TOKENS, AheadLimits
 
 
 @dataclass(slots=True)
@@ -22,7 +22,7 @@ class ServerConfig:
     max_queue: int = 32  # requests waiting for the engine; past it: 429 / an error event
     max_message_bytes: int = 1 << 20  # one WebSocket message or HTTP body
     max_output_tokens: int = 4096  # the most a request may ask for
-    default_max_output_tokens: int = 1024
+    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     idle_timeout_s: float = 600.0  # a WebSocket session with no client message for this long is closed
     shutdown_grace_s: float = 2.0  # SIGTERM: time given to open sessions for their final event
     retry_after_s: int = 1

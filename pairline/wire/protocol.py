@@ -217,6 +217,7 @@ def grammar_field(grammar: Grammar) -> dict:
 CLIENT_EVENTS = ("session.update", "response.create", "response.cancel", "response.steer", "draft.update",
                  "context.update")
 
+DEFAULT_MAX_OUTPUT_TOKENS = 1024  # a response's limit when neither it nor its session sets one
 SAMPLING_FIELDS = frozenset({"instructions", "max_output_tokens", "temperature", "top_p", "seed"})
 CREATE_FIELDS = frozenset({"type", "event_id", "model", "input", "previous_response_id", "prediction", "grammar",
                            "store", "metadata", *SAMPLING_FIELDS})

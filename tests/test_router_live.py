@@ -413,6 +413,18 @@ def assert_one_answer(text: str, before: str, reference: str) -> None:
     assert text.startswith(os.path.commonprefix([text, reference]))  # (for the failure message)
 
 
+def victim_and_survivor(victim: int, survivor: int, deep: int) -> str:
+    return f"""
+[router]
+health_interval_s = 0.3
+[tiers.realtime]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{victim}", name = "victim" }},
+            {{ kind = "pairline", url = "http://127.0.0.1:{survivor}", name = "survivor" }}]
+[tiers.deep]
+backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep" }}]
+"""
+
+
 def _key_owned_by(r: RouterThread, tier: str, name: str) -> str:
     """A session key the tier's ring gives to backend `name` (so a test knows which one to kill)."""
     return next(k for k in (f"s{i}" for i in range(1000)) if r.router.rings[tier].lookup(k) == name)
@@ -426,15 +438,7 @@ def test_stream_cut_mid_answer_continues_on_the_survivor(servers):
     (rt, deep, port), procs = servers
     r = None
     try:
-        r = router(f"""
-[router]
-health_interval_s = 0.3
-[tiers.realtime]
-backends = [{{ kind = "pairline", url = "http://127.0.0.1:{port}", name = "victim" }},
-            {{ kind = "pairline", url = "http://127.0.0.1:{rt}", name = "survivor" }}]
-[tiers.deep]
-backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep" }}]
-""")
+        r = router(victim_and_survivor(port, rt, deep))
         client = sdk(r)
         ask = [{"role": "user", "content": "List the planets of the solar system, one per line, with a fact each."}]
         common = dict(model=MODEL, messages=ask, max_tokens=60, temperature=0)
@@ -478,15 +482,7 @@ def test_websocket_response_cut_mid_answer_continues_on_the_survivor(servers):
     (rt, deep, port), procs = servers
     r = None
     try:
-        r = router(f"""
-[router]
-health_interval_s = 0.3
-[tiers.realtime]
-backends = [{{ kind = "pairline", url = "http://127.0.0.1:{port}", name = "victim" }},
-            {{ kind = "pairline", url = "http://127.0.0.1:{rt}", name = "survivor" }}]
-[tiers.deep]
-backends = [{{ kind = "pairline", url = "http://127.0.0.1:{deep}", name = "deep" }}]
-""")
+        r = router(victim_and_survivor(port, rt, deep))
         ask = dict(input="List the planets of the solar system, one per line, with a fact each.",
                    max_output_tokens=60, temperature=0, mode="realtime")
         key = _key_owned_by(r, "realtime", "victim")

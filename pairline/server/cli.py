@@ -6,9 +6,8 @@ import argparse
 import logging
 import os
 
+from pairline.server.config import API_KEY_ENV, server_config
 from pairline.wire.listen import add_web_options, bind_socket, warn_if_exposed
-
-API_KEY_ENV = "PAIRLINE_API_KEY"  # the same variable the clients (`--server`) send their key from
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -145,19 +144,3 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     replica_counts(args.replicas)  # a bad value is said before Ray starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return run(args)
-
-
-def server_config(args: argparse.Namespace):
-    """The ServerConfig of `pairline serve`'s options (`pairline app` takes the same)."""
-    from pairline.server.config import ServerConfig
-
-    return ServerConfig(host=args.host, port=args.port, api_key=api_key(args), max_sessions=args.max_sessions,
-                        max_queue=args.max_queue, idle_timeout_s=args.idle_timeout, prefill_ahead=args.prefill_ahead,
-                        fim_order=args.fim_order, allowed_hosts=tuple(args.allow_host),
-                        allowed_origins=tuple(args.allow_origin))
-
-
-def api_key(args: argparse.Namespace) -> str | None:
-    """--api-key, else $PAIRLINE_API_KEY, else None (no key)."""
-    return args.api_key or os.environ.get(API_KEY_ENV) or None
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from pairline.wire.protocol import DEFAULT_MAX_OUTPUT_TOKENS, AheadLimits
@@ -29,3 +30,15 @@ class ServerConfig:
     ahead: AheadLimits = field(default_factory=AheadLimits)  # draft and context limits per session
     prefill_ahead: bool = True  # prefill sessions' drafts and context while the engine idles
     fim_order: str = "spm"  # infill prompts (completions with a suffix): engine/fim.py
+
+
+API_KEY_ENV = "PAIRLINE_API_KEY"  # the same variable the clients (`--server`) send their key from
+
+
+def server_config(args) -> ServerConfig:
+    """The ServerConfig of `pairline serve`'s options (`pairline app` and each Ray Serve replica take
+    the same): the key from --api-key, else $PAIRLINE_API_KEY, else none."""
+    return ServerConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                        max_sessions=args.max_sessions, max_queue=args.max_queue, idle_timeout_s=args.idle_timeout,
+                        prefill_ahead=args.prefill_ahead, fim_order=args.fim_order,
+                        allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin))

@@ -116,7 +116,7 @@ class PairlineReplica:
 
     def __init__(self, options: dict[str, Any], threads: int):
         from pairline.engine.load import load_engine
-        from pairline.server.cli import server_config
+        from pairline.server.config import server_config
 
         os.environ["PAIRLINE_THREADS"] = str(threads)  # the replica's share of the node, not all its cores
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -116,6 +116,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     add_app_parser(sub)  # `pairline bench app`
 
+    from pairline.bench.fleet import add_parser as add_fleet_parser
+
+    add_fleet_parser(sub)  # `pairline bench fleet`
+
 
 def cmd_engine(args: argparse.Namespace) -> int:
     from pairline.bench.common import csv, default_out_path, stderr_log, write_json

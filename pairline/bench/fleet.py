@@ -379,7 +379,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         return 2
     path = default_out_path(args.out, cfg.model, cfg.topology, kind="fleet")
     try:
-        result = run_fleet(cfg, path.parent)
+        result = run_fleet(cfg, Path("bench-results"))  # the engines' logs: never next to a JSON kept in docs/
     except RuntimeError as err:
         print(f"pairline: error: {err}", file=sys.stderr)
         return 1

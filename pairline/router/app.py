@@ -286,11 +286,9 @@ class HttpIngress:
         r, dead = self.r, leg["b"]
         if not (dead.resume and resumable(body, chat)):
             return False
-        async with contextlib.aclosing(r.attempts(info["tier"], key, failover=False)) as attempts:
+        async with contextlib.aclosing(r.resumers(info["tier"], key)) as attempts:
             async for att in attempts:
                 b = att.backend
-                if not b.resume:
-                    continue
                 r.begin(b)
                 try:
                     resp, events, head = await self._open(b, path, b.upstream_body(

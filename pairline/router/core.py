@@ -191,6 +191,19 @@ class Router:
                 yield Attempt(b, t, failover, n)
                 n += 1
 
+    async def resumers(self, tier: str, key: str | None) -> AsyncIterator[Attempt]:
+        """Backends that may write on an answer cut mid-stream: the tier's own that can resume, in
+        `attempts` order, over up to 1 + `retries` rounds with a backoff between them. A backend may
+        come round again: a Serve proxy in front of replicas is one backend whose next try lands on a
+        live replica, while a dead server has been marked down (refused) and is skipped."""
+        for n in range(1 + self.cfg.retries):
+            if n:  # at least 0.5 s, then 1 s: the time a Serve proxy takes to learn that a replica died
+                await asyncio.sleep(max(self.cfg.retry_backoff_s, 0.25) * 2 ** n)
+            async with contextlib.aclosing(self.attempts(tier, key, failover=False)) as attempts:
+                async for att in attempts:
+                    if att.backend.resume:
+                        yield att
+
     def begin(self, b: Backend) -> None:
         b.breaker.acquire()
         b.outstanding += 1

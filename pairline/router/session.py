@@ -565,10 +565,10 @@ class RouterSession(PrefillAhead, SessionSocket):
         self.r.end(dead, False)
         turn.backend, turn.link = None, None  # a cancel or steer now cuts the HTTP stream
         if dead.resume:
-            async with contextlib.aclosing(self.r.attempts(att.tier, self.key, failover=False)) as attempts:
+            async with contextlib.aclosing(self.r.resumers(att.tier, self.key)) as attempts:
                 async for nxt in attempts:
                     b = nxt.backend
-                    if not b.resume or (turn.grammar is not None and not b.grammar):
+                    if turn.grammar is not None and not b.grammar:
                         continue
                     body = self._chat_body(turn, b, cut.text)
                     if isinstance(body.get("max_tokens"), int):

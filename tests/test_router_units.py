@@ -16,6 +16,7 @@ from websockets.sync.server import ServerConnection, serve
 
 from pairline.errors import PairlineError
 from pairline.router.app import RouterThread
+from pairline.router.backends import Retryable
 from pairline.router.balance import CircuitBreaker, HashRing, Target, choose
 from pairline.router.classify import classify, classify_messages, count_files
 from pairline.router.config import ClassifyConfig, parse_config
@@ -133,6 +134,27 @@ class Clock:
     def __call__(self) -> float:
         return self.t
 
+
+def test_a_balanced_backend_keeps_its_circuit_when_requests_fail():
+    """`balanced = true` (a Serve proxy in front of replicas): one replica's failed requests are
+    counted as errors but do not open the balancer's circuit; a refused connection still takes it out."""
+    r = Router(parse_config("""
+[tiers.realtime]
+backends = [{ kind = "pairline", url = "http://127.0.0.1:9", name = "ray", balanced = true },
+            { kind = "pairline", url = "http://127.0.0.1:10", name = "plain" }]
+[tiers.deep]
+backends = [{ kind = "pairline", url = "http://127.0.0.1:11" }]
+""", "t.toml", env={}))
+    ray, plain = r.tiers["realtime"]
+    for _ in range(5):
+        for b in (ray, plain):
+            r.begin(b)
+            r.end(b, False)  # a stream that broke mid-answer
+    assert ray.breaker.current() == "closed" and plain.breaker.current() == "open"
+    assert r.metrics.get("backend_errors_total", 'tier="realtime",backend="ray"') == 5
+    r.begin(ray)
+    r.failed(ray, Retryable("ray: ConnectError", refused=True))
+    assert not ray.healthy
 
 def test_breaker_state_machine():
     clock = Clock()

@@ -132,7 +132,7 @@ class Fleet:
             port = free_port()
             self.procs["ray"] = _serve(cfg.model, port, cfg.threads * 2, logs / "fleet-ray.log",
                                        ("--ray", "--replicas", "2"))
-            realtime = f'{{ kind = "pairline", url = "http://127.0.0.1:{port}", name = "ray" }}'
+            realtime = f'{{ kind = "pairline", url = "http://127.0.0.1:{port}", name = "ray", balanced = true }}'
             self.victim = "ray"
         toml = (f"[router]\nhealth_interval_s = 0.5\nretries = 2\n[tiers.realtime]\nbackends = [{realtime}]\n"
                 f"[tiers.deep]\nbackends = [{deep}]\n")

@@ -55,6 +55,7 @@ class Backend(Target):
     health_path: str = "/health"
     prediction: bool = True
     grammar: bool = True  # takes pairline's `grammar`; if not, a request with one is refused, never run unconstrained
+    balanced: bool = False  # a balancer in front of replicas: a failed request does not open its circuit
     resume: bool = True  # can continue a cut answer (continue_final_message, continuous usage): pairline.router.resume
     server: object | None = None  # inprocess: its ServerThread
 
@@ -62,6 +63,7 @@ class Backend(Target):
     def from_config(cls, bc: BackendConfig, tier: str, cfg: RouterConfig) -> Backend:
         b = cls(name=bc.name or tier, tier=tier, kind=bc.kind, model=bc.model, api_key=bc.api_key,
                 health_path=bc.health_path, prediction=bc.prediction, grammar=bc.grammar, resume=bc.resume,
+                balanced=bc.balanced,
                 breaker=CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
         if bc.url:
             b.set_url(bc.url)

@@ -41,6 +41,10 @@ class BackendConfig:
     # `stream_options.continuous_usage_stats`, which pairline serves too). Unset: true for pairline's
     # servers, false for `openai` ones (say `true` for vLLM; llama.cpp's server has neither field)
     resume: bool | None = None
+    # the URL is a balancer in front of replicas (a Ray Serve proxy, a Kubernetes service): one
+    # replica failing a request says nothing of the others, so only a refused connection and a failed
+    # health check count against its circuit
+    balanced: bool = False
     ctx: int = 8192  # inprocess: context per session
     runtime: str = "auto"  # inprocess: auto | torch | llamacpp
     max_sessions: int = 8  # inprocess: resident KV caches

@@ -216,7 +216,10 @@ class Router:
         if ok:
             b.breaker.success()
         elif ok is False:
-            b.breaker.failure()
+            if b.balanced:  # one replica's failure, not the balancer's: the next request finds a live one
+                b.breaker.release()
+            else:
+                b.breaker.failure()
             self.metrics.inc("backend_errors_total", labels(tier=b.tier, backend=b.name))
         else:
             b.breaker.release()

@@ -27,7 +27,7 @@ def test_a_backend_killed_under_load_loses_nothing(tmp_path, smollm2_gguf):
         pytest.skip(f"the fleet's deep tier is llama.cpp's server: {why}")
     out = tmp_path / "fleet.json"
     r = subprocess.run([sys.executable, "-m", "pairline.cli", "bench", "fleet", "--model", str(smollm2_gguf),
-                        "--sessions", "3", "--duration", "15", "--kill-at", "7", "--down", "1", "--after", "4",
+                        "--sessions", "3", "--duration", "15", "--kill-at", "7", "--down", "1", "--after", "10",
                         "--max-tokens", "32", "--out", str(out)], capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(out.read_text())

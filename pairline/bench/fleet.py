@@ -12,6 +12,10 @@ SIGKILL while it streams, and brought back. Every request is sorted by how it en
 - hung: no event for `--hang-s` seconds (must be 0);
 - lost: the connection closed with no final event (must be 0).
 
+KV reused: of the sessions' later turns that the fault did not touch (neither continued nor failed
+over), the share with at least half their input cached (affinity: the turn
+found its session's KV).
+
 TTFT (request sent -> first delta, at the client) is reported before the kill, while the victim is
 down, and after it is back. Topologies:
 
@@ -74,6 +78,7 @@ class FleetConfig:
 @dataclass(slots=True)
 class Request:
     session: int
+    turn: int  # in its WebSocket session: from the second on, the session's KV should be reused
     sent_s: float  # since the load started
     ended_s: float | None = None
     ttft_s: float | None = None
@@ -82,6 +87,8 @@ class Request:
     continued: bool = False
     failed_over: bool = False
     error: str | None = None
+    input_tokens: int | None = None  # from the final event's usage
+    cached_tokens: int | None = None  # of those, found in the KV
     phase: str = ""
 
 
@@ -216,16 +223,16 @@ async def _session(i: int, url: str, cfg: FleetConfig, t0: float, deadline: list
     """`deadline[0]`: when to stop sending (it moves once the victim is back)."""
     from websockets.asyncio.client import connect
 
-    turn = 0
+    turn, n = 0, 0
     while time.monotonic() < deadline[0]:
         async with connect(url, open_timeout=30, max_size=1 << 24,
                            additional_headers={"x-pairline-session": f"fleet-{i}-{turn}"}) as ws:
             await asyncio.wait_for(ws.recv(), 30)  # session.created
-            for _ in range(cfg.turns_per_session):
+            for n in range(cfg.turns_per_session):
                 if time.monotonic() >= deadline[0]:
                     return
                 topic = TOPICS[(i + turn) % len(TOPICS)]
-                req = Request(i, time.monotonic() - t0)
+                req = Request(i, n, time.monotonic() - t0)
                 out.append(req)
                 await ws.send(json.dumps({"type": "response.create", "mode": "realtime", "temperature": 0,
                                           "max_output_tokens": cfg.max_tokens,
@@ -262,6 +269,9 @@ async def _answer(ws, req: Request, hang_s: float, t0: float) -> bool:
             req.continued = bool(info.get("resumed"))
             req.failed_over = bool(info.get("failover") or info.get("rebuilt") or (info.get("attempts") or 1) > 1)
             req.outcome = "failed" if kind in ("response.failed", "response.cancelled") else "completed"
+            usage = (ev.get("response") or {}).get("usage") or {}
+            req.input_tokens = usage.get("input_tokens")
+            req.cached_tokens = (usage.get("input_tokens_details") or {}).get("cached_tokens")
             req.ended_s = time.monotonic() - t0
             return True
 
@@ -301,6 +311,8 @@ def summarize(requests: list[Request], fault: Fault) -> dict:
     for phase in (*PHASES, "all"):
         rs = [r for r in requests if phase in ("all", r.phase)]
         ttft = sorted(r.ttft_s for r in rs if r.ttft_s is not None)
+        later = [r for r in rs if r.turn > 0 and r.outcome == "completed" and r.cached_tokens is not None
+                 and not (r.continued or r.failed_over)]  # the fault's own turns are counted apart
         out[phase] = {
             "sent": len(rs),
             "completed": sum(r.outcome == "completed" for r in rs),
@@ -309,6 +321,10 @@ def summarize(requests: list[Request], fault: Fault) -> dict:
             "failed": sum(r.outcome == "failed" for r in rs),
             "hung": sum(r.outcome == "hung" for r in rs),
             "lost": sum(r.outcome == "lost" for r in rs),
+            # affinity: a session's later turns that found its KV (at least half their input cached: the
+            # earlier turns; a shared system prompt alone is less)
+            "kv_reused": round(sum(2 * r.cached_tokens >= (r.input_tokens or 0) for r in later) / len(later), 3)
+            if later else None,
             "ttft_p50_s": nearest_rank(ttft, 0.5),
             "ttft_p99_s": nearest_rank(ttft, 0.99),
         }
@@ -332,10 +348,12 @@ def print_report(result: dict) -> None:
     t = table(f"bench fleet: {result['config']['topology']}, {result['config']['sessions']} sessions; "
               f"{f['victim']} killed at {f['killed_s']:.1f} s ({f['outstanding_at_kill']} in flight), "
               f"back at {f['back_s']:.1f} s", ("phase", "sent", "completed", "continued", "failed over", "failed",
-                                              "hung", "lost", "TTFT p50 ms", "TTFT p99 ms"), left={"phase"})
+                                              "hung", "lost", "KV reused", "TTFT p50 ms", "TTFT p99 ms"),
+              left={"phase"})
     for phase, s in result["phases"].items():
         t.add_row(phase, *(str(s[k]) for k in ("sent", "completed", "continued", "failed_over", "failed", "hung",
                                                 "lost")),
+                  "—" if s["kv_reused"] is None else f"{100 * s['kv_reused']:.0f}%",
                   *("—" if s[k] is None else f"{1e3 * s[k]:.0f}" for k in ("ttft_p50_s", "ttft_p99_s")))
     console(piped_width=150).print(t)
     led = result["router_ledger"]

@@ -197,13 +197,14 @@ class HttpIngress:
                             media_type=resp.headers.get("content-type", "application/json"))
         opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         progress = Progress()
-        leg = {"b": b, "resp": resp, "events": events, "head": head, "id": None}
+        leg = {"b": b, "resp": resp, "events": events, "head": head, "id": None, "live": True}
         state = {"ok": None, "outcome": "cancelled", "closed": False}
 
         def close() -> None:  # idempotent; runs when the body ends or never started
             if not state["closed"]:
                 state["closed"] = True
-                r.end(leg["b"], state["ok"])
+                if leg["live"]:  # a backend that broke was counted then (and a client may leave meanwhile)
+                    r.end(leg["b"], state["ok"])
                 ledger.finish(state["outcome"])
 
         def relay(obj: dict) -> bytes | None:
@@ -226,18 +227,17 @@ class HttpIngress:
                 finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
                 if (out := relay(obj)) is not None:
                     yield out
-            if not done:
-                async for kind, obj in leg["events"]:
-                    if kind == "done":
-                        done = True
-                        break
-                    if chunk_text(obj):
-                        now = time.perf_counter()
-                        r.itl(leg["b"], now - last)
-                        last = now
-                    finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
-                    if (out := relay(obj)) is not None:
-                        yield out
+            async for kind, obj in leg["events"]:
+                if kind == "done":
+                    done = True
+                    break
+                if chunk_text(obj):
+                    now = time.perf_counter()
+                    r.itl(leg["b"], now - last)
+                    last = now
+                finished = finished or bool(chunk_finish(obj)) or bool(error_code(obj))
+                if (out := relay(obj)) is not None:
+                    yield out
             if not (done and finished):  # checked before [DONE] goes out: after it, SSE clients stop reading
                 raise httpx.RemoteProtocolError("the stream ended without its final chunk")
             yield SSE_DONE
@@ -257,12 +257,12 @@ class HttpIngress:
                         with contextlib.suppress(BaseException):
                             await leg["resp"].aclose()
                         r.end(dead, False)
+                        leg["live"] = False
                         if not await self._continue(leg, path, body, chat, key, info, progress):
                             raise
             except httpx.HTTPError as err:
                 # No backend of the tier could write on: the client is told plainly, never left hanging.
-                state["closed"] = True  # the dead backend was counted when it broke
-                ledger.finish("errored")
+                state["outcome"] = "errored"
                 dead = leg["b"]
                 why = "; no backend of the tier could continue it" if dead.resume and resumable(body, chat) else ""
                 failed = ProtocolError(f"backend {dead.name} ({info['tier']}) failed mid-stream: "
@@ -305,9 +305,9 @@ class HttpIngress:
                 r.metrics.inc("midstream_failovers_total", labels(tier=info["tier"], backend=b.name))
                 log.info("router: %s continues %s's answer after %d tokens", b.name, dead.name, progress.spent)
                 # its opening (role) chunk is dropped: the client had the answer's
-                head = [(k, o) for k, o in head if k == "done" or chunk_text(o) or chunk_finish(o) or error_code(o)
+                head = [(k, o) for k, o in head if chunk_text(o) or chunk_finish(o) or error_code(o)
                         or o.get("usage") is not None]
-                leg.update(b=b, resp=resp, events=events, head=head, fresh=True)
+                leg.update(b=b, resp=resp, events=events, head=head, fresh=True, live=True)
                 return True
         return False
 

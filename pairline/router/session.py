@@ -45,6 +45,7 @@ from pairline.router.backends import (
 from pairline.router.classify import Route
 from pairline.router.core import Attempt, Ledger, Router, check_mode, served_by
 from pairline.router.metrics import labels
+from pairline.router.resume import Progress, continuation
 from pairline.wire.protocol import (
     CANCEL_FIELDS,
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -532,9 +533,8 @@ class RouterSession(PrefillAhead, SessionSocket):
                 return
             shown = shown or again
 
-    def _chat_body(self, turn: RouterTurn, b: Backend, answer: str | None = None) -> dict:
-        """The turn as a Chat Completions request (the conversation resent). `answer`: the start of
-        the answer, for the backend to write on from (mid-stream failover, pairline.router.resume)."""
+    def _chat_body(self, turn: RouterTurn, b: Backend) -> dict:
+        """The turn as a Chat Completions request (the conversation resent)."""
         system = [{"role": "system", "content": turn.sampling["instructions"]}] if turn.sampling.get("instructions") \
             else []
         messages = with_context(system, turn.context, self.history + turn.new_msgs)  # as a pairline session
@@ -551,9 +551,6 @@ class RouterSession(PrefillAhead, SessionSocket):
             body["prediction"] = turn.prediction
         if turn.grammar is not None:  # pairline's HTTP takes the same field
             body["grammar"] = turn.grammar
-        if answer is not None:
-            body.update(messages=[*messages, {"role": "assistant", "content": answer}], continue_final_message=True,
-                        add_generation_prompt=False)
         return body
 
     async def _resume(self, turn: RouterTurn, att: Attempt, info: dict, cut: ResponseState, deltas: int,
@@ -570,9 +567,8 @@ class RouterSession(PrefillAhead, SessionSocket):
                     b = nxt.backend
                     if turn.grammar is not None and not b.grammar:
                         continue
-                    body = self._chat_body(turn, b, cut.text)
-                    if isinstance(body.get("max_tokens"), int):
-                        body["max_tokens"] = max(1, body["max_tokens"] - deltas)  # a delta is at least a token
+                    # as an HTTP stream's: the cut text to write on from, the tokens left (a delta is at least one)
+                    body = continuation(self._chat_body(turn, b), True, Progress(text=cut.text, spent=deltas))
                     self.r.begin(b)
                     turn.backend = b
                     try:

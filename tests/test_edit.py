@@ -43,7 +43,7 @@ def test_prediction_is_the_answer_format():
     req = build_request("pkg/greet.py", "def greet():\n    pass\n", "rename greet")
     assert req.prediction == "```python\ndef greet():\n    pass\n```"
     system, user = req.messages
-    assert system["role"] == "system" and "complete updated file" in system["content"]
+    assert system["role"] == "system" and "one part of the file that changes" in system["content"]
     assert user["role"] == "user"
     assert "pkg/greet.py" in user["content"]
     assert req.prediction in user["content"]  # the file is shown exactly as it is predicted back
@@ -383,7 +383,8 @@ def test_scripted_edit_applies_and_streams(tmp_path, monkeypatch, capsys):
     f.write_text(SRC)
     answer = "```python\ndef welcome(name):\n    return 'hi ' + name\n```\nI renamed it, as asked."
     engine = _scripted(monkeypatch, answer)
-    assert run_edit([str(f), "-m", "rename greet to welcome", "--model", "fake"]) == 0
+    # (--rewrite: in auto mode a rename is search/replace blocks, for RENAME)
+    assert run_edit([str(f), "-m", "rename greet to welcome", "--model", "fake", "--rewrite"]) == 0
     assert f.read_text() == "def welcome(name):\n    return 'hi ' + name\n"
     out, err = capsys.readouterr()
     assert "-def greet(name):" in out and "+def welcome(name):" in out

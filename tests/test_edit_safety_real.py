@@ -50,9 +50,35 @@ def test_real_smollm2_rewrite_is_never_a_fragment(tmp_path, monkeypatch, capsys,
 
 
 @pytest.mark.slow
-def test_real_qwen05_the_issue_rename_is_never_a_fragment(tmp_path, monkeypatch, capsys, qwen05_gguf):
+@pytest.mark.parametrize(("extra", "mode"), [((), "blocks"), (("--rewrite",), "rewrite")], ids=["auto", "rewrite"])
+def test_real_qwen05_the_issue_rename_is_never_a_fragment(tmp_path, monkeypatch, capsys, qwen05_gguf, extra, mode):
     """The issue's command on the default model: `pairline edit shop.py -m "Rename ..."` (auto mode:
-    a whole-file rewrite for a 12-line file)."""
-    code, after, events = _edit(tmp_path, monkeypatch, capsys, "qwen2.5-coder-0.5b", "shop.py", SHOP, RENAME)
-    assert events[0]["mode"] == "rewrite"
+    blocks, for RENAME; the issue's fragment came from a whole-file rewrite, now a lazy one)."""
+    code, after, events = _edit(tmp_path, monkeypatch, capsys, "qwen2.5-coder-0.5b", "shop.py", SHOP, RENAME, *extra)
+    assert events[0]["mode"] == mode
     assert_never_a_fragment(SHOP, after, RENAME, code, events)
+
+
+@pytest.mark.slow
+def test_real_qwen05_lazy_rewrite_of_a_167_line_file_writes_a_region(tmp_path, monkeypatch, capsys, qwen05_gguf):
+    """A lazy rewrite on real weights (auto mode on one file): the answer is a region around the
+    change, far shorter than the file, and the file around it is kept line for line, whatever the
+    model wrote inside it."""
+    from collections import Counter
+
+    from pairline.bench.edit_tasks import TASKS_DIR
+
+    text = (TASKS_DIR.parent / "sched.py.txt").read_text()
+    instruction = ("Add a one-line docstring to the class `scheduler` saying that it is a generally useful "
+                   "event scheduler. Change nothing else.")
+    code, after, events = _edit(tmp_path, monkeypatch, capsys, "qwen2.5-coder-0.5b", "sched.py", text, instruction)
+    done = events[-1]
+    assert events[0]["mode"] == "rewrite" and done["regions"] >= 1
+    assert done["tokens"] < len(text) // 4 // 2, done  # far less than the file (~4 characters a token)
+    assert code in (0, 1, 3), done
+    if code == 0:
+        # nothing of the file was lost: every old line is still there, and it parses
+        assert not Counter(text.splitlines()) - Counter(after.splitlines())
+        compile(after, "sched.py", "exec")
+    else:
+        assert after == text  # refused or unchanged: the file untouched

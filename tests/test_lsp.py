@@ -382,7 +382,7 @@ def test_edit_command_applies_a_versioned_workspace_edit_with_progress() -> None
         assert "Explain with pairline" in titles and "Edit selection with pairline…" not in titles
         rng = actions[0]["command"]["arguments"][1]
         answer = lsp.request("workspace/executeCommand",
-                             {"command": EDIT_COMMAND, "arguments": [URI, rng, "rename variable x to count"]})
+                             {"command": EDIT_COMMAND, "arguments": [URI, rng, "use the word count instead of x"]})
         assert answer["result"]["status"] == "applied", answer
         edit_request = next(r for r in lsp.server_requests if r["method"] == "workspace/applyEdit")
         change = edit_request["params"]["edit"]["documentChanges"][0]
@@ -403,7 +403,7 @@ def test_edit_that_fails_the_check_is_a_message_not_a_crash() -> None:
         lsp.initialize()
         lsp.open(URI, "x = 1\ny = x + 2\nprint(x, y)\n")
         answer = lsp.request("workspace/executeCommand",
-                             {"command": EDIT_COMMAND, "arguments": [URI, None, "rename variable x to count"]})
+                             {"command": EDIT_COMMAND, "arguments": [URI, None, "use the word count instead of x"]})
         assert answer["result"]["status"] == "malformed" and not answer["result"]["applied"]
         shown = lsp.notification("window/showMessage", lambda m: m["params"]["type"] == 1)
         assert "the edit failed" in shown["params"]["message"]
@@ -423,7 +423,7 @@ def test_edit_refused_by_the_editor_is_reported() -> None:
         prompt = next(a for a in actions if a["title"] == "Edit selection with pairline…")
         assert prompt["command"]["arguments"] == [URI, actions[0]["command"]["arguments"][1]]  # no instruction
         answer = lsp.request("workspace/executeCommand",
-                             {"command": EDIT_COMMAND, "arguments": [*prompt["command"]["arguments"], "rename x"]})
+                             {"command": EDIT_COMMAND, "arguments": [*prompt["command"]["arguments"], "count, not x"]})
         assert answer["result"]["status"] == "refused" and "version mismatch" in answer["result"]["message"]
 
 
@@ -433,7 +433,7 @@ def test_buffer_changed_during_the_edit_is_not_edited() -> None:
         lsp.initialize()
         lsp.open(URI, "x = 1\nprint(x)\n")
         msg_id = lsp.send("workspace/executeCommand",
-                          {"command": EDIT_COMMAND, "arguments": [URI, None, "rename variable x to count"]})
+                          {"command": EDIT_COMMAND, "arguments": [URI, None, "use the word count instead of x"]})
         lsp.notification("$/progress", lambda m: m["params"]["value"]["kind"] == "begin")
         lsp.change(URI, 2, (1, 0), (1, 0), "# typed meanwhile\n")
         answer = lsp.response(msg_id)
@@ -447,7 +447,7 @@ def test_cancelling_an_edit_stops_the_model() -> None:
         lsp.initialize()
         lsp.open(URI, "x = 1\nprint(x)\n")
         msg_id = lsp.send("workspace/executeCommand",
-                          {"command": EDIT_COMMAND, "arguments": [URI, None, "rename variable x to count"]})
+                          {"command": EDIT_COMMAND, "arguments": [URI, None, "use the word count instead of x"]})
         lsp.notification("$/progress", lambda m: m["params"]["value"]["kind"] == "begin")
         lsp.notify("$/cancelRequest", {"id": msg_id})
         cancelled_at = time.monotonic()

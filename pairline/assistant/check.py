@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import difflib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -317,7 +318,40 @@ def review(
         out.lost.append(describe(path, before, losses))
     if python:
         out.broken += python_problems(path, old, out.text, deleted=intent.names if intent.deletes else frozenset())
+        out.broken += copied_not_renamed(path, old, out.text, instruction)
     return out
+
+
+def _top_definitions(text: str) -> dict[str, str]:
+    """The module's own functions and classes: name -> body source (header line left out)."""
+    tree = parse_python(text)
+    if tree is None:
+        return {}
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    lines = text.split("\n")
+    return {node.name: "\n".join(x.strip() for x in lines[node.lineno : node.end_lineno or node.lineno])
+            for node in getattr(tree, "body", []) if isinstance(node, kinds)}
+
+
+def copied_not_renamed(path: str, old: str, new: str, instruction: str) -> list[str]:
+    """A rename answered with a copy: the function or class the instruction asks to rename is still
+    defined, next to a new one, under a name the instruction gives, with much the same body
+    (measured: SmolLM2's rewrite of "rename total_price to basket_total" added basket_total and
+    kept total_price)."""
+    from pairline.assistant.rename import new_names, rename_targets
+
+    asked = {n for n in rename_targets(instruction, old) if "." not in n}
+    if not asked:
+        return []
+    before, after = _top_definitions(old), _top_definitions(new)
+    added = [n for n in new_names(instruction, old) if n in after and n not in before]
+    for name in sorted(asked & before.keys() & after.keys()):
+        for copy in added:
+            body = after[name].replace(name, copy)
+            if difflib.SequenceMatcher(None, body, after[copy], autojunk=False).ratio() >= 0.8:
+                return [f"{path}: `{name}` is still defined next to `{copy}`, a copy of it; the instruction "
+                        f"asks to rename it, so rename it (and its uses) instead of adding a copy"]
+    return []
 
 
 def review_files(edited: list[tuple[str, str | None, str]], instruction: str, *, rewrite: bool = False) -> list[Review]:
@@ -338,8 +372,8 @@ def retry_message(errors: list[str], mode: str) -> str:
     if mode == "rewrite":
         return (
             f"Your rewrite was not applied:\n\n{listed}\n\n"
-            "Write the complete updated file again in one code block: every line of the file, "
-            "changing only what the instruction asks for."
+            "Write the parts of the file you change again, one code block each, from the first line "
+            "of the function or statement you change to the last line you change, and fix this."
         )
     if mode == "fix":
         return (

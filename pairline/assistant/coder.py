@@ -23,16 +23,18 @@ from pathlib import Path
 
 from pairline.assistant import check, prompts
 from pairline.assistant.client import Client, Reply
-from pairline.assistant.delete import apply_delete, deletable
+from pairline.assistant.delete import apply_delete, deletable, delete_targets
 from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar, rewrite_grammar
 from pairline.assistant.edits import DIVIDER, BlockParser, DeleteAction, EditBlock, EditError, RenameAction, apply_block
-from pairline.assistant.rename import apply_rename, names_bound
+from pairline.assistant.region import Region, splice
+from pairline.assistant.rename import apply_rename, names_bound, rename_targets
 from pairline.assistant.rewrite import (
     BlockStream,
     MalformedOutputError,
     build_request,
     extract_code,
     for_model,
+    language_for,
     restore_layout,
 )
 from pairline.assistant.sites import find_sites, sites_message
@@ -41,12 +43,15 @@ from pairline.engine.constraint import Grammar
 from pairline.engine.generate import CancelToken
 from pairline.errors import PairlineError
 
-REWRITE_MAX_LINES = 60  # auto mode rewrites files up to this many lines (see docs/assistant.md)
-
-
 NO_OP = (
     "Every block's REPLACE part was the same as its SEARCH part, so nothing changed. Write each "
     "REPLACE part as the lines must read after the change the instruction asks for."
+)
+
+
+REWRITE_NO_OP = (
+    "Your code block is the same as the file's lines: nothing changed. Write the part the instruction "
+    "asks to change as it must read after the change."
 )
 
 
@@ -144,6 +149,8 @@ class TurnStats:
     retried: bool = False  # any retry: failed blocks, or a failed check
     check_retried: bool = False  # the check after the edit failed and went back to the model
     repaired: bool = False  # a rewrite that stopped early got the original's tail back
+    region_ended: bool = False  # a rewrite's region was stopped where it rejoined the file (region.py)
+    regions: int = 0  # code blocks (regions) in a rewrite's answer
     renames: int = 0  # RENAME actions the model wrote (rope did the renaming)
     deletes: int = 0  # DELETE actions the model wrote
     decode_s: float = 0.0  # first token to the end, summed over the turn's requests
@@ -180,12 +187,21 @@ class TurnResult:
     notes: list[str] = field(default_factory=list)  # what the check repaired, for the user
 
 
-def choose_mode(mode: str, files: list[FileState]) -> str:
+def choose_mode(mode: str, files: list[FileState], instruction: str) -> str:
+    """`auto`: a lazy rewrite (region.py) of one existing file, whatever its size; search/replace
+    blocks for several files or a new one, and where a Python file's instruction asks for a rename
+    or a deletion (RENAME and DELETE, which only blocks have: rope renames every reference).
+    Measured on `pairline bench edit` (docs/benchmarks.md, issue 14)."""
     if mode != "auto":
         return mode
-    if len(files) == 1 and files[0].text is not None and files[0].text.count("\n") <= REWRITE_MAX_LINES:
-        return "rewrite"
-    return "blocks"
+    if len(files) != 1 or files[0].text is None:
+        return "blocks"
+    f = files[0]
+    if f.shown.endswith((".py", ".pyi")) and (
+        rename_targets(instruction, f.model_text) or delete_targets(instruction, f.model_text)
+    ):
+        return "blocks"
+    return "rewrite"
 
 
 def answer_primer(prompt: prompts.EditPrompt, files: list[FileState], can_prefix: bool, constrained: bool) -> str:
@@ -227,6 +243,7 @@ class Coder:
         self.constrain = constrain and client.supports_grammar
         self._grammar_texts: list[str] = []  # the texts the latest blocks grammar was built on
         self._instruction = ""  # the turn's, for the grammar: it offers RENAME only where asked
+        self._sites: frozenset[int] = frozenset()  # a rewrite's: lines its regions do not end before
         self.hints = hints  # list the lines the instruction's names are on (sites.py)
         self.ws = ws
         self.on_event = on_event or (lambda e: None)
@@ -252,7 +269,7 @@ class Coder:
         if not files:
             raise PairlineError("no files to edit; name at least one")
         cancel = cancel or CancelToken()
-        mode = choose_mode(mode, files)
+        mode = choose_mode(mode, files, instruction)
         if mode == "rewrite":
             if len(files) != 1 or files[0].text is None:
                 raise PairlineError("--rewrite takes exactly one existing file")
@@ -639,22 +656,31 @@ class Coder:
     def _rewrite(self, f: FileState, instruction: str, cancel: CancelToken, max_tokens: int | None) -> TurnResult:
         result = TurnResult("unchanged", files={f.real: f})
         result.stats.mode = "rewrite"
-        req = build_request(f.shown, f.text or "", instruction)
+        sites = find_sites({f.shown: f.model_text}, instruction)
+        req = build_request(f.shown, f.text or "", instruction, sites_message(sites) if self.hints else "")
+        self._sites = frozenset(s.line - 1 for s in sites)
         budget = max_tokens or max_tokens_for(self.client, [f], "rewrite")
         messages = req.messages
         for attempt in (1, 2):
-            new_model = self._rewrite_once(f, messages, req.prediction, req.model_text, budget, cancel, result)
-            if new_model is None:
+            answered = self._rewrite_once(f, messages, req.prediction, req.model_text, budget, cancel, result)
+            if answered is None:
                 return result
+            new_model, spliced = answered
             current = {f.real: new_model}
-            errors, _ = self._check(current, result, instruction, rewrite=True)
-            if not errors:
+            # a spliced file is whole: lines it lost are refused, not put back
+            errors, _ = self._check(current, result, instruction, rewrite=not spliced)
+            # a region copied unchanged (measured: the 0.5B model's answer to some bug fixes) goes
+            # back once as "nothing changed", as blocks that change nothing do
+            no_op = not errors and current[f.real] == req.model_text and attempt == 1 and not cancel.cancelled
+            if not errors and not no_op:
                 self._collect(current, result)
                 return result
             if attempt == 2 or cancel.cancelled:
                 break
-            # one retry with the check's errors; the prediction is the original file again
-            result.stats.retried = result.stats.check_retried = True
+            # one retry with the errors; the prediction is the original file again
+            result.stats.retried = True
+            result.stats.check_retried = not no_op
+            errors = errors or [REWRITE_NO_OP]
             self.on_event(Event("retry", "\n".join(errors)))
             messages = [
                 *messages,
@@ -674,31 +700,101 @@ class Coder:
         budget: int,
         cancel: CancelToken,
         result: TurnResult,
-    ) -> str | None:
-        """One rewrite answer: the file in it (LF), or None with the result's status set."""
-        started = time.perf_counter()
-        # the request's own cancel, so that stopping it at the closing fence leaves the turn (and a retry) alive
-        inner = LinkedCancel(cancel)
+    ) -> tuple[str, bool] | None:
+        """One rewrite answer: the new file (LF) and whether it was spliced from the answer's regions
+        (region.py; else it is the answer's one code block, taken as the file, which the check may
+        still repair), or None with the result's status set.
+
+        A region whose model copies on past its change is stopped where it rejoins the file (the
+        rest is spliced from the file); where the client can continue an answer, a new request then
+        goes on after a closed fence, so the model may write the next region or end."""
+        old = model_text.split("\n")
+        if old and old[-1] == "":
+            old.pop()
+        # under the grammar the answer is code blocks only, so one may follow another; without it
+        # what follows a closed block is chatter, and the answer ends there
         grammar = rewrite_grammar(f.shown) if self.constrain else None
-        reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner, grammar=grammar)
-        result.stats.predicted = reply.prediction_tokens  # the client tokenized the prediction to send it
-        lines = BlockStream()
-        for delta in reply:
-            self.on_event(Event("text", delta))
-            for line in lines.feed(delta):
-                self.on_event(Event("rewrite_line", line, path=f.shown))
-            if lines.state == "done":
-                reply.cancel.cancel()  # the block is closed: whatever follows is chatter, not the file
-        for line in lines.finish():
-            self.on_event(Event("rewrite_line", line, path=f.shown))
-        result.stats.add(reply, started)
-        result.answer = reply.text  # the latest answer: a retry's conversation holds the earlier one
-        if reply.finish_reason == "cancelled" and lines.state != "done":
-            result.status = "cancelled"
-            return None
-        try:
-            return extract_code(reply.text, original=model_text, truncated=reply.finish_reason == "length")
-        except MalformedOutputError as err:
-            result.status, result.errors = "malformed", [str(err)]
-            result.stats.well_formed = False
-            return None
+        fence_open = f"```{language_for(f.shown)}\n"
+        regions: list[Region] = []
+        answer, reply = "", None
+        while budget > 0:
+            started = time.perf_counter()
+            inner = LinkedCancel(cancel)  # stopping a region leaves the turn (and a retry) alive
+            reply = self.client.stream(messages, max_tokens=budget, prefix=answer, prediction=prediction,
+                                       cancel=inner, grammar=grammar)
+            result.stats.predicted = result.stats.predicted or reply.prediction_tokens
+            lines = BlockStream()
+            region: Region | None = None
+            stopped = ended = False  # stopped: a region rejoined the file; ended: the answer is over
+            for delta in reply:
+                if stopped or ended:
+                    continue  # the engine ends within a step; drain it so its lock is released
+                self.on_event(Event("text", delta))
+                pending = lines.feed(delta)
+                while not stopped:
+                    for line in pending:
+                        region = region or Region(old, after=_end_of(regions), sites=self._sites)
+                        self.on_event(Event("rewrite_line", line, path=f.shown))
+                        if region.feed(line):
+                            stopped = True  # the rest is the file's own lines: spliced, not written
+                            result.stats.region_ended = True
+                            inner.cancel()
+                            break
+                    if stopped or lines.state != "done":
+                        break
+                    if region is not None:  # the model closed its block itself
+                        regions.append(region)
+                    region = None
+                    if grammar is None:
+                        ended = True
+                        inner.cancel()
+                        break
+                    pending = lines.next_block()
+                if lines.chatter:  # prose after the blocks: the answer's code is over
+                    ended = True
+                    inner.cancel()
+            if not stopped and lines.state == "code":
+                for line in lines.finish():  # the model stopped inside a block, without a newline
+                    region = region or Region(old, after=_end_of(regions), sites=self._sites)
+                    region.feed(line)
+            result.stats.add(reply, started)
+            budget -= max(1, reply.tokens)
+            if region is not None:  # stopped, cut off, or closed by a fence with no newline after it
+                regions.append(region)
+            answer = "".join(f"{fence_open}{''.join(x + chr(10) for x in r.written)}```\n" for r in regions)
+            if cancel.cancelled:
+                result.status = "cancelled"
+                return None
+            if not stopped or not self.can_prefix:
+                break
+        result.answer = answer  # the latest answer: a retry's conversation holds the earlier one
+        result.stats.regions = len(regions)
+        truncated = reply is not None and reply.finish_reason == "length" and lines.state == "code"
+        if not regions or truncated:
+            try:  # an answer with no code block may still be the file, unfenced (extract_code)
+                return extract_code(reply.text if reply else "", original=model_text, truncated=truncated), False
+            except MalformedOutputError as err:
+                result.status, result.errors = "malformed", [str(err)]
+                result.stats.well_formed = False
+                return None
+        if len(regions) == 1 and regions[0].whole_file():  # a full rewrite (functions moved, say): not a region
+            return "".join(x + "\n" for x in regions[0].written), False
+        spliced = splice(model_text, regions)
+        if spliced is not None:
+            return spliced[0], True
+        if len(regions) == 1:  # no line of it is in the file: the answer is the whole new file
+            return "".join(x + "\n" for x in regions[0].written), False
+        result.status, result.errors = "malformed", [
+            "the answer's code blocks could not be placed in the file in order (each must copy at "
+            "least one line of it, and come after the one before); nothing was written"]
+        result.stats.well_formed = False
+        return None
+
+
+def _end_of(regions: list[Region]) -> int:
+    """The first line of the file a new region may start at: after the ones already written."""
+    for region in reversed(regions):
+        placed = region.placed()
+        if placed is not None:
+            return placed[1]
+    return 0

@@ -20,10 +20,12 @@ EXIT_FILE_CHANGED = 4
 EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
-modes:
-  search/replace blocks (the default): the model writes only the lines that change
-  whole-file rewrite with the old file as the prediction: for one file of up to 60 lines, or --rewrite;
-  a rewrite that stops early (or starts late) is a region: the rest of the file is kept as it was
+modes (auto picks one per edit):
+  lazy rewrite (one existing file): the model rewrites only the parts it changes, each a code block
+  from the first line it changes to the last, spliced into the untouched file; the old file is the
+  prediction, and a part that runs on past its change is stopped where it rejoins the file
+  search/replace blocks (several files, a new file, or a rename or deletion in Python, done with
+  RENAME through rope and DELETE): the model writes only the lines that change
 
 exit codes:
   0  the edit was applied (with --dry-run: there is a change to apply)
@@ -57,8 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("-m", "--message", required=True, metavar="INSTRUCTION", help="what to change")
     parser.add_argument("--model", default=DEFAULT_REALTIME, help=f"model name or path (default: {DEFAULT_REALTIME})")
     how = parser.add_mutually_exclusive_group()
-    how.add_argument("--rewrite", action="store_true", help="rewrite the whole file (one file), old file as prediction")
-    how.add_argument("--blocks", action="store_true", help="search/replace blocks even for a small file")
+    how.add_argument("--rewrite", action="store_true",
+                     help="a lazy rewrite (one file): the parts that change, spliced in; old file as prediction")
+    how.add_argument("--blocks", action="store_true", help="search/replace blocks, whatever auto would choose")
     parser.add_argument(
         "--no-grammar",
         action="store_true",
@@ -199,7 +202,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
         raise PairlineError("the instruction is empty; say what to change with -m")
     ws = Workspace.open(args.root, commit=not args.no_commit)
     files = [load_file(ws, f) for f in dict.fromkeys(args.files)]
-    mode = choose_mode("rewrite" if args.rewrite else "blocks" if args.blocks else "auto", files)
+    mode = choose_mode("rewrite" if args.rewrite else "blocks" if args.blocks else "auto", files, args.message)
     if mode == "rewrite" and (len(files) != 1 or files[0].text is None):
         raise PairlineError("--rewrite takes exactly one existing file")
     missing = [f.shown for f in files if f.text is None]
@@ -288,6 +291,8 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
             check_retried=s.check_retried,
             repaired=s.repaired,
             blocks=s.blocks,
+            regions=s.regions,
+            region_ended=s.region_ended,
             ttft_s=s.ttft_s,
             tokens=s.tokens,
             tokens_per_s=s.tokens_per_s,

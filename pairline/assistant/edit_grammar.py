@@ -139,14 +139,16 @@ def blocks_grammar(files: list[tuple[str, str | None]], instruction: str = "") -
 
 
 def rewrite_grammar(name: str) -> Grammar:
-    """The new file in one fence (rewrite.py's format) and nothing after it: no line inside may
-    start with a backquote, so the fence cannot be faked, and the answer ends at the fence.
+    """A lazy rewrite's answer (region.py): code blocks only, each a region of the file rewritten,
+    one after another, and nothing else: no line inside may start with a backquote, so a fence
+    cannot be faked, and no chatter before, between or after them.
 
-    The fence may close early: what was written is then a region from the file's top, and
-    `check.review` puts the untouched tail back. Measured on Qwen2.5-Coder-0.5B: a grammar that
-    allowed the fence only after the file's old last line held a rename whose last site was that
-    line (the old line never came), and the model wrote on until its token limit."""
-    return Grammar("lark", f'start: {_lit(f"```{language_for(name)}" + chr(10))} LINE* "```"\nLINE: {_CODE_LINE}\n')
+    A block may close wherever the model likes: what was written is a region, spliced into the
+    untouched file. Measured on Qwen2.5-Coder-0.5B: a grammar that allowed the fence only after the
+    file's old last line held a rename whose last site was that line (the old line never came), and
+    the model wrote on until its token limit."""
+    region = f'{_lit(f"```{language_for(name)}" + chr(10))} LINE* "```"'
+    return Grammar("lark", f'start: region ("\\n" "\\n"? region)* "\\n"?\nregion: {region}\nLINE: {_CODE_LINE}\n')
 
 
 # A line of code inside the fence: anything but a line that starts with a backquote (a model held

@@ -19,10 +19,12 @@ from pathlib import PurePath
 from pairline.errors import PairlineError
 
 SYSTEM_PROMPT = (
-    "You are a precise code editor. The user gives you one file and an instruction. "
-    "Reply with the complete updated file in a single fenced code block, and nothing else: "
-    "no explanation before or after it. Change only what the instruction asks for; copy every "
-    "other line exactly as it is, including comments, docstrings, blank lines and indentation."
+    "You are a precise code editor. The user gives you one file and an instruction. Answer with "
+    "code blocks only, no explanation. Each code block holds one part of the file that changes, "
+    "rewritten: start it at the first line of the function or statement you change, copy the lines "
+    "that stay exactly as they are, and end it right after the last line you change. Several places "
+    "to change: one code block for each, in the order of the file. Change only what the "
+    "instruction asks for."
 )
 
 LANGUAGES = {
@@ -121,7 +123,9 @@ class RewriteRequest:
     model_text: str  # the file as shown to the model
 
 
-def build_request(display_path: str, text: str, instruction: str) -> RewriteRequest:
+def build_request(display_path: str, text: str, instruction: str, hints: str = "") -> RewriteRequest:
+    """The rewrite's messages and prediction; `hints` (sites.py's list of the lines the
+    instruction's names are on) goes just before the instruction."""
     instruction = instruction.strip()
     if not instruction:
         raise PairlineError("the instruction is empty; say what to change with -m")
@@ -129,7 +133,8 @@ def build_request(display_path: str, text: str, instruction: str) -> RewriteRequ
     lang = language_for(display_path)
     fence = fence_for(model_text)
     block = wrap(model_text, lang, fence)
-    user = f"File: {display_path}\n\n{block}\n\nInstruction: {instruction}"
+    hints = f"{hints}\n\n" if hints else ""
+    user = f"File: {display_path}\n\n{block}\n\n{hints}Instruction: {instruction}"
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
     return RewriteRequest(messages, block, fence, lang, model_text)
 
@@ -197,12 +202,29 @@ class BlockStream:
         self.state = "preamble"
         self.fence = ""
         self._partial = ""
+        self.closed = 0  # blocks closed so far
+        self._prose = False  # after a closed block: text that is not another block
+
+    @property
+    def chatter(self) -> bool:
+        """After a closed block, the answer goes on with something that is not another block (a
+        model explaining its edit): nothing more of it is code."""
+        if not self.closed or self.state != "preamble":
+            return False
+        rest = self._partial.lstrip("\n")
+        return self._prose or (bool(rest) and not rest.startswith(("`", "~")))
 
     def feed(self, delta: str) -> Iterator[str]:
         self._partial += delta
         while self.state != "done" and "\n" in self._partial:
             line, self._partial = self._partial.split("\n", 1)
             yield from self._line(line)
+
+    def next_block(self) -> Iterator[str]:
+        """After a closed block: look for the next one, in what was read after the closing fence
+        too (its lines come with the next `feed`)."""
+        self.state = "preamble"
+        return self.feed("")
 
     def finish(self) -> Iterator[str]:
         """End of the answer: the last line, if the model stopped without a newline."""
@@ -215,9 +237,12 @@ class BlockStream:
             fence = _opening(line)
             if fence is not None:
                 self.state, self.fence = "code", fence
+            elif line.strip() and self.closed:
+                self._prose = True
         elif self.state == "code":
             if _is_close(line, self.fence):
                 self.state = "done"
+                self.closed += 1
             else:
                 yield line
 

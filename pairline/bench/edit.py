@@ -56,7 +56,8 @@ from pairline.bench.edit_tasks import (
 
 __all__ = ["KINDS", "TASKS_DIR", "Task", "TaskFile", "load_tasks", "reference_texts", "run_check", "write_json"]
 
-MODES = ("blocks", "rewrite")
+# auto: what `pairline edit` chooses per task (coder.choose_mode); each result records the mode it ran
+MODES = ("blocks", "rewrite", "auto")
 
 
 @dataclass(slots=True)
@@ -84,6 +85,9 @@ class TaskResult:
     grammar_s: float = 0.0  # of which in the grammar: its masks, checks and forced tokens
     renames: int = 0  # RENAME actions the model wrote
     deletes: int = 0  # DELETE actions the model wrote
+    ran: str = ""  # the mode the edit ran in (blocks or rewrite; with --modes auto, the coder's choice)
+    regions: int = 0  # a rewrite's code blocks, each a region spliced into the file
+    region_ended: bool = False  # a region was stopped where it rejoined the file (region.py)
     check_output: str = ""
     answer: str = ""
 
@@ -160,7 +164,10 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
     s = result.stats
     return TaskResult(
         model=client.model_name,
-        mode=s.mode if grammar else f"{s.mode}/no-grammar",
+        mode=label,
+        ran=s.mode,
+        regions=s.regions,
+        region_ended=s.region_ended,
         task=task.name,
         kind=task.kind,
         status=result.status,
@@ -372,7 +379,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--model", "-m", action="append", default=None, help="model (repeatable; default: the real-time one)"
     )
-    p.add_argument("--modes", default="blocks,rewrite", help="blocks, rewrite, or both (default)")
+    p.add_argument("--modes", default="blocks,rewrite",
+                   help="comma-separated: blocks, rewrite (a lazy rewrite: regions), auto (what pairline edit "
+                   "chooses per task); default blocks,rewrite")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     p.add_argument("--kinds", default=None,
                    help="comma-separated task kinds, e.g. rename,two-file (default: all; with --tasks: both apply)")

@@ -1,14 +1,15 @@
 """`pairline eval ...`: accuracy against wall time.
 
 `humaneval` runs HumanEval problems on one tier's model and writes a JSON of per-task records;
-`plot` draws saved results as accuracy against wall time (one point per run)."""
+`agent` runs one or both tiers on small repositories with failing tests (bench/agent_eval.py);
+`plot` draws saved results as accuracy against wall time (one point per run and tier)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from pairline.bench.common import csv, default_out_path, invocation, stderr_log, write_json
+from pairline.bench.common import csv, default_out_path, invocation, out_path, stamp, stderr_log, write_json
 from pairline.errors import PairlineError
 
 
@@ -51,13 +52,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="also draw the run (default: next to the JSON)")
     he.set_defaults(func=cmd_humaneval)
 
+    ag = sub.add_parser(
+        "agent",
+        help="both tiers on small repositories with a failing test: pass rate (visible + held-out tests), time",
+        description="For each task (a small repository with a failing test, pairline/bench/tasks/agent/), runs "
+        "the tier in a fresh copy, then the visible tests and held-out tests the tier never saw, in a fresh "
+        "sandboxed pytest process. realtime: one shot through `pairline edit`'s path, with the failing tests' "
+        "output given once, no test runs. deep: `pairline agent`'s loop with its budgets. Prints a table per "
+        "task and per tier and writes JSON.",
+        epilog="docs/agent.md, `pairline eval agent`, lists the tasks by kind.",
+    )
+    ag.add_argument("--tier", default="realtime", choices=["realtime", "deep", "both"],
+                    help="realtime (Qwen2.5-Coder-0.5B, one shot), deep (the agent on Qwen2.5-Coder-1.5B) or both; "
+                    "default realtime")
+    ag.add_argument("--model", "-m", default=None, help="registry name or path; overrides every tier's model")
+    add_runtime_option(ag)
+    ag.add_argument("--tasks", default=None, help="comma-separated task names (default: all; --list shows them)")
+    ag.add_argument("--limit", type=int, default=None, help="the first N tasks (by name)")
+    ag.add_argument("--list", action="store_true", help="list the tasks and exit (no model)")
+    ag.add_argument("--max-steps", type=int, default=None, metavar="N", help="deep: model turns per task (default 20)")
+    ag.add_argument("--max-time", type=float, default=None, metavar="S", help="deep: seconds per task (default 600)")
+    ag.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                    help="deep: generated tokens per task (default 20000)")
+    ag.add_argument("--ctx", type=int, default=8192, metavar="N", help="context size in tokens (default 8192)")
+    ag.add_argument("--timeout", type=float, default=60.0, help="seconds for each scoring test run (default 60)")
+    ag.add_argument("--allow-weak-sandbox", action="store_true",
+                    help="run the agent's commands and the scoring where this kernel lacks a sandbox protection")
+    ag.add_argument("--out", default=None, help="JSON file or folder (default: bench-results/)")
+    ag.set_defaults(func=cmd_agent)
+
     rs = sub.add_parser("rescore", help="check saved answers again with this version's extractor and checker")
     rs.add_argument("result", help="a JSON file written by `pairline eval humaneval`")
     rs.add_argument("--out", "-o", default=None, help="JSON to write (default: RESULT-rescored.json)")
     rs.set_defaults(func=cmd_rescore)
 
-    pl = sub.add_parser("plot", help="accuracy against wall time from saved humaneval results (one point per file)")
-    pl.add_argument("results", nargs="+", help="JSON files written by `pairline eval humaneval`")
+    pl = sub.add_parser("plot", help="accuracy against wall time from saved humaneval or agent results "
+                        "(one point per humaneval file, one per tier of an agent file)")
+    pl.add_argument("results", nargs="+",
+                    help="JSON files written by `pairline eval humaneval` or `pairline eval agent`")
     pl.add_argument("--out", "-o", default="humaneval.png", help="PNG to write (default humaneval.png)")
     pl.add_argument("--title", default=None)
     pl.set_defaults(func=cmd_plot)
@@ -116,14 +148,56 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from pairline.bench import agent_eval as ae
+    from pairline.bench.agent_tasks import load_tasks
+
+    if args.list:
+        tasks = load_tasks(list(csv(args.tasks) or ()) or None, args.limit)
+        for t in tasks:
+            print(f"{t.name:28} {t.kind:16} {t.files} file{'s' if t.files > 1 else ' '}  {t.instruction}")
+        return 0
+    from rich.markup import escape
+
+    err, markup_log = stderr_log("eval agent")
+
+    def log(message: str) -> None:  # task names, commands and errors are not markup
+        markup_log(escape(message))
+
+    picks = csv(args.tasks)
+    if picks is not None and not picks:
+        raise PairlineError("--tasks is empty")
+    cfg = ae.EvalConfig(
+        tiers=ae.parse_tiers(args.tier), model=args.model, runtime=args.runtime,
+        tasks=list(picks) if picks else None, limit=args.limit, n_ctx=args.ctx, max_steps=args.max_steps,
+        max_time_s=args.max_time, max_tokens=args.max_tokens, timeout_s=args.timeout,
+        allow_weak_sandbox=args.allow_weak_sandbox, command=invocation(), log=log,
+    )
+    ae.validate(cfg)  # every argument, before a model loads
+    path = out_path(args.out, f"agent-{'+'.join(cfg.tiers)}-{stamp()}.json")
+    cfg.checkpoint = lambda result: write_json(result, path)  # a run stopped halfway keeps its tasks
+    result = ae.run_eval(cfg)
+    write_json(result, path)
+    ae.print_tables(result)
+    err.print(f"wrote {path}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from pairline.bench.agent_eval import print_tables
     from pairline.bench.humaneval import print_table
-    from pairline.bench.plot import load_results, plot
+    from pairline.bench.plot import load_results, plot, read_result
 
-    results = load_results(args.results)
-    print_table(results)
+    results = load_results(args.results, kinds=("humaneval", "agent"))
+    humaneval = [r for r in results if r.get("kind") == "humaneval"]
+    if humaneval:
+        print_table(humaneval)
+    for path in args.results:  # an agent run's own tables
+        data = read_result(path)
+        if data.get("kind") == "agent":
+            print_tables(data)
     png = plot(results, args.out, args.title)
     Console(stderr=True).print(f"wrote {png}")
     return 0

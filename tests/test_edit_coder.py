@@ -423,3 +423,15 @@ def test_lazy_rewrite_that_changes_nothing_goes_back_once(ws):
     # the same again after the retry: unchanged, and no third request
     result = Coder(ScriptedClient([same, same]), ws).run([load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
     assert result.status == "unchanged"
+
+
+def test_a_region_that_runs_away_is_cut_at_its_last_match(ws):
+    (ws.root / "big.py").write_text(BIG)
+    runaway = "".join(f"    w{i} = {i}\n" for i in range(200))
+    answer = "```python\ndef f5(x):\n    y = x + 500\n    z = y * 2\n" + runaway + "```"
+    client = ScriptedClient([answer, answer], chunk=8)
+    result = Coder(client, ws).run([load_file(ws, "big.py")], "f5 adds 500", mode="rewrite")
+    # the made-up lines are dropped, the change before them stands, and no continuation was asked for
+    assert result.status == "changed" and len(client.calls) == 1
+    assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 5\n", "x + 500\n", 1)
+    assert result.stats.tokens < len(answer) // 8

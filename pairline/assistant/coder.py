@@ -740,6 +740,11 @@ class Coder:
                             result.stats.region_ended = True
                             inner.cancel()
                             break
+                        if region.runaway():  # a model writing on: the answer ends at its last match
+                            region.cut()
+                            ended = True
+                            inner.cancel()
+                            break
                     if stopped or lines.state != "done":
                         break
                     if region is not None:  # the model closed its block itself

@@ -33,6 +33,7 @@ REJOIN_LINES = 3  # unchanged lines after a change before a region may end
 RESYNC_REACH = 40  # how far ahead in the file a written line is looked for
 MAX_STARTS = 16  # places of the region's first unchanged line that are followed at once
 WHOLE_FILE = 0.9  # a region with this share of the file's non-blank lines is the whole file
+RUNAWAY_LINES = 80  # new lines in a row after a region's last match that end it (a model writing on)
 
 
 def _top_level(line: str) -> bool:
@@ -123,6 +124,17 @@ class Region:
     def best(self) -> _Track:
         # the guess that explains the most written lines with the fewest of the file's skipped
         return max(self.tracks, key=lambda t: (t.matched - t.skipped, t.matched, -t.first))
+
+    def runaway(self) -> bool:
+        """The model has written `RUNAWAY_LINES` lines in a row that are in no place of the file
+        near where the region was (measured: a 0.5B region that turned into made-up code for
+        2,900 tokens). A new function is shorter than that; a file's worth of them is not an edit."""
+        return bool(self.tracks) and len(self.written) - 1 - self.best().last >= RUNAWAY_LINES
+
+    def cut(self) -> None:
+        """Drop what the region wrote after its last line that matched the file."""
+        if self.tracks:
+            del self.written[self.best().last + 1 :]
 
     def whole_file(self) -> bool:
         """The region holds (nearly) every line of the file: it is the whole new file, written out,

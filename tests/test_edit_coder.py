@@ -435,3 +435,17 @@ def test_a_region_that_runs_away_is_cut_at_its_last_match(ws):
     assert result.status == "changed" and len(client.calls) == 1
     assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 5\n", "x + 500\n", 1)
     assert result.stats.tokens < len(answer) // 8
+
+
+def test_a_region_written_again_after_a_stop_ends_the_answer(ws):
+    (ws.root / "big.py").write_text(BIG)
+    first = "```python\ndef f2(x):\n    y = x + 200\n    z = y * 2\n    return z\n\n\ndef f3(x):\n"
+    again = "\n```python\ndef f2(x):\n    y = x + 222\n    z = y * 2\n    return z\n```"
+
+    class Grammatical(ScriptedClient):
+        supports_grammar = True
+
+    client = Grammatical([first, again, again])
+    result = Coder(client, ws).run([load_file(ws, "big.py")], "make a function add more", mode="rewrite")
+    assert result.status == "changed" and result.stats.regions == 1 and len(client.calls) == 2
+    assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 2\n", "x + 200\n", 1)

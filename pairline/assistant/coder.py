@@ -49,6 +49,9 @@ NO_OP = (
 )
 
 
+MAX_REGIONS = 8  # a lazy rewrite's answer is continued after a stopped region at most this many times
+
+
 REWRITE_NO_OP = (
     "Your code block is the same as the file's lines: nothing changed. Write the part the instruction "
     "asks to change as it must read after the change."
@@ -733,7 +736,7 @@ class Coder:
                 pending = lines.feed(delta)
                 while not stopped:
                     for line in pending:
-                        region = region or Region(old, after=_end_of(regions), sites=self._sites)
+                        region = region or _next_region(old, regions, self._sites)
                         self.on_event(Event("rewrite_line", line, path=f.shown))
                         if region.feed(line):
                             stopped = True  # the rest is the file's own lines: spliced, not written
@@ -743,6 +746,10 @@ class Coder:
                         if region.runaway():  # a model writing on: the answer ends at its last match
                             region.cut()
                             ended = True
+                            inner.cancel()
+                            break
+                        if region.behind:  # a part already written, again: the answer is over
+                            region, ended = None, True
                             inner.cancel()
                             break
                     if stopped or lines.state != "done":
@@ -758,9 +765,9 @@ class Coder:
                 if lines.chatter:  # prose after the blocks: the answer's code is over
                     ended = True
                     inner.cancel()
-            if not stopped and lines.state == "code":
+            if not (stopped or ended) and lines.state == "code":
                 for line in lines.finish():  # the model stopped inside a block, without a newline
-                    region = region or Region(old, after=_end_of(regions), sites=self._sites)
+                    region = region or _next_region(old, regions, self._sites)
                     region.feed(line)
             result.stats.add(reply, started)
             budget -= max(1, reply.tokens)
@@ -770,10 +777,9 @@ class Coder:
             if cancel.cancelled:
                 result.status = "cancelled"
                 return None
-            if not stopped or not self.can_prefix:
+            if not stopped or not self.can_prefix or len(regions) >= MAX_REGIONS:
                 break
         result.answer = answer  # the latest answer: a retry's conversation holds the earlier one
-        result.stats.regions = len(regions)
         truncated = reply is not None and reply.finish_reason == "length" and lines.state == "code"
         if not regions or truncated:
             try:  # an answer with no code block may still be the file, unfenced (extract_code)
@@ -782,6 +788,9 @@ class Coder:
                 result.status, result.errors = "malformed", [str(err)]
                 result.stats.well_formed = False
                 return None
+        # a region written again after a stop (a model that loops) says nothing new
+        regions = [r for i, r in enumerate(regions) if all(r.written != q.written for q in regions[:i])]
+        result.stats.regions = len(regions)
         if len(regions) == 1 and regions[0].whole_file():  # a full rewrite (functions moved, say): not a region
             return "".join(x + "\n" for x in regions[0].written), False
         spliced = splice(model_text, regions)
@@ -796,10 +805,7 @@ class Coder:
         return None
 
 
-def _end_of(regions: list[Region]) -> int:
-    """The first line of the file a new region may start at: after the ones already written."""
-    for region in reversed(regions):
-        placed = region.placed()
-        if placed is not None:
-            return placed[1]
-    return 0
+def _next_region(old: list[str], regions: list[Region], sites: frozenset[int]) -> Region:
+    """A new region of the answer: it starts after the ones already written, and knows their spans."""
+    spans = tuple((p[0], p[1]) for p in (r.placed() for r in regions) if p is not None)
+    return Region(old, after=spans[-1][1] if spans else 0, sites=sites, covered=spans)

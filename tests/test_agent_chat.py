@@ -39,7 +39,9 @@ def test_deep_hands_off_and_brings_the_result_back(tmp_path, monkeypatch):
     session.submit("/deep make the test pass")
     session.wait()
     text = out.text
-    assert "[deep mode · scripted · run" in text and "[deep step 1" in text and "[deep · read:" in text
+    assert "[deep mode · scripted · run" in text and "[deep step 1" in text
+    # the chat's files are in the agent's first message: reading calc.py again is a repeat, not run
+    assert "[deep · repeat: Not run: you already have calc.py (in the first message)" in text
     assert "Deep mode ended: the model finished (done). add fixed" in text
     assert "+    return a + b" in text and "/undo reverts the agent's edits" in text
     assert (tmp_path / "calc.py").read_text().endswith("    return a + b\n")

@@ -31,6 +31,7 @@ def block(search: str, replace: str, path: str = "calc.py") -> str:
 
 
 FIX = block("    return a - b\n", "    return a + b\n")
+READ = call("read", path="calc.py")  # an edit of a file the model has not seen is refused: it reads first
 
 
 def git(root, *args) -> str:
@@ -70,27 +71,29 @@ def observations(client):
 
 def test_read_search_list_failing_test_fix_done(repo):
     answers = [
-        call("list", path="."),
         call("search", pattern="def add(a, b):"),  # literal code, parentheses and all
         call("read", path="calc.py"),
-        call("test"),
         "Fix it.\n" + FIX + call("test").removeprefix("Next.\n"),
+        call("list", path="."),  # the first message's listing may be stale after an edit: it runs
         call("done", summary="add adds now"),
     ]
     agent, client = make(repo, answers)
     result = agent.run()
     assert result.reason == "done" and result.summary == "add adds now" and result.exit_code == 0
     assert (repo / "calc.py").read_text() == BUG.replace("-", "+")
+    # the tests ran once before the first step: the first message says how they fail
+    first = client.calls[0]["messages"][-1]["content"]
+    assert "The tests were run once before your first step:\n`" + CHECK + "` exited 1" in first
+    assert "calc.py\ntest_calc.py" in first
     obs = observations(client)
-    assert "calc.py\ntest_calc.py" in obs[0]
-    assert "1 matches for 'def add(a, b):'" in obs[1] and "calc.py:1: def add(a, b):" in obs[1]
-    assert "calc.py (lines 1-2 of 2):\ndef add(a, b):\n    return a - b" in obs[2]
-    assert "exited 1" in obs[3]
-    assert "edit applied to calc.py (commit" in obs[4] and "exited 0" in obs[4]
-    assert "(5 steps left)" in obs[4]
+    assert "1 matches for 'def add(a, b):'" in obs[0] and "calc.py:1: def add(a, b):" in obs[0]
+    assert "calc.py (lines 1-2 of 2):\ndef add(a, b):\n    return a - b" in obs[1]
+    assert "edit applied to calc.py (commit" in obs[2] and "exited 0" in obs[2]
+    assert "(7 steps left)" in obs[2]
+    assert "2 files under the repository:\ncalc.py\ntest_calc.py" in obs[3]
     # one commit for the edit, on top of the start; the final diff is start..HEAD
     log = git(repo, "log", "--format=%s").splitlines()
-    assert log == ["pairline: agent: make add add (step 5)", "init"]
+    assert log == ["pairline: agent: make add add (step 3)", "init"]
     assert result.commits and result.files_changed == ["calc.py"]
     assert "-    return a - b\n+    return a + b" in result.diff
     assert result.last_test == {"command": CHECK, "exit_code": 0}
@@ -102,11 +105,11 @@ def test_read_search_list_failing_test_fix_done(repo):
 
 def test_edit_that_fails_is_fed_back_then_undo(repo):
     wrong = block("    return a * b\n", "    return a + b\n")
-    agent, client = make(repo, [wrong, FIX, call("done", summary="ok")])
+    agent, client = make(repo, [READ, wrong, FIX, call("done", summary="ok")])
     result = agent.run()
     obs = observations(client)
-    assert "does not match any lines" in obs[0] and "Did you mean these lines (2-2)?" in obs[0]
-    assert "Nothing was written" in obs[0]
+    assert "does not match any lines" in obs[1] and "Did you mean these lines (2-2)?" in obs[1]
+    assert "Nothing was written" in obs[1]
     assert result.edits == 1 and len(result.commits) == 1
     # the edit is undoable through the workspace (what /undo in the chat calls)
     entry = agent.ws.undo()
@@ -117,13 +120,15 @@ def test_edit_that_fails_is_fed_back_then_undo(repo):
 def test_tool_after_a_failed_edit_is_not_run_and_new_file(repo):
     wrong = block("nothing like this\n", "x\n") + call("test").removeprefix("Next.\n")
     new = block("", "def sub(a, b):\n    return a - b\n", path="pkg/ops.py")
-    agent, client = make(repo, [wrong, new, call("test"), call("done", summary="ok")])
+    agent, client = make(repo, [READ, wrong, new, call("test"), call("done", summary="ok")])
     agent.run()
     obs = observations(client)
-    assert "test call after the edit was not run" in obs[0]
+    assert "test call after the edit was not run" in obs[1]
     assert (repo / "pkg" / "ops.py").read_text() == "def sub(a, b):\n    return a - b\n"
     tools = [e for e in events(agent) if e["type"] == "tool"]
-    assert [t["name"] for t in tools] == ["edit", "edit", "test", "done"]
+    # step 0: the test run before the first step; a new file needs no read first
+    assert [(t["step"], t["name"]) for t in tools] == [(0, "test"), (1, "read"), (2, "edit"), (3, "edit"),
+                                                        (4, "test"), (5, "done")]
 
 
 def test_malformed_replies_count_as_steps(repo):
@@ -198,7 +203,7 @@ def test_command_changing_git_config_is_put_back(repo):
     before = (repo / ".git" / "config").read_bytes()
     answers = [call("run", command="git config core.fsmonitor 'touch /tmp/x' && "
                                    "printf '#!/bin/sh\\n' > .git/hooks/post-commit && chmod +x .git/hooks/post-commit"),
-               FIX, call("done", summary="ok")]
+               READ, FIX, call("done", summary="ok")]
     agent, client = make(repo, answers)
     result = agent.run()
     assert "were put back" in observations(client)[0]
@@ -247,13 +252,17 @@ def test_trajectory_contents(repo):
     agent, _ = make(repo, [call("read", path="calc.py"), FIX + call("test"), call("done", summary="fixed")])
     result = agent.run()
     ev = events(agent)
-    assert [e["type"] for e in ev] == ["run", "turn", "tool", "observation", "turn", "tool", "tool",
+    assert [e["type"] for e in ev] == ["run", "tool", "turn", "tool", "observation", "turn", "tool", "tool",
                                         "observation", "turn", "tool", "observation", "end"]
+    pre = ev[1]  # the tests, run once before the first step
+    assert pre["step"] == 0 and pre["name"] == "test" and pre["exit_code"] == 1 and pre["command"] == CHECK
+    ev = [ev[0]] + ev[2:]
     head = ev[0]
     assert head["task"] == "make add add" and head["model"] == "scripted" and head["repo"] == str(repo)
     assert head["start_commit"] == git(repo, "rev-list", "--max-parents=0", "HEAD").strip()
     assert head["budgets"] == {"max_steps": 10, "max_time_s": 600.0, "max_tokens": 20000}
     assert "workdir" in head["sandbox"] and head["first_message"].startswith("Task: make add add")
+    assert head["shown_files"] == [] and "exited 1" in head["first_message"]
     turn = ev[1]
     assert turn["tokens"] > 0 and "wall_s" in turn and turn["text"].endswith("</tool_call>")
     edit = ev[5]
@@ -288,7 +297,7 @@ def test_resume_after_an_interrupted_run(repo):
 
 
 def test_resume_refuses_when_the_repo_moved_on(repo):
-    agent, _ = make(repo, [FIX], Budgets(max_steps=1))
+    agent, _ = make(repo, [READ, FIX], Budgets(max_steps=2))
     agent.run()
     (repo / "calc.py").write_text("def add(a, b):\n    return 0\n")
     with pytest.raises(PairlineError, match="calc.py changed since the run edited it"):
@@ -310,15 +319,18 @@ def test_outside_git_the_diff_comes_from_the_originals(tmp_path, monkeypatch):
     root = tmp_path / "plain"
     root.mkdir()
     (root / "calc.py").write_text(BUG)
-    agent, _ = make(root, [FIX, call("done", summary="x")])
+    agent, _ = make(root, [READ, FIX, call("done", summary="x")])
     result = agent.run()
     assert not agent.ws.git and result.commits == [] and result.files_changed == ["calc.py"]
     assert "-    return a - b\n+    return a + b" in result.diff
 
 
 def test_old_observations_are_condensed_to_fit(repo):
-    (repo / "big.py").write_text("".join(f"x_{i} = {i}  # some padding text here\n" for i in range(240)))
-    reads = [call("read", path="big.py")] * 5 + [call("done", summary="x")]
+    for k in range(5):
+        (repo / f"big{k}.py").write_text("".join(f"x_{i} = {i}  # some padding text here\n" for i in range(240)))
+    # five different files, then the first again: its result was condensed away, so reading it again
+    # is no repeat (the model no longer has it)
+    reads = [call("read", path=f"big{k}.py") for k in (0, 1, 2, 3, 4, 0)] + [call("done", summary="x")]
     agent, client = make(repo, reads, n_ctx=6000, example=False)
     result = agent.run()
     assert result.reason == "done"
@@ -327,6 +339,8 @@ def test_old_observations_are_condensed_to_fit(repo):
     assert sum(client.count_tokens(m["content"]) + 4 for m in last) < 6000
     assert "output dropped to save room" in last[3]["content"]  # the oldest result shrank
     assert "x_215 = 215" in last[-1]["content"]  # the latest stayed whole
+    assert "big0.py (lines 1-216 of 240)" in last[-1]["content"]
+    assert not [e for e in events(agent) if e["type"] == "tool" and e["name"] == "repeat"]
 
 
 def test_a_thought_without_action_is_continued_with_a_tool_call(repo):
@@ -362,7 +376,7 @@ def test_a_hook_the_model_wrote_does_not_run_on_its_commits(repo, tmp_path):
     git(repo, "config", "core.hooksPath", "hooks")
     marker = tmp_path / "hook-ran"
     hook = block("", f"#!/bin/sh\ntouch {marker}\n", path="hooks/post-commit")
-    answers = [hook, call("run", command="chmod +x hooks/post-commit"), FIX, call("done", summary="x")]
+    answers = [hook, call("run", command="chmod +x hooks/post-commit"), READ, FIX, call("done", summary="x")]
     agent, _ = make(repo, answers)
     result = agent.run()
     assert result.edits == 2 and not marker.exists()
@@ -370,31 +384,38 @@ def test_a_hook_the_model_wrote_does_not_run_on_its_commits(repo, tmp_path):
     assert marker.exists()  # the hook is live for the user: what the agent wrote runs when *you* run git
 
 
-def test_the_same_look_twice_is_called_out(repo):
-    answers = [call("read", path="calc.py"), call("read", path="calc.py"), FIX, call("read", path="calc.py"),
-               call("done", summary="x")]
+def test_the_same_look_twice_is_refused_until_the_file_changes(repo):
+    # no grammar (ScriptedClient): the harness refuses the repeat itself, and says what to do instead
+    answers = [READ, READ, call("read_file", file="./calc.py"), FIX + call("test"), READ, call("done", summary="x")]
     agent, client = make(repo, answers)
     agent.run()
     obs = observations(client)
-    assert "You did exactly this at step 1" in obs[1] and "return a - b" in obs[1]
-    assert "You did exactly this" not in obs[3]  # after an edit, reading again is fair
+    assert "return a - b" in obs[0]
+    for o in obs[1:3]:  # the same read, and the same in other words: not run
+        assert "Not run: you already have calc.py (at step 1)" in o and "return a - b" not in o
+        assert "edit a file with search/replace blocks, run the tests, or call done" in o
+    assert "return a + b" in obs[4] and "Not run" not in obs[4]  # after an edit of it, reading again is fair
+    tools = [e for e in events(agent) if e["type"] == "tool"]
+    assert [t["name"] for t in tools] == ["test", "read", "repeat", "repeat", "edit", "test", "read", "done"]
+    assert tools[2]["repeat_of"] == 1 and tools[2]["args"] == {"tool": "read", "path": "calc.py"}
 
 
 def test_edit_tool_call_with_part_of_a_line(repo):
-    answers = [call("edit", path="calc.py", search="a - b", replace="a + b"),
+    answers = [READ, call("edit", path="calc.py", search="a - b", replace="a + b"),
                call("edit", path="calc.py", search="b", replace="c"), call("done", summary="x")]
     agent, client = make(repo, answers)
     result = agent.run()
     assert (repo / "calc.py").read_text() == BUG.replace("a - b", "a + b") and result.edits == 1
-    assert "does not match any lines" in observations(client)[1]  # "b" is not unique: the precise error
+    assert "does not match any lines" in observations(client)[2]  # "b" is not unique: the precise error
 
 
 def test_done_after_an_untested_edit_is_refused_once(repo):
-    agent, client = make(repo, [FIX, call("done", summary="tests pass"), call("test"), call("done", summary="ok")])
+    agent, client = make(repo, [READ, FIX, call("done", summary="tests pass"), call("test"),
+                                call("done", summary="ok")])
     result = agent.run()
-    assert "Not finished: you edited files after the last test run" in observations(client)[1]
-    assert result.reason == "done" and result.summary == "ok" and result.steps == 4
-    agent2, _ = make(repo, [call("edit", path="calc.py", search="a + b", replace="b + a"),
+    assert "Not finished: you edited files after the last test run" in observations(client)[2]
+    assert result.reason == "done" and result.summary == "ok" and result.steps == 5
+    agent2, _ = make(repo, [READ, call("edit", path="calc.py", search="a + b", replace="b + a"),
                             call("done", summary="a"), call("done", summary="b")])
     assert agent2.run().summary == "b"  # refused once only: a model that insists is let go
 
@@ -408,8 +429,9 @@ def test_the_same_failing_edit_twice_is_called_out(repo):
 
 
 def test_passing_tests_after_an_edit_point_to_done(repo):
-    agent, client = make(repo, [FIX + call("test"), call("test"), call("done", summary="x")])
+    agent, client = make(repo, [READ, FIX + call("test"), call("test"), call("done", summary="x")])
     agent.run()
     obs = observations(client)
-    assert "The tests pass. If the task is done, call done" in obs[0]
-    assert "You did exactly this at step 1" not in obs[0] and "You did exactly this at step 1" in obs[1]
+    assert "The tests pass. If the task is done, call done" in obs[1] and "Not run" not in obs[1]
+    # the same tests again with nothing edited since: not run, and the model is pointed on
+    assert "Not run: the tests ran at step 2 (they passed)" in obs[2] and "call done" in obs[2]

@@ -68,7 +68,34 @@ def test_smollm2_loop_stays_in_budget(tmp_path, monkeypatch, smollm2_gguf):
     assert events[0]["type"] == "run" and events[-1]["type"] == "end"
     assert events[-1]["reason"] == result.reason
     assert sum(e["type"] == "turn" for e in events) == result.steps
+    # the tests ran before the first step, so every reply was decoded under the mask's grammar (the
+    # engine compiled it: no mask_off), with running the tests again masked
+    assert events[1]["type"] == "tool" and events[1]["step"] == 0 and events[1]["name"] == "test"
+    assert not [e for e in events if e["type"] == "mask_off"]
+    assert all("test" in e.get("masked", []) for e in events if e["type"] == "turn" and e["step"] == 1)
     check_intact(root, tmp_path, before)
+
+
+@pytest.mark.slow
+def test_smollm2_cannot_write_a_masked_read(smollm2_gguf):
+    """The mask on real weights: whatever file the model reads first, once that read is a fresh look,
+    the same reply (same prompt, greedy) cannot name that file again."""
+    from pairline.assistant.agent_mask import Repeats
+    from pairline.assistant.client import open_client
+
+    client = open_client(str(smollm2_gguf), n_ctx=2048, runtime="auto")
+    messages = [{"role": "user", "content": "Call the read tool on calc.py, as JSON."}]
+    prefix = 'I will read the file first.\n```json\n{"name": "read", "arguments": {"path": "'
+    free = "".join(client.stream(messages, max_tokens=16, prefix=prefix, stop=('"',)))
+    path = free.strip()
+    assert path, f"SmolLM2 wrote no path: {free!r}"
+    repeats = Repeats("pytest -q", lambda p: p)
+    repeats.seen_file(path, 1)
+    files = sorted({path, "calc.py", "test_calc.py"})
+    grammar, masked = repeats.grammar(files, special_tokens=client.family == "qwen2")
+    assert masked == [f"read {path}"]
+    again = "".join(client.stream(messages, max_tokens=16, prefix=prefix, stop=('"',), grammar=grammar))
+    assert again.split('"')[0].strip() != path, (free, again)  # it must name another file
 
 
 def cli(*args, cwd, env_extra=None, timeout=300):

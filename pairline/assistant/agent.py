@@ -21,10 +21,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from pairline.assistant import agent_format as fmt
+from pairline.assistant.agent_context import failure_files, named_files, shown_in
+from pairline.assistant.agent_mask import Repeats, cat_paths, read_only
+from pairline.assistant.agent_result import AgentResult, Budgets, Msg, Used
 from pairline.assistant.agent_tools import ToolResult, Tools, repo_files
 from pairline.assistant.client import Client
 from pairline.assistant.coder import LinkedCancel
@@ -33,97 +36,14 @@ from pairline.assistant.gitsafe import GitTampered, git_head, git_is_ancestor, g
 from pairline.assistant.sandbox import Limits, Sandbox
 from pairline.assistant.trajectory import TRAJECTORY_VERSION, Trajectory, find_run, load_trajectory, runs_dir
 from pairline.assistant.workspace import Workspace
+from pairline.engine.constraint import Grammar
 from pairline.engine.generate import CancelToken
 from pairline.errors import PairlineError
 
 DEFAULT_TEST_CMD = "python -m pytest -q -p no:cacheprovider"  # no .pytest_cache left in the user's repo
 OBS_KEEP_FULL = 2  # the latest observations are never condensed
-EXIT_DONE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 130
-
-REASONS = {
-    "done": "the model finished",
-    "max_steps": "the step budget is used up",
-    "max_time": "the time budget is used up",
-    "max_tokens": "the token budget is used up",
-    "context_full": "the conversation no longer fits the model's context",
-    "interrupted": "interrupted",
-    "git_tampered": "a command replaced .git",
-    "error": "an error stopped it",
-}
-
-
-@dataclass(slots=True)
-class Budgets:
-    max_steps: int = 20  # model turns, malformed ones included
-    max_time_s: float = 600.0  # wall time, model and commands together, across resumes
-    max_tokens: int = 20_000  # tokens the model generates
-
-    def check(self) -> None:
-        if self.max_steps < 1:
-            raise PairlineError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.max_time_s <= 0:
-            raise PairlineError(f"--max-time must be positive, got {self.max_time_s}")
-        if self.max_tokens < 16:
-            raise PairlineError(f"--max-tokens must be at least 16, got {self.max_tokens}")
-
-
-@dataclass(slots=True)
-class Used:
-    steps: int = 0
-    tokens: int = 0  # generated
-    prompt_tokens: int = 0
-    time_s: float = 0.0  # spent in earlier sessions of the run (resume)
-
-
-@dataclass(slots=True)
-class Msg:
-    role: str
-    content: str
-    short: str | None = None  # what an observation shrinks to when the context fills up
-    condensed: bool = False
-    tokens: int = -1  # counted lazily
-    short_tokens: int = -1
-
-    @property
-    def text(self) -> str:
-        return self.short if self.condensed and self.short is not None else self.content
-
-
-@dataclass(slots=True)
-class AgentResult:
-    run_id: str
-    path: Path
-    reason: str
-    summary: str
-    diff: str
-    files_changed: list[str]
-    commits: list[str]
-    steps: int
-    tokens: int
-    wall_s: float
-    edits: int
-    last_test: dict | None = None
-    uncommitted: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return {"done": EXIT_DONE, "interrupted": EXIT_INTERRUPTED}.get(self.reason, EXIT_STOPPED)
-
-    def report(self) -> str:
-        """The summary as text (the CLI prints it, the chat keeps it in the history)."""
-        lines = [f"Deep mode ended: {REASONS.get(self.reason, self.reason)} ({self.reason}). {self.summary}".strip(),
-                 f"{self.steps} steps, {self.tokens} tokens, {self.wall_s:.0f} s; {self.edits} edits applied."]
-        if self.files_changed:
-            lines.append(f"Files changed: {', '.join(self.files_changed)}.")
-        if self.commits:
-            lines.append(f"Commits: {', '.join(c[:10] for c in self.commits)}.")
-        if self.last_test:
-            lines.append(f"Last test run: `{self.last_test['command']}` exit {self.last_test['exit_code']}.")
-        if self.uncommitted:
-            lines.append(f"Changed by commands, not committed: {', '.join(self.uncommitted[:20])}.")
-        return "\n".join(lines)
-
-
+FIRST_TEST_S = 60.0  # the test run before the first step stops here (the model can run them longer itself)
+SHOWN_CHARS = 8000  # files shown whole in the first message, all together
 # --------------------------------------------------------------------------- the agent
 
 
@@ -150,6 +70,8 @@ class Agent:
         nudge: bool = True,
         info: dict | None = None,
         allow_weak_sandbox: bool = False,  # run commands even where the kernel lacks a protection
+        first_test: bool = True,  # run the tests once before the first step and show what fails
+        mask: bool = True,  # decode each reply under a grammar that masks repeated looks (agent_mask.py)
     ):
         if not task.strip():
             raise PairlineError("the task is empty; say what the agent should do")
@@ -167,10 +89,17 @@ class Agent:
         self.tools = Tools(ws, self.sandbox, test_cmd, cmd_timeout=cmd_timeout)
         self.example = example
         self.nudge = nudge
+        self.first_test = first_test
+        self.mask = mask
         self.info = info or {}
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         self.path = runs_dir() / f"{self.run_id}.jsonl"
         self.used = Used()
+        # what the model has seen of the repository: a file it has not is read before it is edited
+        self.known: set[str] = set()
+        self.repeats = Repeats(test_cmd, self.tools.relpath)
+        self._files: list[str] | None = None  # the repository's files, until something may change them
+        self._context = context
         self.convo: list[Msg] = [Msg("user", self._first_message(context))]
         self.start_commit = git_head(ws.root) if ws.git else None
         self.start_status = git_status(ws.root) if ws.git else set()
@@ -180,7 +109,9 @@ class Agent:
         self.done_summary: str | None = None
         self.resumed_from: int | None = None  # events already in the file (a resumed run)
         self.tampered = False
-        self._seen: dict[str, int] = {}  # a look (read, list, search) -> its step, until the next edit
+        self._edit_seen: dict[str, int] = {}  # an edit's blocks -> its step, until the next edit
+        self._grammar_ok = True  # False once the client could not use the mask's grammar
+        self._asked_text = False  # the reply in flight has sent text
         self._untested = False  # an edit applied since the last test run
         self._done_refused = False
         self._session_t0 = 0.0
@@ -190,42 +121,61 @@ class Agent:
 
     # ---------------------------------------------------------------- the first message
 
-    def _first_message(self, context: str) -> str:
-        files = repo_files(self.ws.root, self.ws.git)
+    def _repo_files(self) -> list[str]:
+        if self._files is None:
+            self._files = repo_files(self.ws.root, self.ws.git)
+        return self._files
+
+    def _first_message(self, context: str, tests: ToolResult | None = None) -> str:
+        """The task, the repository's files, and what the model should see before it acts: the files
+        the task names and, when the tests fail (`tests`, the run before the first step), the failing
+        test files and the code they import, shown whole while they fit. Everything shown counts as
+        read (agent_mask.py masks reading it again)."""
+        files = self._repo_files()
         listing = "\n".join(files[:60]) + (f"\n[... and {len(files) - 60} more]" if len(files) > 60 else "")
         parts = [f"Task: {self.task}", f"The repository has {len(files)} files:\n{listing}",
                  f"The tests run with `{self.test_cmd}`."]
-        named = self._named_files(files, context)
+        self.repeats.seen_listing(0, complete=len(files) <= 60)
+        self.known = {f for f in files if shown_in(context, f)}
+        for name in self.known:
+            self.repeats.seen_file(name, 0)
+        budget = SHOWN_CHARS
+        named, budget = self._show(named_files(self.task, files, context), budget)
         if named:
             parts.append("Files named in the task, as they are now:\n\n" + "\n\n".join(named))
+        if tests is not None:
+            parts.append("The tests were run once before your first step:\n"
+                         + fmt.truncate_middle(tests.observation, 2500))
+            if tests.data.get("exit_code") not in (0, None, 5):
+                more = [f for f in failure_files(tests.output, self.ws.root, files) if f not in self.known]
+                failing, budget = self._show(more, budget)
+                if failing:
+                    parts.append("The failing tests and the code they use, as they are now:\n\n" + "\n\n".join(failing))
         if context.strip():
             parts.append(context.strip())
         return "\n\n".join(parts)
 
-    def _named_files(self, files: list[str], context: str, budget: int = 6000) -> list[str]:
-        """The small files the task names (by path or file name), shown up front: a small model
-        that has not seen a file invents its lines when it edits it (measured on the 1.5B model)."""
-        import re
-
+    def _show(self, names: list[str], budget: int) -> tuple[list[str], int]:
+        """The small files among `names`, each whole in a fence, inside `budget` characters: a small
+        model that has not seen a file invents its lines when it edits it (measured on the 1.5B model)."""
         from pairline.assistant.rewrite import fence_for, language_for, wrap
         from pairline.assistant.workspace import read_text_file
 
         shown = []
-        for name in files:
-            base = name.rsplit("/", 1)[-1]
-            if not re.search(rf"(?<![\w/.-]){re.escape(base)}(?![\w-])", self.task) and name not in self.task:
-                continue
-            if f"\n{name}\n```" in context:  # the chat already passed it
+        for name in names:
+            if name in self.known:
                 continue
             try:
                 text, _ = read_text_file(self.ws.root / name)
             except PairlineError:
                 continue
-            if len(text) > budget:
-                continue
+            if not text.strip() or len(text) > budget:
+                continue  # an empty __init__.py says nothing
             budget -= len(text)
             shown.append(f"{name}\n{wrap(text, language_for(name), fence_for(text))}")
-        return shown
+            self.known.add(name)
+            self.repeats.seen_file(name, 0)
+        return shown, budget
 
     # ---------------------------------------------------------------- events
 
@@ -247,6 +197,7 @@ class Agent:
             "start_dirty": sorted(self.start_status), "budgets": asdict(self.budgets),
             "sandbox": list(self.sandbox.protections), "test_cmd": self.test_cmd, "n_ctx": self.n_ctx,
             "turn_tokens": self.turn_tokens, "example": self.example, "first_message": self.convo[0].content,
+            "shown_files": sorted(self.known), "mask": self.mask and self.client.supports_grammar,
         }
 
     # ---------------------------------------------------------------- the loop
@@ -260,7 +211,11 @@ class Agent:
         reason, summary = "error", ""
         try:
             if self.resumed_from is None:
+                tests = self._first_tests(cancel) if self.first_test else None
                 self.emit("run", **self._header())
+                if tests is not None:
+                    self.emit("tool", step=0, name="test", args={}, ok=tests.ok, observation=tests.observation,
+                              output=tests.output, **tests.data)
             else:
                 self.emit("resume", run_id=self.run_id, trajectory=str(self.path), budgets=asdict(self.budgets),
                           head=git_head(self.ws.root) if self.ws.git else None, used_steps=self.used.steps,
@@ -277,6 +232,19 @@ class Agent:
             return self._finish(reason, summary)
         finally:
             self._traj.close()
+
+    def _first_tests(self, cancel: CancelToken) -> ToolResult | None:
+        """Run the tests once before the first step; the first message then says how they fail and
+        shows the failing test files and the code they import. None where no command may run."""
+        limit = min(FIRST_TEST_S, self.tools.cmd_timeout, max(1.0, self.budgets.max_time_s - self.elapsed()))
+        r = self.tools.test("", timeout=limit, cancel=cancel)
+        if r.data.get("exit_code") is None and not r.data.get("timed_out"):
+            return None  # refused (a weak sandbox) or cancelled: the model finds out itself
+        self.last_test = {"command": r.data.get("command"), "exit_code": r.data.get("exit_code")}
+        if not r.data.get("timed_out"):
+            self.repeats.seen_tests(0, r.data.get("exit_code"))
+        self.convo[0] = Msg("user", self._first_message(self._context, r))
+        return r
 
     def _budget_reason(self, cancel: CancelToken) -> str | None:
         if cancel.cancelled:
@@ -299,7 +267,10 @@ class Agent:
                 return "context_full", f"the conversation needs more than the model's {self.n_ctx} tokens"
             messages, room = fitted
             step = self.used.steps + 1
-            text, stats, stop = self._ask(messages, room, cancel, step)
+            # a result condensed out of the context is no longer one the model has
+            self.repeats.forget({m.step for m in self.convo if m.condensed and m.step})
+            grammar, masked = self._grammar()
+            text, stats, stop = self._ask(messages, room, cancel, step, grammar=grammar)
             self.used.tokens += stats["tokens"]
             self.used.prompt_tokens += stats.get("prompt_tokens", 0)
             try:
@@ -311,7 +282,8 @@ class Agent:
                 # on from the thought with an opened tool call, so the model only picks the tool
                 prefix = (text.rstrip() + "\n" if text.strip() else "") + fmt.NUDGE
                 room2 = room - self.client.count_tokens(prefix)
-                more, stats2, stop = self._ask(messages, room2, cancel, step, prefix=prefix)
+                more, stats2, stop = self._ask(messages, room2, cancel, step, prefix=prefix,
+                                               grammar=grammar if self._grammar_ok else None)
                 self.used.tokens += stats2["tokens"]
                 stats = {**stats, "tokens": stats["tokens"] + stats2["tokens"], "nudged": True,
                          "wall_s": round(stats["wall_s"] + stats2["wall_s"], 3)}
@@ -325,6 +297,8 @@ class Agent:
                 error = f"your reply was cut: it repeated the same lines over and over. {error}"
             self.used.steps += 1
             kept = fmt.kept_text(text, action)
+            if masked and self._grammar_ok:
+                stats["masked"] = masked
             self.emit("turn", step=step, text=kept, raw_chars=len(text), **stats)
             if stop == "interrupted":
                 return "interrupted", ""
@@ -333,7 +307,7 @@ class Agent:
             body, short, finished = self._act(step, action, error, cancel)
             obs = fmt.observation(body, self.budgets.max_steps - self.used.steps)
             short_obs = fmt.observation(short, self.budgets.max_steps - self.used.steps)
-            self.convo += [Msg("assistant", kept), Msg("user", obs, short=short_obs)]
+            self.convo += [Msg("assistant", kept), Msg("user", obs, short=short_obs, step=step)]
             self.emit("observation", step=step, content=obs, short=short_obs)
             if finished:
                 return "done", self.done_summary or ""
@@ -348,8 +322,31 @@ class Agent:
                 and self.client.supports_prefix
                 and self.budgets.max_tokens - self.used.tokens >= 32)
 
+    def _grammar(self) -> tuple[Grammar | None, list[str]]:
+        """The next reply's grammar: any reply but one that repeats a look whose result the model has
+        (agent_mask.py), and what it masks in words. None where nothing is masked, the client cannot
+        decode under a grammar (the harness refuses repeats instead), or the mask is off."""
+        if not (self.mask and self._grammar_ok and self.client.supports_grammar):
+            return None, []
+        # Qwen2.5 writes <tool_call> as one special token, which a grammar must name to allow
+        return self.repeats.grammar(self._repo_files(), special_tokens=self.client.family == "qwen2")
+
     def _ask(self, messages: list[dict], room: int, cancel: CancelToken, step: int,
-             prefix: str = "") -> tuple[str, dict, str | None]:
+             prefix: str = "", grammar: Grammar | None = None) -> tuple[str, dict, str | None]:
+        """One model turn (`_ask_once`). A grammar the engine cannot use (a model without the special
+        tokens it names, a server that refuses it) turns the mask off for the rest of the run, said in
+        a `mask_off` event, and the turn is asked again without it."""
+        try:
+            return self._ask_once(messages, room, cancel, step, prefix, grammar)
+        except PairlineError as err:
+            if grammar is None or "grammar" not in str(err).lower() or self._asked_text:
+                raise
+            self._grammar_ok = False
+            self.emit("mask_off", step=step, error=str(err)[:500])
+            return self._ask_once(messages, room, cancel, step, prefix, None)
+
+    def _ask_once(self, messages: list[dict], room: int, cancel: CancelToken, step: int,
+                  prefix: str, grammar: Grammar | None) -> tuple[str, dict, str | None]:
         """One model turn, streamed; stopped early once its action is complete, and at the time
         budget (a timer cancels it, so even a long prefill stops on time)."""
         max_new = max(1, min(self.turn_tokens, self.budgets.max_tokens - self.used.tokens, room))
@@ -368,13 +365,17 @@ class Agent:
         stop = fmt.STOPS if self.client.supports_stop else ()
         t0 = time.perf_counter()
         text, early, looped = "", False, False
+        self._asked_text = False
         try:
             kw = {"prefix": prefix} if prefix else {}
+            if grammar is not None:
+                kw["grammar"] = grammar
             reply = self.client.stream(messages, max_tokens=max_new, stop=stop, cancel=inner, **kw)
             try:
                 for delta in reply:
                     if early:
                         continue  # cancelled: it stops within a step; drain it so the engine is released
+                    self._asked_text = True
                     text += delta
                     self.on_event({"type": "delta", "step": step, "text": delta})
                     if fmt.stop_point(text, self.test_cmd):
@@ -410,17 +411,23 @@ class Agent:
             if i and not ok:
                 parts.append(f"Your {act.name} call after the edit was not run: the edit did not fully apply.")
                 break
-            again = self._repeat(act, step)
+            look = self.repeats.repeat_of(act) if act.name != "edit" else None
+            if look is not None:
+                # a look whose result the model has (the mask keeps most of these from being written;
+                # this catches the rest, and every one where the client has no grammar): not run
+                result = ToolResult(self.repeats.refusal(look), False)
+                self.emit("tool", step=step, name="repeat", args={"tool": act.name, **act.args}, ok=False,
+                          observation=result.observation, repeat_of=look.step)
+                parts.append(result.observation)
+                shorts.append(f"[{act.describe()}: not run, a repeat]")
+                ok = False
+                continue
+            again = self._repeat_edit(act, step)
             result = self._tool(act, step, cancel)
             ok = result.ok
-            if again and act.name == "edit":
+            if again:
                 parts.append(f"You did exactly this at step {again}: the same edit gives the same result. "
                              "Change it: copy the SEARCH lines exactly as the file has them, or do something else.")
-            elif again:
-                # small models re-read and re-search the same thing until the budget is gone
-                parts.append(f"You did exactly this at step {again}, and nothing changed since: the result "
-                             "is the same. Act on it now: edit with search/replace blocks, run the tests, or "
-                             "call done.")
             parts.append(result.observation)
             first = result.observation.splitlines()[0] if result.observation else ""
             shorts.append(f"[{act.describe()}: {first[:200]} (output dropped to save room)]")
@@ -431,24 +438,49 @@ class Agent:
             parts.append("Note: " + " ".join(notes))
         return "\n\n".join(parts), "\n".join(shorts), finished
 
-    def _repeat(self, act: fmt.Action, step: int) -> int | None:
-        """The earlier step that made the same look, if nothing was edited since."""
-        if act.name == "edit":
-            # the same edit again: it fails the same way (a repeat of one that applied changes nothing)
-            key = "edit " + json.dumps([[b.path, b.search, b.replace] for b in act.blocks])
-            earlier = self._seen.get(key)
-            self._seen.clear()  # the files may change: looking again is fair
-            self._seen[key] = earlier or step
-            return earlier
-        if act.name == "run":
-            self._seen.clear()  # a command may change anything
+    def _repeat_edit(self, act: fmt.Action, step: int) -> int | None:
+        """The earlier step that made the same edit, if no other edit came between: it fails the same
+        way (a repeat of one that applied changes nothing)."""
+        if act.name != "edit":
             return None
-        if act.name not in ("read", "list", "search", "test"):
-            return None
-        key = f"{act.name} {json.dumps(act.args, sort_keys=True)}"
-        earlier = self._seen.get(key)
-        self._seen.setdefault(key, step)
+        key = json.dumps([[b.path, b.search, b.replace] for b in act.blocks])
+        earlier = self._edit_seen.get(key)
+        self._edit_seen = {key: earlier or step}
         return earlier
+
+    def _unread(self, act: fmt.Action) -> list[str]:
+        """The existing files an edit changes that the model has not seen in this run."""
+        out: list[str] = []
+        for b in act.blocks:
+            name = (b.path or "").strip().removeprefix("./")
+            try:
+                real = self.ws.resolve(self.sandbox.resolve(name))  # as the edit would: not in .git/
+            except PairlineError:
+                continue  # the edit itself says what is wrong with the path
+            rel = self.tools.relpath(str(real))
+            if rel and rel not in self.known and rel not in out and real.is_file():
+                out.append(rel)
+        return out
+
+    def _show_unread(self, unread: list[str], step: int) -> ToolResult:
+        """An edit of files the model has not read is not applied: it is shown them instead (it then
+        has them, as after a read)."""
+        views = []
+        for rel in unread:
+            r = self.tools.read(rel)
+            views.append(r.observation)
+            if r.ok:
+                self.known.add(rel)
+                first, last = r.data.get("lines") or (0, 0)
+                n = r.data.get("of", 0)
+                self.repeats.seen_file(rel, step, whole=n == 0 or (first <= 1 and last >= n))
+        names = ", ".join(unread)
+        it = "it" if len(unread) == 1 else "them"
+        obs = (f"Not applied: you have not read {names} in this run, and an edit written without seeing the file "
+               f"is a guess. Nothing was written. Read {it} first; here {'it is' if it == 'it' else 'they are'}. "
+               f"Write your search/replace blocks again, with SEARCH lines copied exactly from these lines:\n\n"
+               + "\n\n".join(views))
+        return ToolResult(obs, False, data={"unread": unread})
 
     def _tool(self, act: fmt.Action, step: int, cancel: CancelToken) -> ToolResult:
         remaining = max(1.0, self.budgets.max_time_s - self.elapsed())
@@ -473,6 +505,8 @@ class Agent:
         elif act.name == "done":
             self.done_summary = str(a.get("summary", "")).strip()
             r = ToolResult("finished", True)
+        elif unread := self._unread(act):  # an edit of a file the model has not seen
+            r = self._show_unread(unread, step)
         else:  # edit
             before = dict(self.tools.originals)
             r = self.tools.edit(act, f"agent: {self.task.splitlines()[0][:50]} (step {step})")
@@ -486,10 +520,32 @@ class Agent:
             self._untested = False
         if act.name == "edit" and r.data.get("files"):
             self._untested = True
+        self._seen_after(act, step, r)
         args = {**a, "blocks": len(act.blocks)} if act.name == "edit" else a
         self.emit("tool", step=step, name=act.name, args=args, ok=r.ok,
                   observation=fmt.truncate_middle(r.observation, 4000), output=r.output, **r.data)
         return r
+
+    def _seen_after(self, act: fmt.Action, step: int, r: ToolResult) -> None:
+        """What the model has now seen of the repository, and what may have changed."""
+        if act.name == "edit":
+            files = r.data.get("files") or []
+            if files:
+                self.known.update(files)
+                self.repeats.edited(files)
+                self._files = None  # a new file, maybe
+            return
+        if act.name == "read" and r.ok and r.data.get("path"):
+            self.known.add(r.data["path"])
+        if act.name == "run":
+            for path in cat_paths(act.args["command"]) or []:
+                rel = self.tools.relpath(path)
+                if rel and r.ok:
+                    self.known.add(rel)
+        self.repeats.record(act, step, r.data, r.ok)
+        if act.name == "run" and not (read_only(act.args["command"]) or
+                                      fmt.is_test_command(act.args["command"], self.test_cmd)):
+            self._files = None  # a command may have made or removed files
 
     # ---------------------------------------------------------------- the context
 
@@ -622,11 +678,23 @@ class Agent:
                 left = b.max_steps - step
                 obs = {"content": fmt.observation("\n\n".join(done), left),
                        "short": fmt.observation("[output dropped]", left)}
-            agent.convo += [Msg("assistant", turns[step]["text"]), Msg("user", obs["content"], short=obs["short"])]
+            agent.convo += [Msg("assistant", turns[step]["text"]),
+                            Msg("user", obs["content"], short=obs["short"], step=step)]
         agent.used = Used(steps=len(turns), tokens=sum(t.get("tokens", 0) for t in turns.values()),
                           prompt_tokens=sum(t.get("prompt_tokens", 0) for t in turns.values()),
                           time_s=max(e.get("elapsed_s", 0.0) for e in events))
+        # what the model has seen: the first message's files, then what it read and wrote (its looks
+        # before the crash are not replayed: at worst it reads a file once more)
+        agent.known = set(head.get("shown_files", []))
+        agent.repeats = Repeats(agent.test_cmd, agent.tools.relpath)
+        for name in agent.known:
+            agent.repeats.seen_file(name, 0)
         for t in tools:
+            if t.get("name") == "read" and t.get("ok") and t.get("path"):
+                agent.known.add(t["path"])
+            if t.get("name") == "edit" and t.get("files"):
+                agent.known.update(t["files"])
+                agent.repeats.edited(t["files"])
             if t.get("name") == "edit" and t.get("files"):
                 agent.edits += 1
                 if t.get("commit"):

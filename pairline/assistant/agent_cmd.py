@@ -51,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--json", action="store_true", help="print the trajectory's events as JSONL on stdout")
     parser.add_argument("--allow-weak-sandbox", action="store_true",
                         help="run commands even where this kernel lacks a sandbox protection (docs/agent.md)")
+    parser.add_argument("--no-first-test", action="store_true",
+                        help="do not run the tests before the first step (nor show the failing tests' files)")
+    parser.add_argument("--no-mask", action="store_true",
+                        help="decode replies without the grammar that masks repeated looks (repeats are "
+                        "still refused, after the model wrote them)")
     parser.set_defaults(func=cmd_agent)
     return parser
 
@@ -81,7 +86,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     out.note(f"loading {args.server or args.model}…")
     client = open_client(args.model, n_ctx=args.ctx, server=args.server, runtime=args.runtime, mode=args.mode)
     common = {"n_ctx": args.ctx, "cmd_timeout": args.cmd_timeout, "on_event": out.event, "info": info,
-              "allow_weak_sandbox": args.allow_weak_sandbox}
+              "allow_weak_sandbox": args.allow_weak_sandbox, "first_test": not args.no_first_test,
+              "mask": not args.no_mask}
     if args.resume is not None:
         agent = Agent.resume(args.resume, client, budgets=overrides, test_cmd=args.test_cmd, repo=args.repo, **common)
     else:
@@ -164,6 +170,8 @@ class Printer:
             first = (e.get("observation") or "").splitlines()[:1]
             self.out.print(f"[{e['name']}] {first[0] if first else ''}", style="cyan" if e["ok"] else "yellow",
                            markup=False)
+        elif kind == "mask_off":
+            self.note(f"[the engine cannot use the repeat mask ({e['error'][:200]}); repeats are refused instead]")
         elif kind == "condense":
             self.note(f"[context: {e['observations']} older results shortened]")
 

@@ -53,6 +53,16 @@ _ARG_ALIASES = {
              "replace": ("replace", "new", "new_str", "new_text", "replacement", "after", "content")},
 }
 _REQUIRED = {"read": "path", "search": "pattern", "run": "command", "edit": "path"}
+
+
+def tool_names(tool: str) -> list[str]:
+    """The names the reader takes for `tool`: its own first, then its aliases."""
+    return [tool] + [alias for alias, t in _ALIASES.items() if t == tool]
+
+
+def arg_names(tool: str, arg: str) -> tuple[str, ...]:
+    """The keys the reader takes for `tool`'s argument `arg` (ours first)."""
+    return _ARG_ALIASES[tool][arg]
 _EXAMPLE_ARGS = {"read": '{"path": "app.py"}', "search": '{"pattern": "def main"}',
                  "run": '{"command": "python app.py"}',
                  "edit": '{"path": "app.py", "search": "    return 1", "replace": "    return 2"}'}
@@ -182,6 +192,15 @@ def _test_line(text: str, test_cmd: str | None) -> re.Match | None:
         if m:
             return m
     return _PYTEST_LINE.search(text)
+
+
+def is_test_command(command: str, test_cmd: str | None) -> bool:
+    """A command that is just the test command or a pytest command, one line, nothing chained."""
+    line = command.strip()
+    if not line or "\n" in line or any(c in line for c in ";&|<>`$("):
+        return False
+    m = _test_line(line, test_cmd)
+    return m is not None and m.group(0).strip() == line
 
 
 def parse_reply(text: str, test_cmd: str | None = None) -> Action:

@@ -85,6 +85,14 @@ class Tools:
         real = self.sandbox.resolve(str(path).strip().strip("`'\"") or ".")
         return real, real.relative_to(self.sandbox.root).as_posix() or "."
 
+    def relpath(self, path: str) -> str | None:
+        """`path` as the repository-relative name the tools use (`./a.py` and `a.py` are one file);
+        None for a path outside the repository."""
+        try:
+            return self._rel(path)[1]
+        except PairlineError:
+            return None
+
     def read(self, path: str, start: int | None = None, end: int | None = None) -> ToolResult:
         try:
             real, rel = self._rel(path)
@@ -181,6 +189,13 @@ class Tools:
         applied = 0
         for i, block in enumerate(action.blocks, 1):
             name = (block.path or "").strip().removeprefix("./")
+            if any(x.strip() for x in block.search) and _same_lines(block.search, block.replace):
+                # a block that copies its SEARCH lines as they are (measured: Qwen2.5-Coder-1.5B wrote
+                # one when told to fix a file it had); the applier's tolerance for blank lines would
+                # otherwise make it a real, useless change
+                problems.append(f"block {i} ({name or 'no file name'}): its REPLACE lines are its SEARCH lines, "
+                                "so it changes nothing; write the lines as they should be after the fix")
+                continue
             try:
                 real = self.ws.resolve(self.sandbox.resolve(name))
                 if real not in states:
@@ -255,6 +270,11 @@ def _apply(text: str, block, shown: str) -> str:
         if old.strip() and text.count(old) == 1:
             return text.replace(old, "\n".join(block.replace), 1)
         raise
+
+
+def _same_lines(a: list[str], b: list[str]) -> bool:
+    """The same lines, blank lines and trailing spaces aside."""
+    return [x.rstrip() for x in a if x.strip()] == [x.rstrip() for x in b if x.strip()]
 
 
 def _edit_failed(problems: list[str], applied: int) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pairline.bench.agent_tasks import KINDS, AgentTask, changed_files, failing_output, load_tasks, score, write_repo
 from pairline.bench.common import console as make_console
-from pairline.bench.common import git_state, loadavg, machine_info, wilson
+from pairline.bench.common import git_state, loadavg, machine_info, quantile, wilson
 from pairline.bench.common import table as make_table
 from pairline.errors import PairlineError
 
@@ -370,14 +370,6 @@ def run_eval(cfg: EvalConfig) -> dict:
 # --------------------------------------------------------------------------- summary and tables
 
 
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def summarize(records: list[TaskRecord]) -> dict:
     n = len(records)
     if not n:
@@ -395,8 +387,8 @@ def summarize(records: list[TaskRecord]) -> dict:
         "visible_passed": sum(r.visible_passed for r in records),
         "hidden_passed": sum(r.hidden_passed for r in records),
         "median_wall_s": statistics.median(walls),
-        "p25_wall_s": _quantile(walls, 0.25),
-        "p75_wall_s": _quantile(walls, 0.75),
+        "p25_wall_s": quantile(walls, 0.25),
+        "p75_wall_s": quantile(walls, 0.75),
         "mean_wall_s": statistics.fmean(walls),
         "total_wall_s": sum(walls),
         "median_steps": statistics.median([r.steps for r in records]),

@@ -174,6 +174,15 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (not empty), interpolated between the two nearest ranks."""
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
 def summary(values: list[float | None]) -> dict:
     """median, min, max of the measured values, and every run as measured (None: not measured)."""
     vals = [v for v in values if v is not None]

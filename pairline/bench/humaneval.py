@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pairline.bench.common import console as make_console
-from pairline.bench.common import git_state, loadavg
+from pairline.bench.common import git_state, loadavg, quantile
 from pairline.bench.common import table as make_table
 from pairline.errors import PairlineError
 
@@ -493,8 +493,8 @@ def summarize(records: list[TaskRecord]) -> dict:
         "pass_at_1": 100.0 * passed / n,
         "median_wall_s": statistics.median(walls),
         "mean_wall_s": statistics.fmean(walls),
-        "p25_wall_s": _quantile(walls, 0.25),
-        "p75_wall_s": _quantile(walls, 0.75),
+        "p25_wall_s": quantile(walls, 0.25),
+        "p75_wall_s": quantile(walls, 0.75),
         "total_wall_s": sum(walls),
         "median_ttft_s": statistics.median(ttfts) if ttfts else None,
         "median_tokens": statistics.median([r.tokens for r in records]),
@@ -505,14 +505,6 @@ def summarize(records: list[TaskRecord]) -> dict:
         "failures": {k: sum(r.failure == k for r in records) for k in FAIL_KINDS},
         "hit_max_tokens": sum(r.finish_reason == "length" for r in records),
     }
-
-
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def rescore(result: dict, timeout_s: float | None = None, command: str = "") -> dict:

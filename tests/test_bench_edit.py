@@ -150,9 +150,9 @@ def test_a_check_cannot_import_the_edited_file_by_its_plain_name(tmp_path):
 def test_harness_scores_a_scripted_model(tmp_path):
     picked = ("rename-insort", "fix-commonprefix", "two-file-rename-filter")
     tasks = [BY_NAME[n] for n in picked]
-    # blocks: the reference edit; rewrite: the file unchanged (applies nothing); the two-file task
-    # is not run as a rewrite
-    answers = [reference_answer(t) for t in tasks] + [f"```python\n{t.source}```\n" for t in tasks[:2]]
+    # blocks: the reference edit; rewrite: the file unchanged (applies nothing), twice (it goes back
+    # once as "nothing changed"); the two-file task is not run as a rewrite
+    answers = [reference_answer(t) for t in tasks] + [f"```python\n{t.source}```\n" for t in tasks[:2] for _ in (1, 2)]
     client = ScriptedClient(answers)
     result = bench.run_edit_bench(["scripted"], ("blocks", "rewrite"), picked, log=lambda m: None,
                                   open_client=lambda name: client)

@@ -400,15 +400,25 @@ def test_lazy_rewrite_of_two_places_in_two_regions(ws):
     assert client.calls[1]["grammar"] is not None and client.calls[1]["prediction"] == client.calls[0]["prediction"]
 
 
-def test_lazy_rewrite_regions_out_of_order_are_refused(ws):
+def test_lazy_rewrite_blocks_that_do_not_place_are_left_out_and_said(ws):
     (ws.root / "big.py").write_text(BIG)
-    answer = "```python\ndef f9(x):\n    y = x + 900\n```\n```python\ndef f2(x):\n    y = x + 200\n```\n"
+    # f2 after f9: out of order; then made-up code that is nowhere in the file
+    answer = ("```python\ndef f9(x):\n    y = x + 900\n```\n```python\ndef f2(x):\n    y = x + 200\n```\n"
+              "```python\nprint(f9(1))\n```\n")
 
     class Grammatical(ScriptedClient):
         supports_grammar = True
 
-    result = Coder(Grammatical([answer, answer]), ws).run([load_file(ws, "big.py")], "f2 and f9", mode="rewrite")
-    assert result.status == "malformed" and "in order" in result.errors[0] and not result.new_texts
+    events = []
+    result = Coder(Grammatical([answer]), ws, on_event=events.append).run(
+        [load_file(ws, "big.py")], "f2 and f9", mode="rewrite")
+    assert result.status == "changed" and result.stats.regions == 3
+    assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 9\n", "x + 900\n", 1)
+    assert any(e.kind == "status" and "left out 2 code block(s)" in e.text for e in events)
+    # nothing that places at all: an error, nothing written
+    junk = "```python\nprint(1)\n```\n```python\nprint(2)\n```\n"
+    result = Coder(Grammatical([junk]), ws).run([load_file(ws, "big.py")], "f2 and f9", mode="rewrite")
+    assert result.status == "malformed" and "could be placed" in result.errors[0] and not result.new_texts
 
 
 def test_lazy_rewrite_that_changes_nothing_goes_back_once(ws):

@@ -683,16 +683,35 @@ class Coder:
         result.stats.regions = len(regions)
         if len(regions) == 1 and regions[0].whole_file():  # a full rewrite (functions moved, say): not a region
             return "".join(x + "\n" for x in regions[0].written), False
-        spliced = splice(model_text, regions)
+        placed = _in_order(regions)
+        if len(placed) < len(regions) and placed:
+            # measured: after its edit, SmolLM2 wrote a block of made-up code that is nowhere in the
+            # file; the blocks that place stand, and the user is told what was left out
+            left = len(regions) - len(placed)
+            self.on_event(Event("status", f"{f.shown}: left out {left} code block(s) of the answer that match no "
+                                          "place of the file after the blocks before them", path=f.shown))
+        spliced = splice(model_text, placed) if placed else None
         if spliced is not None:
             return spliced[0], True
         if len(regions) == 1:  # no line of it is in the file: the answer is the whole new file
             return "".join(x + "\n" for x in regions[0].written), False
         result.status, result.errors = "malformed", [
-            "the answer's code blocks could not be placed in the file in order (each must copy at "
-            "least one line of it, and come after the one before); nothing was written"]
+            "none of the answer's code blocks could be placed in the file (each must copy at least one "
+            "line of it); nothing was written"]
         result.stats.well_formed = False
         return None
+
+
+def _in_order(regions: list[Region]) -> list[Region]:
+    """The regions that can be placed, each after the one before it."""
+    out: list[Region] = []
+    done = 0
+    for region in regions:
+        placed = region.placed()
+        if placed is not None and placed[0] >= done:
+            out.append(region)
+            done = max(done, placed[1])
+    return out
 
 
 def _next_region(old: list[str], regions: list[Region], sites: frozenset[int]) -> Region:

@@ -323,6 +323,13 @@ def test_a_runaway_replace_ends_the_answer_and_earlier_blocks_stand(ws):
 
 # --------------------------------------------------------------------------- lazy rewrites: where a region ends
 
+class Grammatical(ScriptedClient):
+    """A scripted client whose answers the coder takes as decoded under a grammar (a lazy rewrite's
+    answer may then hold several blocks)."""
+
+    supports_grammar = True
+
+
 BIG = "".join(f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    return z\n\n\n" for i in range(30))
 
 
@@ -387,9 +394,6 @@ def test_lazy_rewrite_of_two_places_in_two_regions(ws):
     first = "```python\ndef f2(x):\n    y = x + 200\n    z = y * 2\n    return z\n\n\ndef f3(x):\n    y = x + 3\n"
     second = "\n```python\ndef f20(x):\n    y = x + 2000\n```\n"
 
-    class Grammatical(ScriptedClient):
-        supports_grammar = True
-
     client = Grammatical([first, second], chunk=4)
     # (no names in the instruction: no sites, which a region would not end before)
     result = Coder(client, ws).run([load_file(ws, "big.py")], "two of the functions add more", mode="rewrite")
@@ -405,9 +409,6 @@ def test_lazy_rewrite_blocks_that_do_not_place_are_left_out_and_said(ws):
     # f2 after f9: out of order; then made-up code that is nowhere in the file
     answer = ("```python\ndef f9(x):\n    y = x + 900\n```\n```python\ndef f2(x):\n    y = x + 200\n```\n"
               "```python\nprint(f9(1))\n```\n")
-
-    class Grammatical(ScriptedClient):
-        supports_grammar = True
 
     events = []
     result = Coder(Grammatical([answer]), ws, on_event=events.append).run(
@@ -451,9 +452,6 @@ def test_a_region_written_again_after_a_stop_ends_the_answer(ws):
     (ws.root / "big.py").write_text(BIG)
     first = "```python\ndef f2(x):\n    y = x + 200\n    z = y * 2\n    return z\n\n\ndef f3(x):\n"
     again = "\n```python\ndef f2(x):\n    y = x + 222\n    z = y * 2\n    return z\n```"
-
-    class Grammatical(ScriptedClient):
-        supports_grammar = True
 
     client = Grammatical([first, again, again])
     result = Coder(client, ws).run([load_file(ws, "big.py")], "make a function add more", mode="rewrite")

@@ -374,13 +374,17 @@ def test_region_with_a_repeated_first_line_is_placed_where_most_of_it_matches():
     assert text == BIG.replace("x + 7\n", "x + 700\n") and spans == [(38, 45)]
 
 
+# (the lazy-rewrite tests below name functions a focused edit would show alone: focus=False keeps
+# them on the whole-file path, which a file that is not Python, or names nothing, takes)
+
+
 def test_lazy_rewrite_stops_where_it_rejoins_and_the_file_comes_back_whole(ws):
     (ws.root / "big.py").write_text(BIG)
     region = "def f2(x):\n    y = x + 200\n    z = y * 2\n    return z\n\n\n"
     # the scripted model would go on copying the file to its end: the coder stops it after f2
     answer = "```python\n" + region + BIG.split("def f3", 1)[1].join(["def f3", ""]) + "```\n"
     client = ScriptedClient([answer], chunk=5)
-    result = Coder(client, ws).run([load_file(ws, "big.py")], "f2 adds 200", mode="rewrite")
+    result = Coder(client, ws, focus=False).run([load_file(ws, "big.py")], "f2 adds 200", mode="rewrite")
     assert result.status == "changed" and result.stats.region_ended and not result.stats.retried
     assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 2\n", "x + 200\n", 1)
     assert result.stats.tokens < len(answer) // 5 // 4  # far less than the whole file was streamed
@@ -411,14 +415,14 @@ def test_lazy_rewrite_blocks_that_do_not_place_are_left_out_and_said(ws):
               "```python\nprint(f9(1))\n```\n")
 
     events = []
-    result = Coder(Grammatical([answer]), ws, on_event=events.append).run(
+    result = Coder(Grammatical([answer]), ws, on_event=events.append, focus=False).run(
         [load_file(ws, "big.py")], "f2 and f9", mode="rewrite")
     assert result.status == "changed" and result.stats.regions == 3
     assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 9\n", "x + 900\n", 1)
     assert any(e.kind == "status" and "left out 2 code block(s)" in e.text for e in events)
     # nothing that places at all: an error, nothing written
     junk = "```python\nprint(1)\n```\n```python\nprint(2)\n```\n"
-    result = Coder(Grammatical([junk]), ws).run([load_file(ws, "big.py")], "f2 and f9", mode="rewrite")
+    result = Coder(Grammatical([junk]), ws, focus=False).run([load_file(ws, "big.py")], "f2 and f9", mode="rewrite")
     assert result.status == "malformed" and "could be placed" in result.errors[0] and not result.new_texts
 
 
@@ -427,12 +431,12 @@ def test_lazy_rewrite_that_changes_nothing_goes_back_once(ws):
     same = "```python\ndef f4(x):\n    y = x + 4\n```"
     fixed = "```python\ndef f4(x):\n    y = x + 44\n```"
     client = ScriptedClient([same, fixed])
-    result = Coder(client, ws).run([load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
+    result = Coder(client, ws, focus=False).run([load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
     assert result.status == "changed" and result.stats.retried and not result.stats.check_retried
     assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 4\n", "x + 44\n", 1)
     assert "nothing changed" in client.calls[1]["messages"][-1]["content"]
     # the same again after the retry: unchanged, and no third request
-    result = Coder(ScriptedClient([same, same]), ws).run([load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
+    result = Coder(ScriptedClient([same, same]), ws, focus=False).run([load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
     assert result.status == "unchanged"
 
 
@@ -441,7 +445,7 @@ def test_a_region_that_runs_away_is_cut_at_its_last_match(ws):
     runaway = "".join(f"    w{i} = {i}\n" for i in range(200))
     answer = "```python\ndef f5(x):\n    y = x + 500\n    z = y * 2\n" + runaway + "```"
     client = ScriptedClient([answer, answer], chunk=8)
-    result = Coder(client, ws).run([load_file(ws, "big.py")], "f5 adds 500", mode="rewrite")
+    result = Coder(client, ws, focus=False).run([load_file(ws, "big.py")], "f5 adds 500", mode="rewrite")
     # the made-up lines are dropped, the change before them stands, and no continuation was asked for
     assert result.status == "changed" and len(client.calls) == 1
     assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 5\n", "x + 500\n", 1)

@@ -366,14 +366,19 @@ def review_files(edited: list[tuple[str, str | None, str]], instruction: str, *,
 
 def retry_message(errors: list[str], mode: str) -> str:
     """The user turn that hands a failed check back to the model for its one retry. `mode`: rewrite
-    (the whole file again), blocks (all blocks again, none were kept) or fix (the blocks were kept:
-    more blocks that fix the errors)."""
+    (the regions again), focus (the definitions again, focus.py), blocks (all blocks again, none
+    were kept) or fix (the blocks were kept: more blocks that fix the errors)."""
     listed = "\n\n".join(errors)
     if mode == "rewrite":
         return (
             f"Your rewrite was not applied:\n\n{listed}\n\n"
             "Write the parts of the file you change again, one code block each, from the first line "
             "of the function or statement you change to the last line you change, and fix this."
+        )
+    if mode == "focus":
+        return (
+            f"Your edit was not applied:\n\n{listed}\n\n"
+            "Write every function, method or class you change again, whole, one code block each, and fix this."
         )
     if mode == "fix":
         return (

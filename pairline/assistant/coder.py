@@ -25,13 +25,15 @@ from pairline.assistant.client import Client
 from pairline.assistant.delete import apply_delete, deletable, delete_targets
 from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar, rewrite_grammar
 from pairline.assistant.edits import DIVIDER, BlockParser, DeleteAction, EditBlock, EditError, RenameAction, apply_block
-from pairline.assistant.region import Region, splice
+from pairline.assistant.focus import Focus, FocusError, find_focus, focus_messages, merge
+from pairline.assistant.region import Region, in_order, next_region, splice
 from pairline.assistant.rename import apply_rename, names_bound, rename_targets
 from pairline.assistant.rewrite import (
     BlockStream,
     MalformedOutputError,
     build_request,
     extract_code,
+    fence_for,
     language_for,
     restore_layout,
 )
@@ -126,8 +128,10 @@ class Coder:
         constrain: bool = True,
         hints: bool = True,
         whole_lines: bool = True,
+        focus: bool = True,
     ):
         self.client = client
+        self.focus = focus  # a Python file's rewrite shows the definitions the instruction names (focus.py)
         # a terminal is shown whole lines only, so a line cut by a stop or a retry is never printed;
         # a page can redraw, and shows each piece as it comes (its first token is its TTFT)
         self.whole_lines = whole_lines
@@ -544,9 +548,97 @@ class Coder:
                 result.new_texts[real] = new
         result.status = "changed" if result.new_texts else "unchanged"
 
+    # ---------------------------------------------------------------- focused edit (focus.py)
+
+    def _focused(self, f: FileState, focus: Focus, instruction: str, cancel: CancelToken,
+                 max_tokens: int | None) -> TurnResult:
+        """The model sees the definitions the instruction is about and rewrites those that change;
+        its answer is merged back by name. One retry with the errors (a merge that fails, the
+        check after it, or nothing changed)."""
+        result = TurnResult("unchanged", files={f.real: f})
+        result.stats.mode = "focus"
+        messages, prediction = focus_messages(f.shown, focus, instruction, fence_for(focus.text))
+        n = self.client.count_tokens(focus.text)
+        budget = min(max_tokens or 1 << 30, 2 * n + 256)  # the parts again, and room for a new helper
+        grammar = rewrite_grammar(f.shown) if self.constrain else None
+        errors: list[str] = []
+        for attempt in (1, 2):
+            self.on_event(Event("focus", focus.text, path=f.shown))
+            blocks = self._focus_answer(f, messages, prediction, budget, grammar, cancel, result)
+            if cancel.cancelled:
+                result.status = "cancelled"
+                return result
+            try:
+                if not blocks:
+                    raise FocusError("the answer holds no complete code block; nothing was written")
+                new, notes = merge(f.model_text, blocks, Path(f.shown).stem)
+            except FocusError as err:
+                errors = [str(err)]
+            else:
+                current = {f.real: new}
+                errors, _ = self._check(current, result, instruction, rewrite=False)
+                if not errors and (current[f.real] != f.model_text or attempt == 2):  # unchanged twice: unchanged
+                    for note in notes:
+                        self.on_event(Event("status", f"{f.shown}: {note}", path=f.shown))
+                    self._collect(current, result)
+                    return result
+                errors = errors or [REWRITE_NO_OP]
+            if attempt == 2:
+                break
+            result.stats.retried = True
+            result.stats.check_retried = errors != [REWRITE_NO_OP]
+            self.on_event(Event("retry", "\n".join(errors)))
+            messages = [*messages, {"role": "assistant", "content": result.answer},
+                        {"role": "user", "content": check.retry_message(errors, "focus")}]
+        result.status, result.errors, result.notes = "malformed", errors, []
+        return result
+
+    def _focus_answer(self, f: FileState, messages: list[dict], prediction: str, budget: int,
+                      grammar: Grammar | None, cancel: CancelToken, result: TurnResult) -> list[str]:
+        """One answer's complete code blocks (a block the token limit cut is left out)."""
+        started = time.perf_counter()
+        inner = LinkedCancel(cancel)
+        reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner, grammar=grammar)
+        result.stats.predicted = result.stats.predicted or reply.prediction_tokens
+        lines, blocks = BlockStream(), [[]]
+
+        def take(pending) -> None:
+            for line in pending:
+                blocks[-1].append(line)
+                self.on_event(Event("rewrite_line", line, path=f.shown))
+
+        try:
+            for delta in reply:
+                if inner.cancelled:
+                    continue  # the engine ends within a step; drain it so its lock is released
+                self.on_event(Event("text", delta))
+                take(lines.feed(delta))
+                while lines.state == "done":
+                    blocks.append([])
+                    take(lines.next_block())
+                if lines.chatter:  # prose after the code: the answer's code is over
+                    inner.cancel()
+        finally:
+            reply.close()
+        result.stats.add(reply, started)
+        result.answer = reply.text
+        if lines.state == "code" and reply.finish_reason == "length":
+            blocks.pop()
+        elif lines.state == "code":
+            take(lines.finish())
+        code = ["".join(x + "\n" for x in b) for b in blocks if b]
+        result.stats.regions = len(code)
+        return code
+
     # ---------------------------------------------------------------- whole-file rewrite
 
     def _rewrite(self, f: FileState, instruction: str, cancel: CancelToken, max_tokens: int | None) -> TurnResult:
+        focus = None
+        if self.focus and f.shown.endswith((".py", ".pyi")) and not (
+                rename_targets(instruction, f.model_text) or delete_targets(instruction, f.model_text)):
+            focus = find_focus(f.model_text, instruction)  # a merge by name can neither rename nor delete
+        if focus is not None:
+            return self._focused(f, focus, instruction, cancel, max_tokens)
         result = TurnResult("unchanged", files={f.real: f})
         result.stats.mode = "rewrite"
         sites = find_sites({f.shown: f.model_text}, instruction)
@@ -626,7 +718,7 @@ class Coder:
                 pending = lines.feed(delta)
                 while not stopped:
                     for line in pending:
-                        region = region or _next_region(old, regions, self._sites)
+                        region = region or next_region(old, regions, self._sites)
                         self.on_event(Event("rewrite_line", line, path=f.shown))
                         if region.feed(line):
                             stopped = True  # the rest is the file's own lines: spliced, not written
@@ -657,7 +749,7 @@ class Coder:
                     inner.cancel()
             if not (stopped or ended) and lines.state == "code":
                 for line in lines.finish():  # the model stopped inside a block, without a newline
-                    region = region or _next_region(old, regions, self._sites)
+                    region = region or next_region(old, regions, self._sites)
                     region.feed(line)
             result.stats.add(reply, started)
             budget -= max(1, reply.tokens)
@@ -683,7 +775,7 @@ class Coder:
         result.stats.regions = len(regions)
         if len(regions) == 1 and regions[0].whole_file():  # a full rewrite (functions moved, say): not a region
             return "".join(x + "\n" for x in regions[0].written), False
-        placed = _in_order(regions)
+        placed = in_order(regions)
         if len(placed) < len(regions) and placed:
             # measured: after its edit, SmolLM2 wrote a block of made-up code that is nowhere in the
             # file; the blocks that place stand, and the user is told what was left out
@@ -701,20 +793,3 @@ class Coder:
         result.stats.well_formed = False
         return None
 
-
-def _in_order(regions: list[Region]) -> list[Region]:
-    """The regions that can be placed, each after the one before it."""
-    out: list[Region] = []
-    done = 0
-    for region in regions:
-        placed = region.placed()
-        if placed is not None and placed[0] >= done:
-            out.append(region)
-            done = max(done, placed[1])
-    return out
-
-
-def _next_region(old: list[str], regions: list[Region], sites: frozenset[int]) -> Region:
-    """A new region of the answer: it starts after the ones already written, and knows their spans."""
-    spans = tuple((p[0], p[1]) for p in (r.placed() for r in regions) if p is not None)
-    return Region(old, after=spans[-1][1] if spans else 0, sites=sites, covered=spans)

@@ -233,6 +233,8 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
             if mode == "blocks":
                 watcher.feed(e.text)
                 live_blocks.partial(watcher.partial, watcher.state)
+        elif e.kind == "focus":  # a focused edit shows the model part of the file: the diff is against it
+            live_diff = LiveDiff(e.text.splitlines())
         elif e.kind == "rewrite_line":
             live_diff.push(e.text)
         elif e.kind == "block":
@@ -285,7 +287,7 @@ def _edit(args: argparse.Namespace, out: Output) -> int:
             status=status,
             exit_code=code,
             message=message,
-            mode=mode,
+            mode=s.mode if mode == "rewrite" else mode,
             well_formed=s.well_formed,
             retried=s.retried,
             check_retried=s.check_retried,

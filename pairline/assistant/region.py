@@ -203,3 +203,21 @@ def splice(old_text: str, regions: list[Region]) -> tuple[str, list[tuple[int, i
     out += old[done:]
     text = "\n".join(out)
     return (text + "\n" if final_newline or not old_text else text), spans
+
+
+def in_order(regions: list[Region]) -> list[Region]:
+    """The regions that can be placed, each after the one before it."""
+    out: list[Region] = []
+    done = 0
+    for region in regions:
+        placed = region.placed()
+        if placed is not None and placed[0] >= done:
+            out.append(region)
+            done = max(done, placed[1])
+    return out
+
+
+def next_region(old: list[str], regions: list[Region], sites: frozenset[int]) -> Region:
+    """A new region of the answer: it starts after the ones already written, and knows their spans."""
+    spans = tuple((p[0], p[1]) for p in (r.placed() for r in regions) if p is not None)
+    return Region(old, after=spans[-1][1] if spans else 0, sites=sites, covered=spans)

@@ -66,7 +66,8 @@ def load_file(ws: Workspace, path: str | Path) -> FileState:
 class Event:
     """What the caller shows: kind is text | block | rename, delete (an action was applied) | error (a
     block or an action failed) | check (the check after the edit failed) | retry | rewrite_line | status
-    (a repair, said once)."""
+    (a repair, said once) | focus (a focused edit's view of the file, focus.py: its lines are what the
+    rewrite_line events that follow rewrite)."""
 
     kind: str
     text: str = ""

@@ -129,10 +129,12 @@ class EditBenchResult:
 
 
 def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
-             sizes: tuple[int, int] | None = None, grammar: bool = True) -> TaskResult:
+             sizes: tuple[int, int] | None = None, grammar: bool = True, focus: bool = True) -> TaskResult:
     """One task through the Coder, every file of it in one turn. `sizes`: (file tokens, reference
     tokens) in this client's tokens, when already counted. `grammar`: decode under the edit grammar
-    (the default of `pairline edit`); without it the mode is reported as "<mode>/no-grammar"."""
+    (the default of `pairline edit`); without it the mode is reported as "<mode>/no-grammar".
+    `focus`: a rewrite of a Python file shows the definitions the instruction names (focus.py, the
+    default); without it the whole file, and the mode is reported as "<mode>/no-focus"."""
     from pairline.assistant.coder import Coder, load_file
     from pairline.assistant.workspace import Workspace
 
@@ -143,8 +145,8 @@ def run_task(client, task: Task, mode: str, max_tokens: int | None = None,
         folder = Path(tmp)
         paths = write_files(task, folder)
         ws = Workspace(folder.resolve(), git=False)
-        coder = Coder(client, ws, constrain=grammar)
-        label = mode if grammar else f"{mode}/no-grammar"
+        coder = Coder(client, ws, constrain=grammar, focus=focus)
+        label = (mode if grammar else f"{mode}/no-grammar") + ("" if focus else "/no-focus")
         t0 = time.perf_counter()
         try:
             result = coder.run([load_file(ws, p) for p in paths], task.instruction, mode=mode, max_tokens=max_tokens)
@@ -276,6 +278,7 @@ def run_edit_bench(
     checkpoint=None,
     open_client=None,
     grammars: tuple[bool, ...] = (True,),
+    focus: bool = True,
 ) -> EditBenchResult:
     from pairline.errors import PairlineError
 
@@ -306,7 +309,7 @@ def run_edit_bench(
                 if mode == "rewrite" and len(task.files) > 1:
                     out.skipped.append(f"{model} · {mode} · {task.name}: a rewrite takes one file")
                     continue
-                r = run_task(client, task, mode, max_tokens, sizes[task.name], grammar)
+                r = run_task(client, task, mode, max_tokens, sizes[task.name], grammar, focus)
                 out.results.append(r)
                 log(
                     f"{model} · {r.mode} · {task.name}: {r.status}, well-formed {r.well_formed}, "
@@ -387,6 +390,9 @@ def add_parser(sub) -> None:
                    help="comma-separated task kinds, e.g. rename,two-file (default: all; with --tasks: both apply)")
     p.add_argument("--grammar", choices=("on", "off", "both"), default="on",
                    help="decode under the edit grammar (on, as pairline edit does), without it, or both, side by side")
+    p.add_argument("--focus", choices=("on", "off"), default="on",
+                   help="a rewrite of a Python file shows the model the definitions the instruction names (on, as "
+                        "pairline edit does) or the whole file")
     p.add_argument("--max-tokens", type=int, default=None, help="cap on each answer (default: per mode)")
     p.add_argument("--ctx", type=int, default=8192,
                    help="context size (default 8192: a rewrite of the largest task, prompt and answer, fits)")
@@ -411,6 +417,7 @@ def cmd_edit_bench(args) -> int:
         log=log,
         checkpoint=lambda r: write_json(r, path),
         grammars={"on": (True,), "off": (False,), "both": (True, False)}[args.grammar],
+        focus=args.focus == "on",
     )
     write_json(result, path)
     print_summary(result)

@@ -436,7 +436,8 @@ def test_lazy_rewrite_that_changes_nothing_goes_back_once(ws):
     assert result.new_texts[ws.root / "big.py"] == BIG.replace("x + 4\n", "x + 44\n", 1)
     assert "nothing changed" in client.calls[1]["messages"][-1]["content"]
     # the same again after the retry: unchanged, and no third request
-    result = Coder(ScriptedClient([same, same]), ws, focus=False).run([load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
+    result = Coder(ScriptedClient([same, same]), ws, focus=False).run(
+        [load_file(ws, "big.py")], "f4 adds 44", mode="rewrite")
     assert result.status == "unchanged"
 
 

@@ -8,10 +8,14 @@ instruction did not ask to remove (a rewrite that stopped early gets the origina
 Python still parses with no name left undefined. A failure goes back to the model once, as its own
 error; if it still fails, nothing is returned to write.
 
-Two ways to edit:
-- `blocks`: search/replace blocks (the default: the answer is as short as the change);
-- `rewrite`: the whole file, with the old file as the prediction (fast when the file is small,
-  because the unchanged lines are accepted as drafts a verify step at a time).
+Two ways to edit (`choose_mode` picks one in auto mode):
+- `blocks`: search/replace blocks, with RENAME (rope) and DELETE actions; several or new files;
+- `rewrite` (rewrite_turns.py): a focused edit of a Python file's named definitions (focus.py), or a
+  lazy rewrite of the file's regions (region.py), with the old code as the prediction (unchanged
+  lines are accepted as drafts a verify step at a time).
+
+A Python file whose instruction names definitions of it is shown as those definitions (its focus) in
+either way: a small model finds its place in a short prompt, and the prompt is short to prefill.
 """
 
 from __future__ import annotations
@@ -23,20 +27,12 @@ from pathlib import Path
 from pairline.assistant import check, prompts
 from pairline.assistant.client import Client
 from pairline.assistant.delete import apply_delete, deletable, delete_targets
-from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar, rewrite_grammar
+from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar
 from pairline.assistant.edits import DIVIDER, BlockParser, DeleteAction, EditBlock, EditError, RenameAction, apply_block
-from pairline.assistant.focus import Focus, FocusError, find_focus, focus_messages, merge
-from pairline.assistant.region import Region, in_order, next_region, splice
+from pairline.assistant.focus import find_focus
 from pairline.assistant.rename import apply_rename, names_bound, rename_targets
-from pairline.assistant.rewrite import (
-    BlockStream,
-    MalformedOutputError,
-    build_request,
-    extract_code,
-    fence_for,
-    language_for,
-    restore_layout,
-)
+from pairline.assistant.rewrite import restore_layout
+from pairline.assistant.rewrite_turns import RewriteTurns, rewrite_budget
 from pairline.assistant.sites import find_sites, sites_message
 from pairline.assistant.turn import Event, FileState, LinkedCancel, TurnResult, TurnStats, load_file
 from pairline.assistant.workspace import Workspace
@@ -54,13 +50,8 @@ NO_OP = (
 __all__ = ["Coder", "Event", "FileState", "LinkedCancel", "TurnResult", "TurnStats", "answer_primer", "choose_mode",
            "load_file", "max_tokens_for"]
 
-MAX_REGIONS = 8  # a lazy rewrite's answer is continued after a stopped region at most this many times
 
 
-REWRITE_NO_OP = (
-    "Your code block is the same as the file's lines: nothing changed. Write the part the instruction "
-    "asks to change as it must read after the change."
-)
 
 
 def _replace_limit(block: EditBlock) -> int:
@@ -110,12 +101,11 @@ def answer_primer(prompt: prompts.EditPrompt, files: list[FileState], can_prefix
 
 def max_tokens_for(client: Client, files: list[FileState], mode: str) -> int:
     if mode == "rewrite":
-        n = client.count_tokens(files[0].model_text)
-        return n + max(256, n // 2)
+        return rewrite_budget(client.count_tokens(files[0].model_text))
     return 1024
 
 
-class Coder:
+class Coder(RewriteTurns):
     """Runs edit turns over a set of files with one client."""
 
     def __init__(
@@ -173,12 +163,22 @@ class Coder:
             return self._rewrite(files[0], instruction, cancel, max_tokens)
         texts = {f.shown: f.model_text for f in files}
         hints = sites_message(find_sites(texts, instruction)) if self.hints else ""
-        messages = prompts.edit_messages(self.prompt, texts, instruction, hints)
+        messages = prompts.edit_messages(self.prompt, self._shown(files, instruction), instruction, hints)
         if history:
             messages = messages[:-1] + history + messages[-1:]
         return self.run_blocks(files, messages, cancel=cancel, max_tokens=max_tokens, instruction=instruction)
 
     # ---------------------------------------------------------------- search/replace
+
+    def _shown(self, files: list[FileState], instruction: str) -> dict[str, str]:
+        """Each file as the blocks prompt shows it: a Python file's focus (focus.py) where the
+        instruction names definitions of it, else the whole file. The grammar and the blocks still
+        work on the whole file: a SEARCH part quotes lines that are there, shown or not."""
+        out = {}
+        for f in files:
+            focus = find_focus(f.model_text, instruction) if self.focus and f.shown.endswith((".py", ".pyi")) else None
+            out[f.shown] = focus.text if focus is not None else f.model_text
+        return out
 
     def _ask(
         self,
@@ -547,249 +547,3 @@ class Coder:
             if state.text is None or new != state.text:
                 result.new_texts[real] = new
         result.status = "changed" if result.new_texts else "unchanged"
-
-    # ---------------------------------------------------------------- focused edit (focus.py)
-
-    def _focused(self, f: FileState, focus: Focus, instruction: str, cancel: CancelToken,
-                 max_tokens: int | None) -> TurnResult:
-        """The model sees the definitions the instruction is about and rewrites those that change;
-        its answer is merged back by name. One retry with the errors (a merge that fails, the
-        check after it, or nothing changed)."""
-        result = TurnResult("unchanged", files={f.real: f})
-        result.stats.mode = "focus"
-        messages, prediction = focus_messages(f.shown, focus, instruction, fence_for(focus.text))
-        n = self.client.count_tokens(focus.text)
-        budget = min(max_tokens or 1 << 30, 2 * n + 256)  # the parts again, and room for a new helper
-        grammar = rewrite_grammar(f.shown) if self.constrain else None
-        errors: list[str] = []
-        for attempt in (1, 2):
-            self.on_event(Event("focus", focus.text, path=f.shown))
-            blocks = self._focus_answer(f, messages, prediction, budget, grammar, cancel, result)
-            if cancel.cancelled:
-                result.status = "cancelled"
-                return result
-            try:
-                if not blocks:
-                    raise FocusError("the answer holds no complete code block; nothing was written")
-                new, notes = merge(f.model_text, blocks, Path(f.shown).stem)
-            except FocusError as err:
-                errors = [str(err)]
-            else:
-                current = {f.real: new}
-                errors, _ = self._check(current, result, instruction, rewrite=False)
-                if not errors and (current[f.real] != f.model_text or attempt == 2):  # unchanged twice: unchanged
-                    for note in notes:
-                        self.on_event(Event("status", f"{f.shown}: {note}", path=f.shown))
-                    self._collect(current, result)
-                    return result
-                errors = errors or [REWRITE_NO_OP]
-            if attempt == 2:
-                break
-            result.stats.retried = True
-            result.stats.check_retried = errors != [REWRITE_NO_OP]
-            self.on_event(Event("retry", "\n".join(errors)))
-            messages = [*messages, {"role": "assistant", "content": result.answer},
-                        {"role": "user", "content": check.retry_message(errors, "focus")}]
-        result.status, result.errors, result.notes = "malformed", errors, []
-        return result
-
-    def _focus_answer(self, f: FileState, messages: list[dict], prediction: str, budget: int,
-                      grammar: Grammar | None, cancel: CancelToken, result: TurnResult) -> list[str]:
-        """One answer's complete code blocks (a block the token limit cut is left out)."""
-        started = time.perf_counter()
-        inner = LinkedCancel(cancel)
-        reply = self.client.stream(messages, max_tokens=budget, prediction=prediction, cancel=inner, grammar=grammar)
-        result.stats.predicted = result.stats.predicted or reply.prediction_tokens
-        lines, blocks = BlockStream(), [[]]
-
-        def take(pending) -> None:
-            for line in pending:
-                blocks[-1].append(line)
-                self.on_event(Event("rewrite_line", line, path=f.shown))
-
-        try:
-            for delta in reply:
-                if inner.cancelled:
-                    continue  # the engine ends within a step; drain it so its lock is released
-                self.on_event(Event("text", delta))
-                take(lines.feed(delta))
-                while lines.state == "done":
-                    blocks.append([])
-                    take(lines.next_block())
-                if lines.chatter:  # prose after the code: the answer's code is over
-                    inner.cancel()
-        finally:
-            reply.close()
-        result.stats.add(reply, started)
-        result.answer = reply.text
-        if lines.state == "code" and reply.finish_reason == "length":
-            blocks.pop()
-        elif lines.state == "code":
-            take(lines.finish())
-        code = ["".join(x + "\n" for x in b) for b in blocks if b]
-        result.stats.regions = len(code)
-        return code
-
-    # ---------------------------------------------------------------- whole-file rewrite
-
-    def _rewrite(self, f: FileState, instruction: str, cancel: CancelToken, max_tokens: int | None) -> TurnResult:
-        focus = None
-        if self.focus and f.shown.endswith((".py", ".pyi")) and not (
-                rename_targets(instruction, f.model_text) or delete_targets(instruction, f.model_text)):
-            focus = find_focus(f.model_text, instruction)  # a merge by name can neither rename nor delete
-        if focus is not None:
-            return self._focused(f, focus, instruction, cancel, max_tokens)
-        result = TurnResult("unchanged", files={f.real: f})
-        result.stats.mode = "rewrite"
-        sites = find_sites({f.shown: f.model_text}, instruction)
-        req = build_request(f.shown, f.text or "", instruction, sites_message(sites) if self.hints else "")
-        self._sites = frozenset(s.line - 1 for s in sites)
-        budget = max_tokens or max_tokens_for(self.client, [f], "rewrite")
-        messages = req.messages
-        for attempt in (1, 2):
-            answered = self._rewrite_once(f, messages, req.prediction, req.model_text, budget, cancel, result)
-            if answered is None:
-                return result
-            new_model, spliced = answered
-            current = {f.real: new_model}
-            # a spliced file is whole: lines it lost are refused, not put back
-            errors, _ = self._check(current, result, instruction, rewrite=not spliced)
-            # a region copied unchanged (measured: the 0.5B model's answer to some bug fixes) goes
-            # back once as "nothing changed", as blocks that change nothing do
-            no_op = not errors and current[f.real] == req.model_text and attempt == 1 and not cancel.cancelled
-            if not errors and not no_op:
-                self._collect(current, result)
-                return result
-            if attempt == 2 or cancel.cancelled:
-                break
-            # one retry with the errors; the prediction is the original file again
-            result.stats.retried = True
-            result.stats.check_retried = not no_op
-            errors = errors or [REWRITE_NO_OP]
-            self.on_event(Event("retry", "\n".join(errors)))
-            messages = [
-                *messages,
-                {"role": "assistant", "content": result.answer},
-                {"role": "user", "content": check.retry_message(errors, "rewrite")},
-            ]
-        result.status, result.errors = "malformed", errors
-        result.notes = []
-        return result
-
-    def _rewrite_once(
-        self,
-        f: FileState,
-        messages: list[dict],
-        prediction: str,
-        model_text: str,
-        budget: int,
-        cancel: CancelToken,
-        result: TurnResult,
-    ) -> tuple[str, bool] | None:
-        """One rewrite answer: the new file (LF) and whether it was spliced from the answer's regions
-        (region.py; else it is the answer's one code block, taken as the file, which the check may
-        still repair), or None with the result's status set.
-
-        A region whose model copies on past its change is stopped where it rejoins the file (the
-        rest is spliced from the file); where the client can continue an answer, a new request then
-        goes on after a closed fence, so the model may write the next region or end."""
-        old = model_text.split("\n")
-        if old and old[-1] == "":
-            old.pop()
-        # under the grammar the answer is code blocks only, so one may follow another; without it
-        # what follows a closed block is chatter, and the answer ends there
-        grammar = rewrite_grammar(f.shown) if self.constrain else None
-        fence_open = f"```{language_for(f.shown)}\n"
-        regions: list[Region] = []
-        answer, reply = "", None
-        while budget > 0:
-            started = time.perf_counter()
-            inner = LinkedCancel(cancel)  # stopping a region leaves the turn (and a retry) alive
-            reply = self.client.stream(messages, max_tokens=budget, prefix=answer, prediction=prediction,
-                                       cancel=inner, grammar=grammar)
-            result.stats.predicted = result.stats.predicted or reply.prediction_tokens
-            lines = BlockStream()
-            region: Region | None = None
-            stopped = ended = False  # stopped: a region rejoined the file; ended: the answer is over
-            for delta in reply:
-                if stopped or ended:
-                    continue  # the engine ends within a step; drain it so its lock is released
-                self.on_event(Event("text", delta))
-                pending = lines.feed(delta)
-                while not stopped:
-                    for line in pending:
-                        region = region or next_region(old, regions, self._sites)
-                        self.on_event(Event("rewrite_line", line, path=f.shown))
-                        if region.feed(line):
-                            stopped = True  # the rest is the file's own lines: spliced, not written
-                            result.stats.region_ended = True
-                            inner.cancel()
-                            break
-                        if region.runaway():  # a model writing on: the answer ends at its last match
-                            region.cut()
-                            ended = True
-                            inner.cancel()
-                            break
-                        if region.behind:  # a part already written, again: the answer is over
-                            region, ended = None, True
-                            inner.cancel()
-                            break
-                    if stopped or lines.state != "done":
-                        break
-                    if region is not None:  # the model closed its block itself
-                        regions.append(region)
-                    region = None
-                    if grammar is None:
-                        ended = True
-                        inner.cancel()
-                        break
-                    pending = lines.next_block()
-                if lines.chatter:  # prose after the blocks: the answer's code is over
-                    ended = True
-                    inner.cancel()
-            if not (stopped or ended) and lines.state == "code":
-                for line in lines.finish():  # the model stopped inside a block, without a newline
-                    region = region or next_region(old, regions, self._sites)
-                    region.feed(line)
-            result.stats.add(reply, started)
-            budget -= max(1, reply.tokens)
-            if region is not None:  # stopped, cut off, or closed by a fence with no newline after it
-                regions.append(region)
-            answer = "".join(f"{fence_open}{''.join(x + chr(10) for x in r.written)}```\n" for r in regions)
-            if cancel.cancelled:
-                result.status = "cancelled"
-                return None
-            if not stopped or not self.can_prefix or len(regions) >= MAX_REGIONS:
-                break
-        result.answer = answer  # the latest answer: a retry's conversation holds the earlier one
-        truncated = reply is not None and reply.finish_reason == "length" and lines.state == "code"
-        if not regions or truncated:
-            try:  # an answer with no code block may still be the file, unfenced (extract_code)
-                return extract_code(reply.text if reply else "", original=model_text, truncated=truncated), False
-            except MalformedOutputError as err:
-                result.status, result.errors = "malformed", [str(err)]
-                result.stats.well_formed = False
-                return None
-        # a region written again after a stop (a model that loops) says nothing new
-        regions = [r for i, r in enumerate(regions) if all(r.written != q.written for q in regions[:i])]
-        result.stats.regions = len(regions)
-        if len(regions) == 1 and regions[0].whole_file():  # a full rewrite (functions moved, say): not a region
-            return "".join(x + "\n" for x in regions[0].written), False
-        placed = in_order(regions)
-        if len(placed) < len(regions) and placed:
-            # measured: after its edit, SmolLM2 wrote a block of made-up code that is nowhere in the
-            # file; the blocks that place stand, and the user is told what was left out
-            left = len(regions) - len(placed)
-            self.on_event(Event("status", f"{f.shown}: left out {left} code block(s) of the answer that match no "
-                                          "place of the file after the blocks before them", path=f.shown))
-        spliced = splice(model_text, placed) if placed else None
-        if spliced is not None:
-            return spliced[0], True
-        if len(regions) == 1:  # no line of it is in the file: the answer is the whole new file
-            return "".join(x + "\n" for x in regions[0].written), False
-        result.status, result.errors = "malformed", [
-            "none of the answer's code blocks could be placed in the file (each must copy at least one "
-            "line of it); nothing was written"]
-        result.stats.well_formed = False
-        return None
-

@@ -21,7 +21,11 @@ EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
 modes (auto picks one per edit):
-  lazy rewrite (one existing file): the model rewrites only the parts it changes, each a code block
+  focused edit (one Python file whose instruction names functions, methods or classes of it): the
+  model is shown those definitions only (and, for a bug, what they call; for callers, who calls
+  them) and rewrites the ones that change; each is merged back by name, the rest of the file is
+  untouched
+  lazy rewrite (any other existing file): the model rewrites only the parts it changes, each a code block
   from the first line it changes to the last, spliced into the untouched file; the old file is the
   prediction, and a part that runs on past its change is stopped where it rejoins the file
   search/replace blocks (several files, a new file, or a rename or deletion in Python, done with

@@ -73,7 +73,9 @@ def _names_bound(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-_ASKS_RENAME = re.compile(r"\b(renam\w*|new name|call (it|them)|name it)\b", re.I)
+# "call it `x`" names; "call it from both methods" does not (measured: an extract-helper task went to
+# blocks as a rename on `pairline bench edit`)
+_ASKS_RENAME = re.compile(r"\b(renam\w*|new name|call (it|them) (`|\w*_)|name it)", re.I)
 
 
 def rename_targets(instruction: str, text: str) -> list[str]:

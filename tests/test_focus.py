@@ -264,3 +264,10 @@ def test_repeats_are_per_class():
     assert [r.again(x) for x in lines] == [False] * 5
     assert r.again("    def __init__(self):") is False  # (no class open: a method written alone)
     assert r.again("def f():") is True
+
+
+def test_a_rename_or_deletion_also_shows_the_aliases_and_all_that_mention_it():
+    src = SRC + "\n\nexpand = grow\n__all__ = ['grow', 'area']\n"
+    focus = find_focus(src, "Rename `grow` to `enlarge` everywhere, the alias too.")
+    assert focus.text.endswith("def grow(r):\n    return r * SCALE\n\n\nexpand = grow\n__all__ = ['grow', 'area']\n")
+    assert "expand" not in find_focus(src, "Add type hints to `grow`.").text  # not asked for: not shown

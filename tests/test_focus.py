@@ -271,3 +271,24 @@ def test_a_rename_or_deletion_also_shows_the_aliases_and_all_that_mention_it():
     focus = find_focus(src, "Rename `grow` to `enlarge` everywhere, the alias too.")
     assert focus.text.endswith("def grow(r):\n    return r * SCALE\n\n\nexpand = grow\n__all__ = ['grow', 'area']\n")
     assert "expand" not in find_focus(src, "Add type hints to `grow`.").text  # not asked for: not shown
+
+
+def test_a_block_that_only_does_what_the_answers_rename_does_is_skipped(ws):
+    from pairline.assistant.edits import DIVIDER, HEAD, TAIL
+
+    # the 1.5B model's answer: RENAME, and the same rename of the def line as a block (the block
+    # first here: the scripted answer must start with the primer a client without a grammar gets)
+    answer = (f"shapes.py\n```python\n{HEAD}\ndef grow(r):\n{DIVIDER}\ndef enlarge(r):\n{TAIL}\n```\n"
+              "shapes.py\nRENAME grow enlarge\n")
+    src = SRC + "\n\ndef twice(r):\n    return grow(grow(r))\n"
+    (ws.root / "shapes.py").write_text(src)
+    result = Coder(ScriptedClient([answer]), ws).run([load_file(ws, "shapes.py")], "Rename `grow` to `enlarge`.")
+    assert result.status == "changed" and not result.stats.retried, result.errors
+    assert result.new_texts[ws.root / "shapes.py"] == src.replace("grow(", "enlarge(")
+
+
+def test_a_class_docstring_written_below_a_method_becomes_the_docstring():
+    src = "class Plain:\n    def __init__(self):\n        self.a = 1\n\n    def b(self):\n        return 2\n"
+    answer = 'class Plain:\n    def __init__(self):\n        self.a = 1\n\n    """A plain class."""\n    ...\n'
+    new, notes = merge(src, [answer])
+    assert new.startswith('class Plain:\n    """A plain class."""\n    def __init__(self):') and notes == []

@@ -471,14 +471,21 @@ class _Merger:
         if [x.rstrip() for x in lines[f_head[0]:f_head[1]]] != [x.rstrip() for x in seg]:
             self.edits.append(_Edit(f_head[0], f_head[1], seg))
         rest = node.body
-        if _docstring(node.body):
-            new = self._segment(node.body[0], code, target.body[0].col_offset)
+        if not _docstring(node.body) and not _docstring(target.body):
+            # a docstring written below a method (measured: Qwen2.5-Coder-1.5B, asked for a class
+            # docstring, wrote it after `__init__`) is the class's docstring: a bare string there
+            # does nothing else
+            stray = next((i for i, m in enumerate(rest) if _docstring([m])), None)
+            if stray is not None:
+                rest = [rest[stray], *rest[:stray], *rest[stray + 1:]]
+        if _docstring(rest):
+            new = self._segment(rest[0], code, target.body[0].col_offset)
             old = target.body[0] if _docstring(target.body) else None
             if old is None:
                 self.edits.append(_Edit(f_head[1], f_head[1], new))
             elif not self._same(old, new):
                 self.edits.append(_Edit(*_span(old), new))
-            rest = node.body[1:]
+            rest = rest[1:]
         self.body(target.body, rest, code, container=target)
 
     def _import(self, node: ast.Import | ast.ImportFrom, code: list[str]) -> None:

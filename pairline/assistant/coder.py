@@ -30,7 +30,6 @@ from pairline.assistant.client import Client
 from pairline.assistant.delete import apply_delete, deletable, delete_targets
 from pairline.assistant.edit_grammar import SEARCH_LONGEST, blocks_grammar
 from pairline.assistant.edits import DIVIDER, BlockParser, DeleteAction, EditBlock, EditError, RenameAction, apply_block
-from pairline.assistant.focus import find_focus
 from pairline.assistant.rename import apply_rename, names_bound, rename_targets
 from pairline.assistant.rewrite import restore_layout
 from pairline.assistant.rewrite_turns import RewriteTurns, rewrite_budget
@@ -188,7 +187,7 @@ class Coder(RewriteTurns):
         work on the whole file: a SEARCH part quotes lines that are there, shown or not."""
         out = {}
         for f in files:
-            focus = find_focus(f.model_text, instruction) if self.focus and f.shown.endswith((".py", ".pyi")) else None
+            focus = self._focus(f, instruction)
             out[f.shown] = focus.text if focus is not None else f.model_text
         return out
 

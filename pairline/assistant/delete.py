@@ -81,12 +81,18 @@ def delete_targets(instruction: str, text: str) -> list[str]:
     return [n for n in deletable(text) if n.rpartition(".")[2] in words or (n == MAIN and main)]
 
 
-def _span(lines: list[str], node: ast.stmt) -> tuple[int, int]:
-    """0-based [start, end) of the node's lines, with its decorators and the comments right above."""
-    start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
+def statement_span(node: ast.stmt) -> tuple[int, int]:
+    """0-based [start, end) of a statement's lines, its decorators included."""
+    decorators = getattr(node, "decorator_list", [])
+    return min([node.lineno, *(d.lineno for d in decorators)]) - 1, node.end_lineno or node.lineno
+
+
+def span_with_comments(lines: list[str], node: ast.stmt) -> tuple[int, int]:
+    """`statement_span`, with the comment lines right above the statement (they belong to it)."""
+    start, end = statement_span(node)
     while start > 0 and lines[start - 1].strip().startswith("#"):
         start -= 1
-    return start, node.end_lineno or node.lineno
+    return start, end
 
 
 def _drop_from_all(text: str, name: str) -> str:
@@ -124,7 +130,7 @@ def apply_delete(text: str, name: str) -> str:
     if node is None:
         raise EditError(f"DELETE {name}: the file defines no {name!r} at module level")
     lines = text.splitlines(keepends=True)
-    start, end = _span(lines, node)
+    start, end = span_with_comments(lines, node)
     # the blank lines around the hole: keep as many as the larger side had, at most two
     before = 0
     while start - before > 0 and not lines[start - before - 1].strip():

@@ -32,6 +32,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
+from pairline.assistant.delete import span_with_comments, statement_span
 from pairline.errors import PairlineError
 
 MAX_SHOWN = 160  # lines: what a bug's callees or a change's callers may add to the named definitions
@@ -68,12 +69,6 @@ class Part:
 class Focus:
     parts: tuple[Part, ...]
     text: str  # the code the model is shown (and the answer's prediction)
-
-
-def _span(node: ast.stmt) -> tuple[int, int]:
-    """Lines [start, end) of a statement, 0-based, its decorators included."""
-    decorators = getattr(node, "decorator_list", [])
-    return min([node.lineno, *(d.lineno for d in decorators)]) - 1, node.end_lineno or node.lineno
 
 
 def _defs(tree: ast.Module) -> dict[str, Def]:
@@ -143,7 +138,7 @@ def _owner(qualname: str) -> str | None:
 
 
 def _size(node: ast.stmt) -> int:
-    a, b = _span(node)
+    a, b = statement_span(node)
     return b - a
 
 
@@ -202,16 +197,16 @@ def _references(tree: ast.Module, chosen: list[str]) -> list[Part]:
             continue
         if any(isinstance(n, ast.Name) and n.id in names or isinstance(n, ast.Constant) and n.value in names
                for n in ast.walk(node)):
-            out.append(Part(f"<line {node.lineno}>", *_span(node)))
+            out.append(Part(f"<line {node.lineno}>", *statement_span(node)))
     return out
 
 
 def _part(qualname: str, node: Def) -> Part:
-    a, b = _span(node)
+    a, b = statement_span(node)
     if isinstance(node, ast.ClassDef) and b - a > WHOLE_CLASS:
         members = [m for m in node.body if isinstance(m, Def)]
         if members:  # the head, and the first method where it is short (`__init__`, most often)
-            first = _span(members[0])
+            first = statement_span(members[0])
             end = first[1] if len(members) > 1 and first[1] - first[0] <= WHOLE_CLASS // 2 else first[0]
             return Part(qualname, a, end, head_only=True)
     return Part(qualname, a, b)
@@ -243,8 +238,8 @@ def _render(parts: list[Part], lines: list[str], tree: ast.Module) -> str:
             out += [""] if owner is not None and owner == open_class else ["", ""]
         if owner is not None and owner != open_class:
             cls = classes[owner]
-            out += lines[_span(cls)[0]:_class_header_end(cls, lines)]
-            if p.start > _span(cls.body[0])[0]:
+            out += lines[statement_span(cls)[0]:_class_header_end(cls, lines)]
+            if p.start > statement_span(cls.body[0])[0]:
                 out += [" " * cls.body[0].col_offset + "...", ""]
         open_class = owner
         body = lines[p.start:p.end]
@@ -262,9 +257,9 @@ def _class_header_end(cls: ast.ClassDef, lines: list[str]) -> int:
     first = cls.body[0] if cls.body else None
     if first is None:
         return cls.lineno
-    start = _span(first)[0]
+    start = statement_span(first)[0]
     # the header ends at the last line before the body that ends with ':' (comments aside)
-    for i in range(start - 1, _span(cls)[0] - 1, -1):
+    for i in range(start - 1, statement_span(cls)[0] - 1, -1):
         if lines[i].split("#", 1)[0].rstrip().endswith(":"):
             return i + 1
     return cls.lineno
@@ -390,11 +385,11 @@ class _Merger:
         self.done: set[int] = set()  # ids of file nodes already replaced (a model that repeats itself)
 
     def _segment(self, node: ast.stmt, code: list[str], indent: int) -> list[str]:
-        a, b = _span(node)
+        a, b = statement_span(node)
         return _shift(code[a:b], indent - node.col_offset)
 
     def _same(self, node: ast.stmt, seg: list[str]) -> bool:
-        a, b = _span(node)
+        a, b = statement_span(node)
         return [x.rstrip() for x in self.lines[a:b]] == [x.rstrip() for x in seg]
 
     def body(self, file_body: list[ast.stmt], answer: list[ast.stmt], code: list[str],
@@ -419,7 +414,7 @@ class _Merger:
                     self.notes.append(f"left out code outside any function: {code[node.lineno - 1].strip()[:60]}")
                 continue
             if pending:
-                start = self._above_comments(_span(target)[0])
+                start = span_with_comments(self.lines, target)[0]  # its comments stay with it
                 self.edits.append(_Edit(start, start, [x for seg in pending for x in [*seg, *[""] * sep]]))
                 pending = []
             anchor = target
@@ -431,13 +426,13 @@ class _Merger:
             elif not _stub(node):
                 seg = self._segment(node, code, target.col_offset)
                 if not self._same(target, seg):
-                    a, b = _span(target)
+                    a, b = statement_span(target)
                     self.edits.append(_Edit(a, b, seg))
         if pending:
             if anchor is not None:
-                at = _span(anchor)[1]
+                at = statement_span(anchor)[1]
             elif container is not None:
-                at = _span(container)[1]
+                at = statement_span(container)[1]
             else:
                 at = len(self.lines) - (1 if self.lines and self.lines[-1] == "" else 0)
             self.edits.append(_Edit(at, at, [x for seg in pending for x in [*[""] * sep, *seg]]))
@@ -465,8 +460,8 @@ class _Merger:
         """A class of the answer, member by member: its header, its docstring where the answer
         has one, then every other member by name (`...` stands for what was not shown)."""
         lines = self.lines
-        f_head = (_span(target)[0], _class_header_end(target, lines))
-        a_head = (_span(node)[0], _class_header_end(node, code))
+        f_head = (statement_span(target)[0], _class_header_end(target, lines))
+        a_head = (statement_span(node)[0], _class_header_end(node, code))
         seg = _shift(code[a_head[0]:a_head[1]], target.col_offset - node.col_offset)
         if [x.rstrip() for x in lines[f_head[0]:f_head[1]]] != [x.rstrip() for x in seg]:
             self.edits.append(_Edit(f_head[0], f_head[1], seg))
@@ -484,7 +479,7 @@ class _Merger:
             if old is None:
                 self.edits.append(_Edit(f_head[1], f_head[1], new))
             elif not self._same(old, new):
-                self.edits.append(_Edit(*_span(old), new))
+                self.edits.append(_Edit(*statement_span(old), new))
             rest = rest[1:]
         self.body(target.body, rest, code, container=target)
 
@@ -497,14 +492,8 @@ class _Merger:
         if ast.dump(node) in have:
             return
         imports = [s for s in self.tree.body if isinstance(s, ast.Import | ast.ImportFrom)]
-        at = _span(imports[-1])[1] if imports else _after_docstring(self.tree)
+        at = statement_span(imports[-1])[1] if imports else _after_docstring(self.tree)
         self.edits.append(_Edit(at, at, self._segment(node, code, 0)))
-
-    def _above_comments(self, start: int) -> int:
-        """Comment lines right above a definition belong to it: insert above them."""
-        while start > 0 and self.lines[start - 1].lstrip().startswith("#"):
-            start -= 1
-        return start
 
 
 def _docstring(body: list[ast.stmt]) -> bool:

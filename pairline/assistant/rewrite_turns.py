@@ -46,6 +46,13 @@ class RewriteTurns:
 
     # ---------------------------------------------------------------- focused edit (focus.py)
 
+    def _focus(self, f: FileState, instruction: str) -> Focus | None:
+        """What the model is shown of a Python file (focus.py), where focused edits are on; None for
+        other files, or where the instruction names nothing of it."""
+        if not self.focus or language_for(f.shown) != "python":
+            return None
+        return find_focus(f.model_text, instruction)
+
     def _focused(self, f: FileState, focus: Focus, instruction: str, cancel: CancelToken,
                  max_tokens: int | None) -> TurnResult:
         """The model sees the definitions the instruction is about and rewrites those that change;
@@ -135,11 +142,9 @@ class RewriteTurns:
     # ---------------------------------------------------------------- whole-file rewrite
 
     def _rewrite(self, f: FileState, instruction: str, cancel: CancelToken, max_tokens: int | None) -> TurnResult:
-        focus = None
-        if self.focus and f.shown.endswith((".py", ".pyi")) and not (
+        focus = self._focus(f, instruction)
+        if focus is not None and not (  # a merge by name can neither rename nor delete
                 rename_targets(instruction, f.model_text) or delete_targets(instruction, f.model_text)):
-            focus = find_focus(f.model_text, instruction)  # a merge by name can neither rename nor delete
-        if focus is not None:
             return self._focused(f, focus, instruction, cancel, max_tokens)
         result = TurnResult("unchanged", files={f.real: f})
         result.stats.mode = "rewrite"

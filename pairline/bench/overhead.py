@@ -11,8 +11,9 @@ Definitions (../shared/design.md), client clocks plus the server's reported timi
   TTFT                 request leaving the client -> first text at the client (connect included in (a))
   server own time      the engine's: queue wait + engine TTFT (prefill and first token)
   per-roundtrip overh. client TTFT - server own time (transport, parsing, tokenizing, state handling)
-  per-token overhead   client mean gap between text deltas - the engine's own step time per delta (time
-                       inside its steps between the first and last delta, measured by the server)
+  per-token overhead   client mean gap between text pieces - the engine's own step time per piece (time
+                       inside its steps between the first and last piece, measured by the server); the
+                       server may send pieces released together as one delta
   e2e                  request leaving the client -> the final event at the client
 Then a load run: N WebSocket sessions at once for a bounded time, p50/p99 TTFT and every error."""
 
@@ -102,6 +103,7 @@ class TurnResult:
     engine_per_token_s: float | None = None
     per_token_overhead_s: float | None = None
     deltas: int = 0
+    text_events: int = 0  # pieces of text the engine released; more than deltas when some went out together
     output_tokens: int = 0
     input_tokens: int = 0
     cached_tokens: int = 0
@@ -120,10 +122,14 @@ def _finish(r: TurnResult, t0: float, stamps: list[float], t_end: float, timings
         r.server_own_s = timings["queue_s"] + timings["ttft_s"]
         if r.ttft_s is not None:
             r.roundtrip_overhead_s = r.ttft_s - r.server_own_s
-        # the same text deltas timed at both ends: as the engine released them, as the client got them
-        if len(stamps) > 1 and timings.get("engine_gap_s") is not None and timings["text_events"] == len(stamps):
+        r.text_events = timings.get("text_events", 0)
+        # The same span timed at both ends: from the first piece of text to the last, as the engine
+        # released them and as the client got them. Pieces released together (one speculative step)
+        # may go out as one delta, so the span is divided by the engine's count of pieces; the first
+        # and last deltas hold the first and last pieces, so the endpoints still pair up.
+        if len(stamps) > 1 and timings.get("engine_gap_s") is not None and r.text_events >= len(stamps):
             r.engine_per_token_s = timings["engine_gap_s"]
-            r.client_gap_s = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+            r.client_gap_s = (stamps[-1] - stamps[0]) / (r.text_events - 1)
             r.per_token_overhead_s = r.client_gap_s - r.engine_per_token_s
 
 
@@ -381,8 +387,8 @@ def print_summary(result: dict, console=None) -> None:
               ("median", "(a) HTTP new conn", "(b) HTTP keep-alive", "(c) WebSocket", "(c) vs (a)"), left=("median",))
     red = s["c_vs_a_reduction"]
     rows = [("TTFT", "ttft_s", 1), ("end to end", "e2e_s", 1), ("server own (queue+engine TTFT)", "server_own_s", 1),
-            ("per-roundtrip overhead", "roundtrip_overhead_s", 2), ("client gap per delta", "client_gap_s", 3),
-            ("engine gap per delta", "engine_per_token_s", 3), ("per-token overhead", "per_token_overhead_s", 3)]
+            ("per-roundtrip overhead", "roundtrip_overhead_s", 2), ("client gap per text piece", "client_gap_s", 3),
+            ("engine time per text piece", "engine_per_token_s", 3), ("per-token overhead", "per_token_overhead_s", 3)]
     for label, key, digits in rows:
         r = red.get(key)
         t.add_row(label, *(_ms(s[m][key], digits) for m in MODES), _change(r))

@@ -28,7 +28,7 @@ from pairline.engine.constraint import Grammar
 from pairline.engine.fim import fim_prompt
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
-from pairline.server.scheduler import Job, QueueFull
+from pairline.server.scheduler import Job, JobEvents, QueueFull
 from pairline.server.ws import check_grammar, engine_error
 from pairline.wire.openai import (
     SSE_DONE,
@@ -213,10 +213,9 @@ class HttpApi:
             request.state.log = err.code
             return error_response(err)
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        job = Job("http", make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
-                  prediction=prediction, grammar=grammar, infill=not chat and body.get("suffix") is not None)
+        events = JobEvents(asyncio.get_running_loop())
+        job = Job("http", make_prompt, params, events.put, prediction=prediction, grammar=grammar,
+                  infill=not chat and body.get("suffix") is not None)
         try:
             s.scheduler.submit(job)
         except QueueFull as err:
@@ -229,9 +228,9 @@ class HttpApi:
         ctx = _Reply(s, chat, job, body.get("model") or s.model_name, request)
         if stream:
             usage = "every" if opts.get("continuous_usage_stats") else "last" if opts.get("include_usage") else None
-            return StreamingResponse(ctx.sse(queue, usage), media_type="text/event-stream", headers=SSE_HEADERS)
+            return StreamingResponse(ctx.sse(events, usage), media_type="text/event-stream", headers=SSE_HEADERS)
         try:
-            return await ctx.whole(queue)
+            return await ctx.whole(events)
         except asyncio.CancelledError:
             job.cancel.cancel()
             raise
@@ -257,7 +256,7 @@ class _Reply:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-    async def sse(self, queue: asyncio.Queue, usage: str | None):
+    async def sse(self, events: JobEvents, usage: str | None):
         """usage: None, "last" (`include_usage`: a usage chunk at the end) or "every" (vLLM's
         `continuous_usage_stats`: the counts so far on every chunk too, which is how a router knows
         how many tokens of a cut answer were spent)."""
@@ -267,14 +266,15 @@ class _Reply:
         try:
             first = True
             while True:
-                kind, payload = await queue.get()
-                if kind == "token":
-                    if payload.text or (first and self.chat):
-                        chunk = self._base(obj) | {"choices": [self._choice(payload.text, None, first)]}
+                kind, payload = await events.get()
+                if kind == "tokens":
+                    text = "".join(ev.text for ev in payload)
+                    if text or (first and self.chat):
+                        chunk = self._base(obj) | {"choices": [self._choice(text, None, first)]}
                         if usage == "every":
-                            n_in = len(self.job.prompt or ())
-                            chunk["usage"] = {"prompt_tokens": n_in, "completion_tokens": payload.index + 1,
-                                              "total_tokens": n_in + payload.index + 1}
+                            n_in, n_out = len(self.job.prompt or ()), payload[-1].index + 1
+                            chunk["usage"] = {"prompt_tokens": n_in, "completion_tokens": n_out,
+                                              "total_tokens": n_in + n_out}
                         elif include_usage:
                             chunk["usage"] = None
                         yield sse_data(chunk)
@@ -300,18 +300,18 @@ class _Reply:
             self.job.cancel.cancel()  # no-op when finished; stops the engine when the client went away
             self._log(g)
 
-    async def whole(self, queue: asyncio.Queue) -> Response:
+    async def whole(self, events: JobEvents) -> Response:
         checked = time.monotonic()
         while True:
             try:
-                kind, payload = await asyncio.wait_for(queue.get(), 0.5)
+                kind, payload = await asyncio.wait_for(events.get(), 0.5)
             except asyncio.TimeoutError:
                 kind = None
             if time.monotonic() - checked > 0.5:  # a client that hung up stops its work (streams notice by themselves)
                 checked = time.monotonic()
                 if await self.request.is_disconnected():
                     self.job.cancel.cancel()
-            if kind not in (None, "token"):
+            if kind not in (None, "tokens"):
                 break
         if kind == "error":
             err = engine_error(payload)

@@ -14,6 +14,7 @@ request withdraws its wish first and lets the chunk under way finish (its own pr
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -107,6 +108,56 @@ class Job:
             "engine_gap_s": (self.busy_last_text - self.busy_first_text) / (self.text_events - 1)
             if self.text_events > 1 else None,
         }
+
+
+class JobEvents:
+    """A job's events on their way from the engine thread (`put`, the job's sink) to the asyncio
+    task that streams them (`get`).
+
+    Why not an asyncio.Queue fed by call_soon_threadsafe: that wakes the event loop once per token,
+    a pipe write on the engine thread and a wakeup that then competes with the engine for the GIL.
+    Here the loop is woken only when the task is waiting, and tokens that arrived meanwhile (a
+    speculative step releases several at once) come out of `get` together, to go out as one delta."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: collections.deque[tuple[str, object]] = collections.deque()
+        self._waiter: asyncio.Future | None = None  # set while the task waits for an event
+        self._wake_sent = False
+
+    def put(self, kind: str, payload: object) -> None:
+        """On the engine thread. Raises RuntimeError when the loop is gone (nobody is listening)."""
+        with self._lock:
+            self._items.append((kind, payload))
+            if self._waiter is None or self._wake_sent:  # the task will find it before it waits
+                if self._loop.is_closed():
+                    raise RuntimeError("the event loop is closed")
+                return
+            self._wake_sent = True
+        self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiter, self._waiter, self._wake_sent = self._waiter, None, False
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> tuple[str, object]:
+        """The next event: ("tokens", [TokenEvent, ...]) for every token that has arrived in a row,
+        else ("done", Generation) or ("error", Exception)."""
+        while True:
+            with self._lock:
+                if self._items:
+                    kind, payload = self._items.popleft()
+                    if kind != "token":
+                        return kind, payload
+                    batch = [payload]
+                    while self._items and self._items[0][0] == "token":
+                        batch.append(self._items.popleft()[1])
+                    return "tokens", batch
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
 
 
 def free_ram() -> int:
@@ -280,6 +331,7 @@ class Scheduler:
     # ------------------------------------------------------------ worker thread
 
     def _loop(self) -> None:
+        running = 0
         while True:
             with self.cv:
                 while not self._stop and not self.active and not self._startable() and not self._ahead_ready():
@@ -293,7 +345,7 @@ class Scheduler:
                     return
                 self._free_released()
                 self._adopt_spares()
-                admit = self._take_pending()
+                admit = self._take_pending() if self.pending else []  # the common step: nothing new
                 wish = self._next_ahead() if not admit and not self.active and not self.pending else None
             for job in admit:
                 self._start(job)
@@ -301,7 +353,9 @@ class Scheduler:
                 self._step(job)
             if wish is not None:
                 self._step_ahead(wish)
-            self.metrics.set("pairline:num_requests_running", len(self.active))
+            if len(self.active) != running:  # a gauge write per token would be a lock per token
+                running = len(self.active)
+                self.metrics.set("pairline:num_requests_running", running)
 
     def _adopt_spares(self) -> None:
         """Keep one free KV cache ready for the next new session. Forking takes ~0.3 s, so a helper

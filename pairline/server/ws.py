@@ -16,7 +16,7 @@ from pairline.engine.constraint import Grammar, compile_grammar
 from pairline.engine.generate import Generation
 from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
-from pairline.server.scheduler import CancelledWhileQueued, Job, QueueFull
+from pairline.server.scheduler import CancelledWhileQueued, Job, JobEvents, QueueFull
 from pairline.server.sessions import Session
 from pairline.wire.protocol import (
     CANCEL_FIELDS,
@@ -50,6 +50,7 @@ from pairline.wire.protocol import (
 from pairline.wire.session_socket import (
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
+    DeltaEvents,
     SessionSocket,
     Turn,
     active_turn,
@@ -70,7 +71,7 @@ class ServerTurn(Turn):
     req: CreateRequest
     sampling: Sampling
     files: str | None  # the context's message, as it was when the response was created
-    queue: asyncio.Queue
+    events: JobEvents
     built: dict = field(default_factory=dict)  # the prompt and messages, set on the engine thread
     steer: list[dict] | None = None  # steer input for the successor
     steer_ids: list[str | None] = field(default_factory=list)  # each steer event's event_id
@@ -200,8 +201,7 @@ class Connection(SessionSocket):
         """Queue one response on the engine and make it the session's turn (synchronously)."""
         server, session = self.server, self.session
         state = ResponseState(server.model_name, sampling, previous, req.metadata)
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
+        events = JobEvents(asyncio.get_running_loop())
         built: dict = {}
 
         def make_prompt() -> list[int]:  # on the engine thread
@@ -209,8 +209,7 @@ class Connection(SessionSocket):
             return built["prompt"]
 
         params = _params(sampling, server.cfg.default_max_output_tokens)
-        job = Job(session.id, make_prompt, params, lambda k, v: loop.call_soon_threadsafe(queue.put_nowait, (k, v)),
-                  prediction=req.prediction, grammar=req.grammar)
+        job = Job(session.id, make_prompt, params, events.put, prediction=req.prediction, grammar=req.grammar)
         try:
             server.scheduler.submit(job)
         except QueueFull as err:
@@ -219,7 +218,7 @@ class Connection(SessionSocket):
         # a successor says how many response.steer events its input holds (a router relaying the
         # session counts on it: a steer that came too late for it steers the successor instead)
         extra = {"pairline": {"steers_applied": steers}} if steers else {}
-        self.turn = ServerTurn(job, state, messages, req, sampling, files, queue, built, created_extra=extra)
+        self.turn = ServerTurn(job, state, messages, req, sampling, files, events, built, created_extra=extra)
         return self.turn
 
     async def run_turns(self, turn: ServerTurn | None) -> None:
@@ -245,13 +244,14 @@ class Connection(SessionSocket):
         t_recv = time.perf_counter()
         for type_, fields in state.opening_events(**turn.created_extra):
             await self.send(type_, **fields)
-        pos = state.pos()
+        deltas = DeltaEvents(state.pos())
         while True:
-            kind, payload = await turn.queue.get()
-            if kind == "token":
-                if payload.text:
-                    state.text += payload.text
-                    await self.send("response.output_text.delta", **pos, delta=payload.text, logprobs=[])
+            kind, payload = await turn.events.get()
+            if kind == "tokens":
+                text = "".join(ev.text for ev in payload)
+                if text:
+                    state.text += text
+                    await self.send_encoded(deltas.encode, text)
                 continue
             break
         # From here the outcome is decided: steered if a steer has arrived by now (a response that had

@@ -24,9 +24,12 @@ def uvicorn_config(app: Starlette, host: str, port: int, log_level: str, max_mes
     """uvicorn as the server and the router both run it: no access log (each logs its own lines),
     WebSocket frames allowed well past the message limit (so an oversized message is answered with
     the protocol's message_too_large error, not a dropped connection), no pings (sessions have their
-    own idle timeout)."""
+    own idle timeout), and no permessage-deflate: compressing each small delta frame was two thirds
+    of the event loop's time per WebSocket delta (py-spy, docs/benchmarks.md "per-token overhead"),
+    time that then competes with the engine thread for the GIL."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                           ws_max_size=max(max_message_bytes * 4, 1 << 20), ws_ping_interval=None,
+                          ws_per_message_deflate=False,
                           timeout_graceful_shutdown=graceful_s)
 
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from starlette.websockets import WebSocket
@@ -65,14 +65,18 @@ class SessionSocket:
     async def forward(self, ev: dict) -> None:
         """Any event to the client (the router relays a backend's), stamped with this session's own
         sequence number: second after `type`, or where a relayed event had its backend's."""
+        await self.send_encoded(encode_event, ev)
+
+    async def send_encoded(self, encode: Callable[..., str], *args) -> None:
+        """The event `encode(sequence_number, *args)` returns, as JSON text (DeltaEvents.encode for
+        the deltas, which are most of a session's events)."""
         if self.closed:
             return
         async with self.send_lock:  # one writer at a time, so sequence numbers are in wire order
-            event = {"type": ev.get("type"), "sequence_number": None, **ev}
-            event["sequence_number"] = self.seq
+            text = encode(self.seq, *args)
             self.seq += 1
             try:
-                await self.ws.send_text(json.dumps(event))
+                await self.ws.send_text(text)
             except Exception:  # the peer went away; the receive loop notices and cleans up
                 self.closed = True
 
@@ -102,6 +106,26 @@ class SessionSocket:
                 await self.close(CLOSE_NORMAL, "idle timeout", ProtocolError(
                     f"session closed after {idle_s:g}s without a client event", code="session_expired", status=408))
                 return
+
+
+def encode_event(seq: int, ev: dict) -> str:
+    """An event's JSON with `sequence_number` set to seq, second after `type` (or where ev has it)."""
+    event = {"type": ev.get("type"), "sequence_number": None, **ev}
+    event["sequence_number"] = seq
+    return json.dumps(event)
+
+
+class DeltaEvents:
+    """The `response.output_text.delta` events of one content part, encoded to the very text that
+    json.dumps gives for the event's dict, but with only the delta encoded per event: the fields
+    around it are encoded once."""
+
+    def __init__(self, pos: dict):
+        self.pos = json.dumps(pos)[1:-1]  # "item_id": ..., "output_index": 0, "content_index": 0
+
+    def encode(self, seq: int, text: str) -> str:
+        return (f'{{"type": "response.output_text.delta", "sequence_number": {seq}, {self.pos}, '
+                f'"delta": {json.dumps(text)}, "logprobs": []}}')
 
 
 async def client_messages(ws: WebSocket) -> AsyncIterator[str]:

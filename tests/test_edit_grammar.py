@@ -13,6 +13,7 @@ from pairline.assistant.sites import find_sites, named_in, sites_message
 from pairline.engine.constraint import compile_grammar
 from pairline.engine.sampling import SamplingParams
 from pairline.engine.tokenizer import Tokenizer
+from pairline.errors import PairlineError
 from tests.engine_helpers import tiny_engine
 
 SHOP = """\
@@ -114,8 +115,14 @@ def test_a_random_model_writes_only_items_that_apply(tokenizer, seed):
     text = SHOP
     for b in blocks:  # each complete block applies, in order (nothing else can be written)
         text, _ = apply_block(text, b, path="shop.py")
+    renamed: set[str] = set()
     for r in parser.renames:  # and each RENAME names something the file binds
         assert r.path == "shop.py" and r.old in names_bound(SHOP)
+        if r.old in renamed:  # a second RENAME of one name: a static grammar cannot rule it out, and
+            with pytest.raises(PairlineError):  # applying it fails loudly (the coder reports it)
+                apply_rename({"shop.py": text}, "shop.py", r.old, r.new)
+            continue
+        renamed.add(r.old)
         text = apply_rename({"shop.py": text}, "shop.py", r.old, r.new).get("shop.py", text)
     assert blocks or parser.renames or out.finish_reason == "length"
     assert parser.malformed == [] or out.finish_reason == "length"

@@ -78,7 +78,7 @@ from pairline.wire.protocol import (
     usage_responses,
     with_context,
 )
-from pairline.wire.session_socket import CLOSE_POLICY, SessionSocket, Turn, active_turn, client_messages
+from pairline.wire.session_socket import CLOSE_POLICY, DeltaEvents, SessionSocket, Turn, active_turn, client_messages
 
 log = logging.getLogger("pairline.router")
 
@@ -608,7 +608,7 @@ class RouterSession(PrefillAhead, SessionSocket):
 
         pump_task = asyncio.create_task(pump())
         state = cut or ResponseState(b.model or "", _sampling(turn.sampling), turn.previous, turn.metadata)
-        pos = state.pos()
+        deltas = DeltaEvents(state.pos())
         started, finish, usage, timings, last_t = False, None, None, None, 0.0
         try:
             while True:
@@ -652,7 +652,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                     r.itl(b, now - last_t)
                     last_t = now
                     state.text += delta
-                    await self.send("response.output_text.delta", **pos, delta=delta, logprobs=[])
+                    await self.send_encoded(deltas.encode, delta)
         finally:
             pump_task.cancel()
             with contextlib.suppress(BaseException):

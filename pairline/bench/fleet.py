@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -86,7 +87,8 @@ class Request:
     backend: str | None = None
     continued: bool = False
     failed_over: bool = False
-    error: str | None = None
+    error: str | None = None  # the error's code
+    error_message: str | None = None  # and what it said: a failed request's JSON says why
     input_tokens: int | None = None  # from the final event's usage
     cached_tokens: int | None = None  # of those, found in the KV
     phase: str = ""
@@ -146,6 +148,14 @@ class Fleet:
         from pairline.router.app import RouterThread
         from pairline.router.config import parse_config
 
+        # the router runs in this process: its log (failovers, continuations and why one failed) is kept too
+        handler = logging.FileHandler(logs / "fleet-router.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        router_log = logging.getLogger("pairline.router")
+        router_log.addHandler(handler)
+        router_log.setLevel(logging.INFO)
+        stack.callback(handler.close)
+        stack.callback(router_log.removeHandler, handler)
         self.router = RouterThread(parse_config(toml, "fleet.toml", env={})).__enter__()
 
     def health(self) -> dict:
@@ -259,7 +269,8 @@ async def _answer(ws, req: Request, hang_s: float, t0: float) -> bool:
         if kind == "response.output_text.delta" and req.ttft_s is None:
             req.ttft_s = time.monotonic() - t0 - req.sent_s
         if kind == "error":
-            req.error = (ev.get("error") or {}).get("code")
+            err = ev.get("error") or {}
+            req.error, req.error_message = err.get("code"), err.get("message")
             if req.error != "backend_failed":  # refused before anything ran: no response events follow
                 req.outcome, req.ended_s = "failed", time.monotonic() - t0
                 return True
@@ -360,6 +371,10 @@ def print_report(result: dict) -> None:
     accepted, finished, resumed = (led.get(k, 0) for k in ("requests_accepted_total", "requests_finished_total",
                                                            "midstream_failovers_total"))
     print(f"router ledger: accepted {accepted:g}, finished {finished:g}, mid-stream failovers {resumed:g}")
+    for q in result["requests"]:
+        if q["outcome"] != "completed":
+            print(f"{q['outcome']}: session {q['session']} turn {q['turn']} (sent at {q['sent_s']:.1f} s): "
+                  f"{q['error'] or '-'}: {q['error_message'] or '-'}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -38,8 +38,9 @@ class Retryable(Exception):
 
     @classmethod
     def before_first_token(cls, backend: str, code: str) -> Retryable:
-        """A backend answered error `code` (one of RETRY_CODES) before the first token. Only a server
-        error counts against its circuit; a refusal for load keeps its own code for the client."""
+        """A backend answered error `code` before the first token (one of RETRY_CODES; any, for a
+        continuation: the client has its response open). Only a server error counts against its
+        circuit; a refusal for load keeps its own code for the client."""
         return cls(f"{backend}: {code} before the first token", broken=code == "server_error",
                    code="rate_limit_exceeded" if code == "rate_limit_exceeded" else "backend_unavailable")
 

@@ -561,6 +561,7 @@ class RouterSession(PrefillAhead, SessionSocket):
         dead = att.backend
         self.r.end(dead, False)
         turn.backend, turn.link = None, None  # a cancel or steer now cuts the HTTP stream
+        tries: list[str] = []  # why each backend that was tried could not write on
         if dead.resume:
             async with contextlib.aclosing(self.r.resumers(att.tier, self.key)) as attempts:
                 async for nxt in attempts:
@@ -573,22 +574,23 @@ class RouterSession(PrefillAhead, SessionSocket):
                     turn.backend = b
                     try:
                         resp = await send_request(self.r.client, b, "/chat/completions", body, True, self.key)
-                    except Retryable as err:
+                        if resp.status_code != 200:
+                            await resp.aclose()
+                            raise Retryable(f"{b.name}: HTTP {resp.status_code} for the continuation")
+                        resumed = {**info, "resumed": [{"from": dead.name, "to": b.name, "after_tokens": deltas}]}
+                        log.info("router: session %s: %s continues %s's answer", self.id, b.name, dead.name)
+                        self.r.metrics.inc("midstream_failovers_total", labels(tier=att.tier, backend=b.name))
+                        again = await self._relay_sse(turn, nxt, resumed, resp, time.perf_counter(), True, cut)
+                    except Retryable as err:  # it wrote nothing: the next one may
                         turn.backend = None
                         self.r.failed(b, err)
+                        tries.append(str(err))
                         continue
-                    if resp.status_code != 200:
-                        await resp.aclose()
-                        turn.backend = None
-                        self.r.end(b, False)
-                        continue
-                    resumed = {**info, "resumed": [{"from": dead.name, "to": b.name, "after_tokens": deltas}]}
-                    self.r.metrics.inc("midstream_failovers_total", labels(tier=att.tier, backend=b.name))
-                    log.info("router: session %s: %s continues %s's answer", self.id, b.name, dead.name)
-                    if await self._relay_sse(turn, nxt, resumed, resp, time.perf_counter(), True, cut) is None:
+                    if again is None:
                         return
                     return await self.turn_http(turn, nxt, shown=True)  # steered: its successor, on b
-        await self._broken(turn, info, cut.to_dict(), cut.text, why)
+        await self._broken(turn, info, cut.to_dict(), cut.text,
+                           why + (f"; no backend of the tier could continue it ({'; '.join(tries)})" if tries else ""))
 
     async def _relay_sse(self, turn: RouterTurn, att: Attempt, info: dict, resp: httpx.Response, t0: float,
                          shown: bool, cut: ResponseState | None = None) -> bool | None:
@@ -616,9 +618,12 @@ class RouterSession(PrefillAhead, SessionSocket):
                                              else r.cfg.first_token_timeout_s)
                 if kind == "stop":
                     break
+                # nothing of this stream was shown yet: another backend may serve it (a continuation
+                # too: the cut response is still open, and `_resume` tries the tier's next one)
+                fresh = not started and (not shown or cut is not None)
                 if kind in ("broken", "timeout", "eof") or (kind == "done" and finish is None):
                     why = obj or ("the stream ended without its final chunk" if kind != "timeout" else "silent")
-                    if not started and not shown:
+                    if fresh:
                         raise Retryable(f"{b.name}: {why} before the first token")
                     await self._broken(turn, info, state.to_dict(), state.text, why)
                     return None
@@ -626,7 +631,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                     break
                 code = error_code(obj)
                 if code:
-                    if not started and not shown and code in RETRY_CODES:
+                    if fresh and (code in RETRY_CODES or cut is not None):
                         raise Retryable.before_first_token(b.name, code)
                     if not started:  # refused before it began (context too long...): as the server says it
                         self.conclude(turn, "errored", True)
@@ -659,7 +664,7 @@ class RouterSession(PrefillAhead, SessionSocket):
                 await resp.aclose()
         # a steer that came as the stream ended still applies: the whole answer, reported steered
         steered = bool(turn.steer) and not turn.cancel
-        if kind == "stop" and not started:  # cut before anything showed
+        if kind == "stop" and not started and cut is None:  # cut before anything showed
             if steered:
                 turn.new_msgs = turn.new_msgs + turn.absorb()
                 turn.stop = asyncio.Event()

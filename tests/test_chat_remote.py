@@ -3,6 +3,8 @@ behind the same Client interface as the in-process engine."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from pairline.assistant.client import RemoteClient, open_client
@@ -69,6 +71,28 @@ def test_cancel_stops_the_answer(server):
         max_tokens=4,
     ).run()
     assert follow.finish_reason in {"stop", "length"}
+    client.close()
+
+
+def test_a_cancel_from_another_thread_reaches_the_server_while_the_reader_waits(server):
+    """The reader blocks on the socket (it does not poll): a cancel from another thread (a Stop
+    button, Ctrl-C) is sent by that thread, and a cancel after the answer ended reaches nothing."""
+    client = RemoteClient(server.ws_url)
+    cancel = CancelToken()
+    reply = client.stream([{"role": "user", "content": "write a lot"}], max_tokens=1500, cancel=cancel)
+    it = iter(reply)
+    next(it)  # streaming; the reader now waits in recv between tokens
+    threading.Thread(target=cancel.cancel).start()
+    rest = list(it)
+    assert reply.finish_reason == "cancelled" and 1 + len(rest) == reply.tokens < 1500
+    done = CancelToken()
+    short = client.stream([{"role": "user", "content": "write a lot"}, {"role": "assistant", "content": reply.text},
+                           {"role": "user", "content": "more"}], max_tokens=3, cancel=done).run()
+    done.cancel()  # after its end: no response.cancel goes out, so the next turn sees no stray error
+    follow = client.stream([{"role": "user", "content": "write a lot"}, {"role": "assistant", "content": reply.text},
+                            {"role": "user", "content": "more"}, {"role": "assistant", "content": short.text},
+                            {"role": "user", "content": "again"}], max_tokens=3).run()
+    assert short.finish_reason in {"stop", "length"} and follow.finish_reason in {"stop", "length"}
     client.close()
 
 

@@ -181,6 +181,24 @@ def test_a_cancel_reaches_linked_tokens_and_their_native_flag():
     assert not parent.cancelled and parent.flag.value == b""
 
 
+def test_on_cancel_runs_once_on_the_cancelling_thread_unless_forgotten():
+    token, calls = CancelToken(), []
+    forget = token.on_cancel(lambda: calls.append(("first", threading.current_thread().name)))
+    gone = token.on_cancel(lambda: calls.append(("forgotten", None)))
+    gone()
+    child = CancelToken()
+    token.link(child)
+    child.on_cancel(lambda: calls.append(("child", None)))  # reached through the link too
+    t = threading.Thread(target=token.cancel, name="canceller")
+    t.start()
+    t.join()
+    token.cancel()  # a second cancel runs nothing again
+    assert calls == [("first", "canceller"), ("child", None)]
+    forget()  # after it ran: a no-op
+    token.on_cancel(lambda: calls.append(("late", None)))  # registered after the cancel: runs at once
+    assert calls[-1] == ("late", None)
+
+
 def test_bad_requests(engine):
     with pytest.raises(PairlineError):
         SamplingParams(max_tokens=0)

@@ -456,18 +456,24 @@ class RemoteClient:
 
         def deltas() -> Iterator[str]:
             t0 = time.perf_counter()
-            sent_cancel = False
+            ws, lock = self.ws, threading.Lock()
+            cancel_sent, over = threading.Event(), threading.Event()
+
+            def send_cancel() -> None:  # on the cancelling thread: the reader below blocks, never polls
+                with lock:
+                    if over.is_set() or cancel_sent.is_set():
+                        return
+                    cancel_sent.set()
+                    with contextlib.suppress(Exception):  # a closed link ends the read below anyway
+                        ws.send(json.dumps({"type": "response.cancel"}))
+
+            forget = cancel.on_cancel(send_cancel)
             try:
                 while True:
-                    if cancel.cancelled and not sent_cancel:
-                        self.ws.send(json.dumps({"type": "response.cancel"}))
-                        sent_cancel = True
                     try:
-                        raw = self.ws.recv(timeout=0.02)
+                        raw = ws.recv(timeout=max(0.0, t0 + self.timeout - time.perf_counter()))
                     except TimeoutError:
-                        if time.perf_counter() - t0 > self.timeout:
-                            raise PairlineError("pairline serve did not answer in time") from None
-                        continue
+                        raise PairlineError("pairline serve did not answer in time") from None
                     ev = json.loads(raw)
                     kind = ev.get("type")
                     if kind == "response.output_text.delta":
@@ -477,7 +483,7 @@ class RemoteClient:
                         yield ev["delta"]
                     elif kind == "error":
                         err = ev.get("error", {})
-                        if sent_cancel and err.get("code") == "response_cancel_not_active":
+                        if cancel_sent.is_set() and err.get("code") == "response_cancel_not_active":
                             continue  # the answer ended before our cancel arrived
                         self.close()  # the server's conversation is now unknown: the next call starts over
                         raise PairlineError(f"pairline serve: {err.get('code')}: {err.get('message')}")
@@ -490,6 +496,9 @@ class RemoteClient:
                 self.ws = None
                 raise PairlineError(f"lost the connection to pairline serve: {err}") from None
             finally:
+                forget()
+                with lock:  # a cancel from now on is about nothing: it must not reach the next turn
+                    over.set()
                 if reply.finish_reason is None:
                     reply.finish_reason = "cancelled"
                 # the session recorded the answer as far as it went (cancelled answers too)

@@ -8,7 +8,7 @@ import ctypes
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -37,6 +37,7 @@ class CancelToken:
         # the GIL (llamacpp_runtime reads it with strlen).
         self.flag = ctypes.create_string_buffer(2)
         self._linked: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+        self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def cancel(self) -> None:
@@ -48,9 +49,26 @@ class CancelToken:
             self._event.set()
         self.flag[0] = b"\x01"
         with self._lock:
-            children = list(self._linked)
+            children, callbacks, self._callbacks = list(self._linked), self._callbacks, []
+        for fn in callbacks:
+            fn()
         for child in children:
             child._cancel(at)  # a linked token was cancelled when its parent was
+
+    def on_cancel(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call `fn` once, on the cancelling thread, when this token is cancelled (now, if it already
+        is), so a waiter need not poll. Returns what unregisters it (a no-op once it has run)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return lambda: self._forget(fn)
+        fn()
+        return lambda: None
+
+    def _forget(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if fn in self._callbacks:
+                self._callbacks.remove(fn)
 
     def link(self, child: CancelToken) -> None:
         """Cancel `child` too when this token is cancelled (now, if it already is)."""

@@ -76,6 +76,30 @@ def test_session_turns_reuse_kv_and_survive_eviction(srv):
     b.close()
 
 
+def test_a_new_session_copies_the_head_another_session_computed(smollm2_gguf):
+    """Two sessions on the same file: the second does not prefill what the first computed (its KV
+    is copied from the idle cache that holds it, where the runtime saves states)."""
+    engine = load_engine(str(smollm2_gguf), n_ctx=2048)
+    if not engine.runtime.saves_state:
+        pytest.skip(f"the {type(engine.runtime).__name__} runtime does not save states: nothing to copy")
+    ask = f"Here is app.py:\n```python\n{CODE * 4}```\nWhat does greet return?"
+    with ServerThread(engine, ServerConfig(max_sessions=4)) as s:
+        a, b = ws_client(s.ws_url), ws_client(s.ws_url)
+        first = turn(a, input=ask, max_output_tokens=6, temperature=0)[-1]["response"]
+        second = turn(b, input=ask, max_output_tokens=6, temperature=0)[-1]["response"]
+        n = first["usage"]["input_tokens"]
+        assert n > 100 and first["usage"]["input_tokens_details"]["cached_tokens"] < 40  # computed here
+        assert second["usage"]["input_tokens"] == n
+        assert second["usage"]["input_tokens_details"]["cached_tokens"] == n - 1  # all but the one run for logits
+        assert second["output_text"].strip()
+        counts = {line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+                  for line in httpx.get(s.base_url + "/metrics").text.splitlines() if "kv_prefix_cop" in line
+                  and not line.startswith("#")}
+        assert counts == {"pairline:kv_prefix_copies_total": 1, "pairline:kv_prefix_copied_tokens_total": n - 1}
+        a.close()
+        b.close()
+
+
 def test_cancel_and_steer_on_real_weights(srv):
     ws = ws_client(srv.ws_url)
     ws.send(json.dumps({"type": "response.create", "input": "Write a long essay about compilers.",

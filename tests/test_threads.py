@@ -52,3 +52,11 @@ def test_calibration_starts_from_measured_steps():
     # the loser is probed again only after a while, then with the usual backoff
     assert _run(tuner, {2: 0.400, 1: 0.015}, 15) == [1] * 15
     assert ThreadTuner([1]).calibrated  # nothing to choose between
+
+
+def test_the_app_leaves_a_core_for_the_browser(monkeypatch):
+    from pairline.engine import runtime
+
+    for cores, want in ((1, 1), (2, 1), (16, 15), (None, 1)):
+        monkeypatch.setattr(runtime.os, "cpu_count", lambda cores=cores: cores)
+        assert runtime.threads_beside_a_browser() == want

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from pairline.bench.common import (
     table,
     write_json,
 )
+from pairline.engine.runtime import threads_beside_a_browser
 
 FILE = "inventory.py"
 SOURCE = "".join(
@@ -77,8 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stops", type=int, default=5, help="long answers stopped (default 5)")
     p.add_argument("--chromium", default="/usr/bin/chromium", help="the browser (scripts/install-browser.sh)")
     p.add_argument("--threads", type=int, default=None,
-                   help="PAIRLINE_THREADS for the server (default: its own choice); on a small machine the browser "
-                   "and the model share the cores")
+                   help="PAIRLINE_THREADS for the server (default: what `pairline app` takes, all cores but one, "
+                   "since the browser shares the machine)")
     p.add_argument("--out", default=None, help="JSON file or folder (default bench-results/)")
     p.set_defaults(func=cmd_app)
 
@@ -104,7 +106,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "pairline.cli", "serve", "--workspace", str(root), "--port", str(port),
                "--model", args.model]
         log(f"starting {' '.join(cmd[2:])}")
-        env = dict(os.environ, **({"PAIRLINE_THREADS": str(args.threads)} if args.threads else {}))
+        args.threads = args.threads or threads_beside_a_browser()  # as `pairline app` starts its server
+        env = dict(os.environ, PAIRLINE_THREADS=str(args.threads))
         proc = start_process(cmd, f"http://127.0.0.1:{port}/health", "pairline serve", server_log, env=env)
         try:
             url = _printed_url(server_log)
@@ -118,6 +121,9 @@ def cmd_app(args: argparse.Namespace) -> int:
             proc.terminate()
             proc.wait(30)
         result["runtime"] = _runtime(port) or _runtime_from_log(server_log)
+        kept = Path("bench-results") / "app-serve.log"  # the server's per-request lines (prompt, cached, TTFT)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(server_log, kept)
     path = write_json(result, default_out_path(args.out, args.model, kind="app"))
     _print(result)
     console().print(f"saved {path}")

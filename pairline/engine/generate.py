@@ -299,6 +299,22 @@ class Engine:
         other.prefix_store = self.prefix_store
         return other
 
+    def copy_prefix(self, donor: Engine, tokens: list[int]) -> int:
+        """Take the KV `donor` (a fork) holds of `tokens`' head where it holds RESTORE_MIN or more
+        positions of it beyond this cache: a new session whose system prompt and file another
+        session already computed copies a few MB instead of prefilling them (seconds on a CPU).
+        Only where the runtime saves states. Returns the positions of `tokens` now cached."""
+        have = common_prefix(self.cached, tokens)
+        n = min(common_prefix(donor.cached, tokens), len(tokens) - 1)  # the last one runs for its logits
+        if not self.runtime.saves_state or n < have + RESTORE_MIN:
+            return have
+        if not self.runtime.load_state(donor.runtime.save_state(), len(donor.cached)):
+            self.cached = []  # refused: the runtime's cache is empty now
+            return 0
+        self.cached = list(donor.cached)
+        self._truncate(n)
+        return n
+
     def reset(self) -> None:
         with self.lock:
             self.runtime.truncate(0)

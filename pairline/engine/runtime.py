@@ -154,3 +154,11 @@ def cpu_threads() -> int:
         except ValueError:
             raise PairlineError(f"PAIRLINE_THREADS must be a number, got {want!r}") from None
     return os.cpu_count() or 1
+
+
+def threads_beside_a_browser() -> int:
+    """The engine's threads when the user's browser runs on the same machine (`pairline app`): all
+    cores but one. llama.cpp's threads meet at a barrier every step, so one that loses its core to
+    the browser stalls them all: on a 2-core machine the server's TTFT for a cached prompt went from
+    ~45 ms to 200-300 ms whenever the page handled a keystroke (docs/benchmarks.md, issue 16)."""
+    return max(1, (os.cpu_count() or 1) - 1)

@@ -91,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workspace_root,
     )
     from pairline.engine.load import load_engine
+    from pairline.engine.runtime import threads_beside_a_browser
     from pairline.errors import PairlineError
     from pairline.server.app import run_server
 
@@ -115,6 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if not webbrowser.open(url):
                 print("pairline app: no browser found here; open the URL above", flush=True)
 
+    if args.command == "app" and not os.environ.get("PAIRLINE_THREADS"):  # the browser opens on this machine
+        os.environ["PAIRLINE_THREADS"] = str(threads_beside_a_browser())
     if args.server:  # the app alone: its tabs are sessions of that server or router
         realtime, deep = remote_tiers(args.server, os.environ.get(API_KEY_ENV))
         realtime().close()  # unreachable, or not a pairline server: said now, not at the first tab

@@ -31,6 +31,10 @@ class Metrics:
             "pairline:prefix_cache_queries_total": 0,  # prompt tokens looked up in a KV cache
             "pairline:prefix_cache_hits_total": 0,  # of which found (not prefilled again)
             "pairline:kv_evictions_total": 0,
+            # a cache that held little of its prompt copied another idle cache's head (a new
+            # session on a file others have open): copies, and the positions not prefilled again
+            "pairline:kv_prefix_copies_total": 0,
+            "pairline:kv_prefix_copied_tokens_total": 0,
             # prefill ahead of requests (draft.update, context.update): positions computed, engine
             # seconds spent, and positions a request then reused (the rest was wasted)
             "pairline:prefill_ahead_tokens_total": 0,

@@ -231,7 +231,7 @@ def _browser_turn(browser, url: str) -> dict:
             box.value = text;
             box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true, cancelable: true}));
         }""", RENAME)
-        page.wait_for_function("() => document.querySelector('#answer').textContent.length > 0", timeout=300_000)
+        _await_answer(page, 0)
         page.click("#stop")  # its TTFT is taken: the rest of the answer is not measured
         page.wait_for_function("() => window.pairlineStats.turns.length >= 1", timeout=300_000)
         turn = page.evaluate("() => window.pairlineStats.turns[0]")
@@ -240,12 +240,27 @@ def _browser_turn(browser, url: str) -> dict:
     return {"ttft_ms": turn.get("ttft_ms"), "tokens": None, "server_ttft_ms": turn.get("server_ttft_ms")}
 
 
+def _await_answer(page, chars: int, timeout_ms: int = 300_000) -> None:
+    """Until the answer pane holds more than `chars` characters. A MutationObserver wakes on the
+    page's own changes: Playwright's wait_for_function would run its check every animation frame,
+    load on the one core the engine leaves that the chat side's measurement does not have."""
+    page.evaluate("""([chars, timeout]) => new Promise((resolve, reject) => {
+        const pane = document.querySelector('#answer');
+        if (pane.textContent.length > chars) return resolve();
+        const timer = setTimeout(() => { seen.disconnect(); reject(new Error('no answer in time')); }, timeout);
+        const seen = new MutationObserver(() => {
+            if (pane.textContent.length > chars) { clearTimeout(timer); seen.disconnect(); resolve(); }
+        });
+        seen.observe(pane, {childList: true, characterData: true, subtree: true});
+    })""", [chars, timeout_ms])
+
+
 def _browser_stop(browser, url: str) -> dict:
     context, page = _open_page(browser, url)
     try:
         page.fill("#instruction", LONG)
         page.press("#instruction", "Enter")
-        page.wait_for_function("() => document.querySelector('#answer').textContent.length > 40", timeout=300_000)
+        _await_answer(page, 40)
         page.click("#stop")
         page.wait_for_function("() => window.pairlineStats.stoppedAt !== null", timeout=60_000)
         time.sleep(0.3)  # a delta still in flight would be drawn by now

@@ -43,6 +43,20 @@ def test_streams_and_sends_only_new_messages(server):
     client.close()
 
 
+def test_the_first_turn_uses_the_session_already_open(server):
+    """A session that holds nothing yet takes the turn's system prompt as it is: no new session
+    (a handshake on the way to the first token) for the first turn, whatever its instructions."""
+    client = RemoteClient(server.ws_url)
+    ws = client.ws
+    reply = client.stream([{"role": "system", "content": "be brief"}, {"role": "user", "content": "one"}],
+                          max_tokens=4).run()
+    assert client.ws is ws and reply.finish_reason in {"stop", "length"}
+    other = client.stream([{"role": "system", "content": "be verbose"}, {"role": "user", "content": "one"}],
+                          max_tokens=4).run()
+    assert client.ws is not ws and other.finish_reason  # instructions changed under a held history: a new one
+    client.close()
+
+
 def test_diverging_history_opens_a_new_session(server):
     client = RemoteClient(server.ws_url)
     history = [{"role": "user", "content": "one"}]

@@ -435,8 +435,12 @@ class RemoteClient:
         cancel = cancel or CancelToken()
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         convo = [m for m in messages if m["role"] != "system"]
-        if convo[: len(self.session)] != self.session or system != self.instructions or self.ws is None:
-            self._connect()  # the history diverged: a fresh session gets all of it once
+        # the history diverged: a fresh session gets all of it once. A session that holds nothing yet
+        # takes any system prompt as it is (`instructions` goes with the request): opening another
+        # there put a handshake, 5-50 ms, between a web app tab's first Enter and its request
+        if convo[: len(self.session)] != self.session or (self.session and system != self.instructions) \
+                or self.ws is None:
+            self._connect()
         new = convo[len(self.session) :]
         event = {
             "type": "response.create",

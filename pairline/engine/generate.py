@@ -299,21 +299,20 @@ class Engine:
         other.prefix_store = self.prefix_store
         return other
 
-    def copy_prefix(self, donor: Engine, tokens: list[int]) -> int:
-        """Take the KV `donor` (a fork) holds of `tokens`' head where it holds RESTORE_MIN or more
-        positions of it beyond this cache: a new session whose system prompt and file another
-        session already computed copies a few MB instead of prefilling them (seconds on a CPU).
-        Only where the runtime saves states. Returns the positions of `tokens` now cached."""
+    def copy_prefix(self, donors: list[Engine], tokens: list[int]) -> int:
+        """Take the KV of `tokens`' head from the donor (a fork, idle) that holds the most of it, where
+        that is RESTORE_MIN or more positions beyond this cache: a new session whose system prompt and
+        file another session already computed copies a few MB instead of prefilling them (seconds on
+        a CPU). Only where the runtime saves states. Returns the positions gained (0: none copied)."""
+        limit = len(tokens) - 1  # the last one runs for its logits
         have = common_prefix(self.cached, tokens)
-        n = min(common_prefix(donor.cached, tokens), len(tokens) - 1)  # the last one runs for its logits
-        if not self.runtime.saves_state or n < have + RESTORE_MIN:
-            return have
-        if not self.runtime.load_state(donor.runtime.save_state(), len(donor.cached)):
-            self.cached = []  # refused: the runtime's cache is empty now
+        if not self.runtime.saves_state or limit - have < RESTORE_MIN:
+            return 0  # nothing to copy with, or no donor could hold enough more (the usual next turn)
+        n, donor = max(((min(common_prefix(d.cached, tokens), limit), d) for d in donors), key=lambda c: c[0],
+                       default=(0, None))
+        if donor is None or n < have + RESTORE_MIN:
             return 0
-        self.cached = list(donor.cached)
-        self._truncate(n)
-        return n
+        return max(0, self._load(donor.runtime.save_state(), donor.cached, n) - have)
 
     def reset(self) -> None:
         with self.lock:
@@ -378,6 +377,11 @@ class Engine:
         n = min(common_prefix(stored, tokens), limit)
         if n < keep + RESTORE_MIN:
             return keep
+        return self._load(state, stored, n)
+
+    def _load(self, state: bytes, stored: list[int], n: int) -> int:
+        """Replace the cache with `state` (the KV of `stored`) and keep its first `n` positions.
+        Returns the positions cached: `n`, or 0 when the runtime refused the state."""
         if not self.runtime.load_state(state, len(stored)):
             self.cached = []  # refused: the runtime's cache is empty now
             return 0

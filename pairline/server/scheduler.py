@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pairline.engine.constraint import Grammar
-from pairline.engine.generate import RESTORE_MIN, CancelToken, Engine, Generation, TokenEvent
+from pairline.engine.generate import CancelToken, Engine, Generation, TokenEvent
 from pairline.engine.runtime import common_prefix
 from pairline.engine.sampling import SamplingParams
 from pairline.errors import PairlineError
@@ -450,16 +450,12 @@ class Scheduler:
         """A cache that holds little of `prompt` (a new session's, a spare) copies the head another
         idle cache already computed (every session on one file starts with the same system prompt
         and file): milliseconds, where prefilling it again takes seconds on a CPU."""
-        have = common_prefix(slot.engine.cached, prompt)
-        donors = [(common_prefix(s.engine.cached, prompt), s) for s in self.pool.slots if s is not slot and not s.busy]
-        n, donor = max(donors, key=lambda d: d[0], default=(0, None))
-        if donor is None or n < have + RESTORE_MIN:
-            return
+        donors = [s.engine for s in self.pool.slots if s is not slot and not s.busy]
         with slot.engine.lock:
-            got = slot.engine.copy_prefix(donor.engine, prompt)
-        if got > have:
+            gained = slot.engine.copy_prefix(donors, prompt)
+        if gained:
             self.metrics.add("pairline:kv_prefix_copies_total")
-            self.metrics.add("pairline:kv_prefix_copied_tokens_total", got - have)
+            self.metrics.add("pairline:kv_prefix_copied_tokens_total", gained)
 
     def _pieces_then_steps(self, job: Job) -> Iterator[TokenEvent | None]:
         """A long uncached prompt is prefilled in pieces of PIECE tokens, each one step (None), so other
